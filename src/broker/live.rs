@@ -1,0 +1,211 @@
+//! The bounded per-subscriber queue of live events, shared by every broker.
+//!
+//! Publishers never wait on a slow subscriber: when the queue is full the
+//! oldest event is dropped and counted, and the subscriber is told how many it
+//! missed by an [`LiveItem::Overflow`] notice ahead of the events that follow.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::event::Event;
+
+/// What a live subscriber receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveItem {
+    /// A matching event.
+    Event(Arc<Event>),
+    /// Events were dropped because this subscriber fell behind.
+    Overflow {
+        /// How many were dropped since the last notice.
+        dropped: u64,
+    },
+}
+
+/// Outcome of [`LiveQueue::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued without loss.
+    Queued,
+    /// Queued, and the oldest queued event was dropped to make room.
+    DroppedOldest,
+    /// The subscriber is gone; nothing was queued.
+    Closed,
+}
+
+struct State {
+    queue: VecDeque<Arc<Event>>,
+    capacity: usize,
+    unreported_drops: u64,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// Producer side of a live queue; cheap to clone.
+#[derive(Clone)]
+pub struct LiveQueue {
+    shared: Arc<Shared>,
+}
+
+impl LiveQueue {
+    /// A queue holding at most `capacity` events (at least 1), and the stream
+    /// that drains it. `guard` is dropped with the stream: brokers use it to
+    /// unregister the subscription.
+    pub fn new(capacity: usize, guard: Box<dyn Any + Send + Sync>) -> (LiveQueue, LiveStream) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                capacity: capacity.max(1),
+                unreported_drops: 0,
+                closed: false,
+            }),
+            notify: Notify::new(),
+        });
+        let stream = LiveStream {
+            shared: shared.clone(),
+            _guard: guard,
+        };
+        (LiveQueue { shared }, stream)
+    }
+
+    /// Queues `event`, dropping the oldest queued event when full.
+    pub fn push(&self, event: Arc<Event>) -> Pushed {
+        let outcome = {
+            let mut state = self.shared.state.lock();
+            if state.closed {
+                return Pushed::Closed;
+            }
+            let outcome = if state.queue.len() >= state.capacity {
+                state.queue.pop_front();
+                state.unreported_drops += 1;
+                Pushed::DroppedOldest
+            } else {
+                Pushed::Queued
+            };
+            state.queue.push_back(event);
+            outcome
+        };
+        self.shared.notify.notify_one();
+        outcome
+    }
+
+    /// Ends the stream: the subscriber receives what is queued, then `None`.
+    pub fn close(&self) {
+        self.shared.state.lock().closed = true;
+        self.shared.notify.notify_one();
+    }
+
+    /// Whether the queue was closed (by [`LiveQueue::close`] or by dropping the stream).
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().closed
+    }
+}
+
+/// Consumer side of a live subscription. Dropping it unsubscribes.
+pub struct LiveStream {
+    shared: Arc<Shared>,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl LiveStream {
+    /// The next item, waiting for one; `None` once the subscription is closed
+    /// and drained.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: items are taken only when the future completes.
+    pub async fn recv(&mut self) -> Option<LiveItem> {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            if self.shared.state.lock().closed {
+                return None;
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// The next item if one is ready. An overflow notice comes before the
+    /// events that were queued after the drop.
+    pub fn try_recv(&mut self) -> Option<LiveItem> {
+        let mut state = self.shared.state.lock();
+        if state.unreported_drops > 0 {
+            let dropped = std::mem::take(&mut state.unreported_drops);
+            return Some(LiveItem::Overflow { dropped });
+        }
+        state.queue.pop_front().map(LiveItem::Event)
+    }
+
+    /// Number of events queued and not yet received.
+    pub fn len(&self) -> usize {
+        self.shared.state.lock().queue.len()
+    }
+
+    /// Whether no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        state.queue.clear();
+    }
+}
+
+impl std::fmt::Debug for LiveStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveStream")
+            .field("queued", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: u32) -> Arc<Event> {
+        Arc::new(Event::new("t", serde_json::json!(n)).unwrap())
+    }
+
+    #[tokio::test]
+    async fn overflow_drops_oldest_and_reports_count_first() {
+        let (q, mut s) = LiveQueue::new(2, Box::new(()));
+        assert_eq!(q.push(ev(1)), Pushed::Queued);
+        assert_eq!(q.push(ev(2)), Pushed::Queued);
+        assert_eq!(q.push(ev(3)), Pushed::DroppedOldest);
+        assert_eq!(q.push(ev(4)), Pushed::DroppedOldest);
+        assert_eq!(s.recv().await, Some(LiveItem::Overflow { dropped: 2 }));
+        let payloads: Vec<_> = [s.recv().await, s.recv().await]
+            .into_iter()
+            .map(|i| match i {
+                Some(LiveItem::Event(e)) => e.payload.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, vec![serde_json::json!(3), serde_json::json!(4)]);
+        assert!(s.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn close_ends_stream_after_drain_and_drop_closes_queue() {
+        let (q, mut s) = LiveQueue::new(4, Box::new(()));
+        q.push(ev(1));
+        q.close();
+        assert!(matches!(s.recv().await, Some(LiveItem::Event(_))));
+        assert_eq!(s.recv().await, None);
+        let (q, s) = LiveQueue::new(4, Box::new(()));
+        drop(s);
+        assert_eq!(q.push(ev(1)), Pushed::Closed);
+    }
+}

@@ -1,0 +1,34 @@
+//! # event-router
+//!
+//! A Kubernetes-native, horizontally scaled event router for AI agents and
+//! services. Agents publish events (`task.created`, `agent.failed`, ...) and
+//! subscribe by topic pattern and content filter; the router delivers them
+//! live (at-most-once) or durably (at-least-once, acked, retried,
+//! dead-lettered, replayable), highest priority first.
+//!
+//! # Layout
+//!
+//! - [`event`]: the event envelope and its validation.
+//! - [`topic`]: topics, `*`/`#`/regex patterns, and the segment trie that
+//!   indexes them.
+//! - [`filter`]: Mongo-style content filters, compiled once.
+//! - [`selector`]: patterns + filter, what a subscription selects.
+//! - [`broker`]: the `Broker` trait and the embedded [`broker::MemoryBroker`].
+//! - [`router`]: the core — validate, apply EventRoutes, publish, request.
+//! - [`resources`]: `Subscription` and `EventRoute` specs, shared by YAML
+//!   files and (later) the Kubernetes operator.
+//! - [`server`]: WebSocket (v2 and seed v1), HTTP, SSE over one session core.
+//! - [`config`]: configuration and duration parsing.
+//! - [`shutdown`]: signal handling.
+//! - `cli`: one module per subcommand of the `event-router` binary.
+
+pub mod broker;
+pub mod config;
+pub mod event;
+pub mod filter;
+pub mod selector;
+pub mod topic;
+
+pub use broker::{Broker, MemoryBroker, SharedBroker};
+pub use event::{Delivery, Event, Priority};
+pub use selector::Selector;
