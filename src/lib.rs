@@ -26,9 +26,14 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod filter;
+pub mod resources;
+pub mod router;
 pub mod selector;
+pub mod server;
+pub mod shutdown;
 pub mod topic;
 
 pub use broker::{Broker, MemoryBroker, SharedBroker};
 pub use event::{Delivery, Event, Priority};
+pub use router::{Receipt, Router, RouterConfig, RouterError};
 pub use selector::Selector;

@@ -1,0 +1,523 @@
+//! The core: validate events, apply `EventRoute`s, publish, request/response,
+//! and turn `Subscription` resources into durable subscriptions.
+//!
+//! Every transport goes through a [`Router`]; it talks to storage only through
+//! the [`Broker`](crate::broker::Broker) trait and never learns which broker runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker::{
+    BrokerError, LiveItem, LiveSubscription, PublishOptions, Published, SharedBroker,
+};
+use crate::event::{self, Event, ValidationError};
+use crate::resources::{Action, DeliveryMode, Resource};
+use crate::selector::{Selector, SelectorError};
+use crate::topic::{Pattern, TopicTrie};
+
+/// Default upper bound of a request's wait for its reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a request may wait, whatever the caller asks.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most events in one batch publish.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
+/// Router configuration.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Largest accepted serialized payload, in bytes. Default 1 MiB.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_payload_bytes: event::DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// Why a router call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The event is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A pattern or filter is invalid.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// A request got no reply in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// A batch is empty or too large, or another argument is out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A resource document is invalid.
+    #[error("{resource}: {reason}")]
+    Resource {
+        /// `Kind/name`.
+        resource: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl RouterError {
+    /// Stable snake_case code for client-facing errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouterError::Invalid(e) => e.code(),
+            RouterError::Selector(e) => e.code(),
+            RouterError::Broker(e) => e.kind(),
+            RouterError::Timeout(_) => "timeout",
+            RouterError::BadRequest(_) => "bad_request",
+            RouterError::Resource { .. } => "invalid_resource",
+        }
+    }
+}
+
+/// What happened to a published event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum Receipt {
+    /// Stored and routed.
+    Published {
+        /// The event id.
+        event_id: String,
+        /// History cursor.
+        cursor: String,
+    },
+    /// Accepted and discarded by an `EventRoute` `drop` action.
+    Dropped {
+        /// The event id.
+        event_id: String,
+        /// The route that dropped it.
+        route: String,
+    },
+}
+
+impl Receipt {
+    /// The event id.
+    pub fn event_id(&self) -> &str {
+        match self {
+            Receipt::Published { event_id, .. } | Receipt::Dropped { event_id, .. } => event_id,
+        }
+    }
+
+    fn published(p: Published) -> Receipt {
+        Receipt::Published {
+            event_id: p.id,
+            cursor: p.cursor,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    name: String,
+    selector: Selector,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Default)]
+struct RouteTable {
+    trie: TopicTrie<usize>,
+    routes: Vec<CompiledRoute>,
+}
+
+/// The outcome of applying routes to one event.
+struct Routed {
+    event: Event,
+    copies: Vec<Event>,
+    dropped_by: Option<String>,
+}
+
+impl RouteTable {
+    fn new(routes: Vec<CompiledRoute>) -> Self {
+        let mut trie = TopicTrie::new();
+        for (i, route) in routes.iter().enumerate() {
+            for pattern in route.selector.patterns() {
+                trie.insert(pattern, i);
+            }
+        }
+        RouteTable { trie, routes }
+    }
+
+    /// Applies matching routes in name order. Copies are not routed again, so
+    /// routes cannot loop.
+    fn apply(&self, mut event: Event) -> Routed {
+        let mut routed = Routed {
+            event: event.clone(),
+            copies: Vec::new(),
+            dropped_by: None,
+        };
+        if self.routes.is_empty() {
+            return routed;
+        }
+        for i in self.trie.matches(&event.topic) {
+            let route = &self.routes[i];
+            if !route.selector.matches_filter(&event) {
+                continue;
+            }
+            for action in &route.actions {
+                match action {
+                    Action::SetPriority(p) => event.priority = *p,
+                    Action::CopyTo(topic) => routed.copies.push(copy_of(&event, topic)),
+                    Action::Drop => {
+                        routed.dropped_by = Some(route.name.clone());
+                        routed.event = event;
+                        return routed;
+                    }
+                }
+            }
+        }
+        routed.event = event;
+        routed
+    }
+}
+
+fn copy_of(event: &Event, topic: &str) -> Event {
+    let mut copy = event.clone();
+    copy.id = event::new_id();
+    copy.topic = topic.to_string();
+    copy.causation_id = Some(event.id.clone());
+    copy
+}
+
+/// The router: one per process, shared by every connection.
+pub struct Router {
+    broker: SharedBroker,
+    config: RouterConfig,
+    routes: RwLock<Arc<RouteTable>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router over `broker`.
+    pub fn new(broker: SharedBroker, config: RouterConfig) -> Arc<Router> {
+        Arc::new(Router {
+            broker,
+            config,
+            routes: RwLock::new(Arc::default()),
+        })
+    }
+
+    /// The broker, for subscriptions and DLQ operations.
+    pub fn broker(&self) -> &SharedBroker {
+        &self.broker
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Validates raw JSON into an event under this router's limits.
+    ///
+    /// # Errors
+    /// [`RouterError::Invalid`] naming the field.
+    pub fn parse_event(&self, raw: Value) -> Result<Event, RouterError> {
+        Ok(Event::from_json(raw, self.config.max_payload_bytes)?)
+    }
+
+    /// Applies routes and publishes one event (and any copies routes make).
+    ///
+    /// # Errors
+    /// [`RouterError::Broker`] when the broker fails; nothing was published then.
+    #[tracing::instrument(skip_all, fields(topic = %event.topic, id = %event.id))]
+    pub async fn publish(&self, event: Event) -> Result<Receipt, RouterError> {
+        let routes = self.routes.read().clone();
+        let routed = routes.apply(event);
+        if let Some(route) = routed.dropped_by {
+            tracing::debug!(%route, "event dropped by route");
+            return Ok(Receipt::Dropped {
+                event_id: routed.event.id,
+                route,
+            });
+        }
+        if routed.copies.is_empty() {
+            let published = self
+                .broker
+                .publish(routed.event, PublishOptions::default())
+                .await?;
+            return Ok(Receipt::published(published));
+        }
+        let mut events = vec![routed.event];
+        events.extend(routed.copies);
+        let mut published = self
+            .broker
+            .publish_batch(events, PublishOptions { atomic: true })
+            .await?;
+        Ok(Receipt::published(published.swap_remove(0)))
+    }
+
+    /// Parses and publishes raw JSON.
+    ///
+    /// # Errors
+    /// As [`Router::parse_event`] and [`Router::publish`].
+    pub async fn publish_json(&self, raw: Value) -> Result<Receipt, RouterError> {
+        let event = self.parse_event(raw)?;
+        self.publish(event).await
+    }
+
+    /// Publishes events in order; with `atomic`, all or none are stored.
+    /// Receipts are in input order.
+    ///
+    /// # Errors
+    /// [`RouterError::BadRequest`] for an empty or oversize batch;
+    /// [`RouterError::Broker`] when the broker fails.
+    pub async fn publish_batch(
+        &self,
+        events: Vec<Event>,
+        atomic: bool,
+    ) -> Result<Vec<Receipt>, RouterError> {
+        if events.is_empty() {
+            return Err(RouterError::BadRequest(
+                "batch must hold at least one event".into(),
+            ));
+        }
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(RouterError::BadRequest(format!(
+                "batch holds {} events, over the limit of {MAX_BATCH_EVENTS}",
+                events.len()
+            )));
+        }
+        let routes = self.routes.read().clone();
+        // Each input maps to a receipt; `Some(n)` = the n-th stored event.
+        let mut slots: Vec<Result<usize, Receipt>> = Vec::with_capacity(events.len());
+        let mut stored = Vec::with_capacity(events.len());
+        let mut copies = Vec::new();
+        for event in events {
+            let routed = routes.apply(event);
+            if let Some(route) = routed.dropped_by {
+                slots.push(Err(Receipt::Dropped {
+                    event_id: routed.event.id,
+                    route,
+                }));
+                continue;
+            }
+            slots.push(Ok(stored.len()));
+            stored.push(routed.event);
+            copies.extend(routed.copies);
+        }
+        let originals = stored.len();
+        stored.extend(copies);
+        let published = if stored.is_empty() {
+            Vec::new()
+        } else {
+            self.broker
+                .publish_batch(stored, PublishOptions { atomic })
+                .await?
+        };
+        let mut published: Vec<Option<Published>> =
+            published.into_iter().take(originals).map(Some).collect();
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(i) => published.get_mut(i).and_then(Option::take).map_or_else(
+                    || Receipt::Dropped {
+                        event_id: String::new(),
+                        route: String::new(),
+                    },
+                    Receipt::published,
+                ),
+                Err(receipt) => receipt,
+            })
+            .collect())
+    }
+
+    /// Publishes `event` with `reply_to` and `correlation_id` set (keeping
+    /// the caller's when given) and waits up to `timeout` for the first event
+    /// on the reply topic with the same correlation id.
+    ///
+    /// # Errors
+    /// [`RouterError::Timeout`] when no reply arrives in time; others as [`Router::publish`].
+    pub async fn request(&self, mut event: Event, timeout: Duration) -> Result<Event, RouterError> {
+        let timeout = timeout.min(MAX_REQUEST_TIMEOUT);
+        let reply_to = event
+            .reply_to
+            .get_or_insert_with(|| format!("_reply.{}", uuid::Uuid::new_v4().simple()))
+            .clone();
+        let correlation = event
+            .correlation_id
+            .get_or_insert_with(|| event.id.clone())
+            .clone();
+        let pattern = Pattern::parse(&reply_to).map_err(SelectorError::from)?;
+        let selector = Selector::new(vec![pattern], None)?;
+        let mut replies = self
+            .broker
+            .subscribe_live(LiveSubscription {
+                selector,
+                capacity: 64,
+            })
+            .await?;
+        self.publish(event).await?;
+        let wait = async {
+            while let Some(item) = replies.recv().await {
+                if let LiveItem::Event(reply) = item {
+                    if reply.correlation_id.as_deref() == Some(correlation.as_str()) {
+                        return Ok(Event::clone(&reply));
+                    }
+                }
+            }
+            Err(RouterError::Broker(BrokerError::Closed))
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| RouterError::Timeout(timeout))?
+    }
+
+    /// Applies resource documents: subscriptions become durable
+    /// subscriptions; routes replace the route table as a whole (routes not
+    /// in `resources` are removed when `resources` holds any route).
+    ///
+    /// Everything is validated before anything changes.
+    ///
+    /// # Errors
+    /// [`RouterError::Resource`] naming the document; [`RouterError::Broker`].
+    pub async fn apply(&self, resources: &[Resource]) -> Result<(), RouterError> {
+        let mut groups = Vec::new();
+        let mut routes = Vec::new();
+        for resource in resources {
+            let fail = |reason: String| RouterError::Resource {
+                resource: resource.describe(),
+                reason,
+            };
+            match resource {
+                Resource::Subscription(sub) => {
+                    if sub.spec.delivery.mode == DeliveryMode::Live {
+                        return Err(fail(
+                            "delivery.mode live: live subscriptions are opened by connections; \
+                             a Subscription resource must be durable"
+                                .into(),
+                        ));
+                    }
+                    if sub.spec.sink.is_some() {
+                        return Err(fail(
+                            "sink: push delivery is not supported by this version".into(),
+                        ));
+                    }
+                    groups.push(sub.spec.group_spec(&sub.metadata.name).map_err(fail)?);
+                }
+                Resource::EventRoute(route) => {
+                    let selector = route.spec.selector().map_err(|e| fail(e.to_string()))?;
+                    let actions = route
+                        .spec
+                        .actions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| a.compile().map_err(|e| fail(format!("actions[{i}]: {e}"))))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    routes.push(CompiledRoute {
+                        name: route.metadata.name.clone(),
+                        selector,
+                        actions,
+                    });
+                }
+            }
+        }
+        for spec in groups {
+            tracing::info!(subscription = %spec.name, "subscription applied");
+            self.broker.ensure_subscription(spec).await?;
+        }
+        if !routes.is_empty() {
+            routes.sort_by(|a, b| a.name.cmp(&b.name));
+            tracing::info!(routes = routes.len(), "routes applied");
+            *self.routes.write() = Arc::new(RouteTable::new(routes));
+        }
+        Ok(())
+    }
+
+    /// Names of the routes in force, in the order they apply.
+    pub fn route_names(&self) -> Vec<String> {
+        self.routes
+            .read()
+            .routes
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::parse_documents;
+    use serde_json::json;
+
+    fn table(yaml: &str) -> RouteTable {
+        let mut routes = Vec::new();
+        for r in parse_documents(yaml).unwrap() {
+            let Resource::EventRoute(r) = r else { continue };
+            let actions = r
+                .spec
+                .actions
+                .iter()
+                .map(|a| a.compile().unwrap())
+                .collect();
+            routes.push(CompiledRoute {
+                name: r.metadata.name,
+                selector: r.spec.selector().unwrap(),
+                actions,
+            });
+        }
+        RouteTable::new(routes)
+    }
+
+    const ROUTES: &str = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: EventRoute
+metadata: {name: a-escalate}
+spec:
+  match: {topics: ["agent.failed"]}
+  actions: [{setPriority: 9}, {copyTo: audit.failures}]
+---
+apiVersion: eventrouter.dev/v1alpha1
+kind: EventRoute
+metadata: {name: b-drop-debug}
+spec:
+  match: {topics: ["debug.#"]}
+  actions: [{drop: true}]
+"#;
+
+    #[test]
+    fn routes_set_priority_and_copy_with_causation() {
+        let t = table(ROUTES);
+        let e = Event::new("agent.failed", json!({"x": 1})).unwrap();
+        let routed = t.apply(e.clone());
+        assert_eq!(routed.event.priority.get(), 9);
+        assert_eq!(routed.copies.len(), 1);
+        assert_eq!(routed.copies[0].topic, "audit.failures");
+        assert_eq!(
+            routed.copies[0].causation_id.as_deref(),
+            Some(e.id.as_str())
+        );
+        assert_ne!(routed.copies[0].id, e.id);
+        assert!(routed.dropped_by.is_none());
+    }
+
+    #[test]
+    fn drop_action_names_the_route_and_others_pass_untouched() {
+        let t = table(ROUTES);
+        let routed = t.apply(Event::new("debug.trace.x", json!(null)).unwrap());
+        assert_eq!(routed.dropped_by.as_deref(), Some("b-drop-debug"));
+        let plain = Event::new("task.created", json!(null)).unwrap();
+        let routed = t.apply(plain.clone());
+        assert_eq!(routed.event, plain);
+        assert!(routed.copies.is_empty() && routed.dropped_by.is_none());
+    }
+}

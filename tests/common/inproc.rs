@@ -1,0 +1,1 @@
+//! In-process router for tests (owned by the server work).

@@ -1,0 +1,5 @@
+//! Shared helpers for integration tests. Each test binary uses some of them.
+#![allow(dead_code)]
+
+pub mod inproc;
+pub mod process;
