@@ -1,47 +1,257 @@
-//! PLACEHOLDER — the HTTP/WebSocket/SSE server is being written.
+//! The network front: WebSocket (v2 and seed v1), HTTP and SSE on one port
+//! (DESIGN §5), over one transport-neutral session core.
+//!
+//! - [`protocol`]: v2 frames as serde enums; [`ws_v1`]: the seed protocol.
+//! - [`session`]: one connection's subscriptions, in-flight deliveries and
+//!   requests, writing to an outgoing channel; no sockets in it.
+//! - [`ws`], [`sse`], [`http`]: thin adapters; [`cloudevents`]: the
+//!   CloudEvents HTTP bindings; [`error`]: the one client-facing error;
+//!   [`openapi`]: the generated API description at `GET /openapi.json`.
+//!
+//! [`run`] serves until its token is cancelled, then drains: WebSocket
+//! sessions get a 1001 close, SSE streams end, durable consumers are
+//! dropped (in-flight deliveries go back to their groups, nothing is acked
+//! on the way out), bounded by [`ServerConfig::shutdown_grace`].
 
+pub mod cloudevents;
+pub mod error;
+pub mod http;
+pub mod openapi;
+pub mod protocol;
+pub mod session;
+pub mod sse;
+pub mod ws;
+pub mod ws_v1;
+
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+pub use session::{Outgoing, Session, SessionConfig};
 
 use crate::router::Router;
+
+/// Default [`ServerConfig::max_frame_bytes`]: 2 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
+/// Default [`ServerConfig::live_queue_capacity`]: 1024 events.
+pub const DEFAULT_LIVE_QUEUE_CAPACITY: usize = 1024;
+/// Default [`ServerConfig::max_subscriptions_per_connection`]: 100.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 100;
+/// Default [`ServerConfig::shutdown_grace`]: 10 s.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default [`ServerConfig::sse_keepalive`]: 15 s.
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Largest WebSocket frame / HTTP body, in bytes.
+    /// Largest WebSocket frame and HTTP request body, in bytes. Default
+    /// 2 MiB ([`DEFAULT_MAX_FRAME_BYTES`]). Zero rejects every non-empty
+    /// frame and body.
     pub max_frame_bytes: usize,
-    /// Per-subscriber live queue bound.
+    /// Bound of each live subscription's queue, in events; when full the
+    /// oldest is dropped and an overflow notice sent. Default 1024
+    /// ([`DEFAULT_LIVE_QUEUE_CAPACITY`]). Zero means 1.
     pub live_queue_capacity: usize,
-    /// Most subscriptions one connection may hold.
+    /// Most subscriptions one connection may hold. Default 100
+    /// ([`DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION`]). Zero forbids
+    /// subscribing.
     pub max_subscriptions_per_connection: usize,
-    /// How long shutdown waits for connections to drain.
+    /// How long shutdown waits for connections to drain before aborting
+    /// them. Default 10 s ([`DEFAULT_SHUTDOWN_GRACE`]). Zero aborts at once.
     pub shutdown_grace: Duration,
-    /// SSE keep-alive interval.
+    /// Interval of SSE keep-alive comments. Default 15 s
+    /// ([`DEFAULT_SSE_KEEPALIVE`]). Zero disables them.
     pub sse_keepalive: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_frame_bytes: 2 * 1024 * 1024,
-            live_queue_capacity: 1024,
-            max_subscriptions_per_connection: 100,
-            shutdown_grace: Duration::from_secs(10),
-            sse_keepalive: Duration::from_secs(15),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            live_queue_capacity: DEFAULT_LIVE_QUEUE_CAPACITY,
+            max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
         }
     }
 }
 
-/// Serves HTTP, WebSocket and SSE on `listener` until `shutdown` is cancelled.
+/// Open connections by transport.
+#[derive(Debug, Default)]
+pub struct Connections {
+    websocket: AtomicU64,
+    sse: AtomicU64,
+}
+
+impl Connections {
+    /// Counts a WebSocket connection until the guard drops.
+    pub fn websocket(self: &Arc<Self>) -> ConnectionGuard {
+        self.websocket.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            connections: self.clone(),
+            sse: false,
+        }
+    }
+
+    /// Counts an SSE stream until the guard drops.
+    pub fn sse(self: &Arc<Self>) -> ConnectionGuard {
+        self.sse.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            connections: self.clone(),
+            sse: true,
+        }
+    }
+
+    /// Current counts.
+    pub fn snapshot(&self) -> http::ConnectionStats {
+        http::ConnectionStats {
+            websocket: self.websocket.load(Ordering::Relaxed),
+            sse: self.sse.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Decrements a connection count on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    connections: Arc<Connections>,
+    sse: bool,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let counter = if self.sse {
+            &self.connections.sse
+        } else {
+            &self.connections.websocket
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The router.
+    pub router: Arc<Router>,
+    /// The configuration.
+    pub config: Arc<ServerConfig>,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// WebSocket session tasks, awaited (within the grace) on shutdown.
+    pub tasks: TaskTracker,
+    /// Open connection counts.
+    pub connections: Arc<Connections>,
+}
+
+impl AppState {
+    /// State for a server over `router`, stopped by `shutdown`.
+    pub fn new(router: Arc<Router>, config: ServerConfig, shutdown: CancellationToken) -> Self {
+        AppState {
+            router,
+            config: Arc::new(config),
+            shutdown,
+            tasks: TaskTracker::new(),
+            connections: Arc::default(),
+        }
+    }
+
+    /// The limits of one connection's session.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            live_queue_capacity: self.config.live_queue_capacity.max(1),
+            max_subscriptions: self.config.max_subscriptions_per_connection,
+        }
+    }
+}
+
+/// The HTTP application: every route of DESIGN §5, with our error shape for
+/// unknown routes, wrong methods and oversize bodies.
+pub fn app(state: AppState) -> axum::Router {
+    let body_limit = state.config.max_frame_bytes;
+    axum::Router::new()
+        .route("/", get(ws::upgrade))
+        .route("/ws", get(ws::upgrade))
+        .route("/health", get(http::health))
+        .route("/ready", get(http::ready))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/api/v1/events", post(http::publish).get(http::history))
+        .route("/api/v1/events/batch", post(http::publish_batch))
+        .route("/api/v1/events/stream", get(sse::stream))
+        .route("/api/v1/request", post(http::request))
+        .route("/api/v1/stats", get(http::stats))
+        .route("/api/v1/subscriptions", get(http::list_subscriptions))
+        .route(
+            "/api/v1/subscriptions/{name}",
+            get(http::get_subscription)
+                .put(http::put_subscription)
+                .delete(http::delete_subscription),
+        )
+        .route("/api/v1/subscriptions/{name}/ack", post(http::ack))
+        .route("/api/v1/subscriptions/{name}/nack", post(http::nack))
+        .route("/api/v1/subscriptions/{name}/dlq", get(http::dead_letters))
+        .route(
+            "/api/v1/subscriptions/{name}/dlq/redrive",
+            post(http::redrive),
+        )
+        .route("/api/v1/subscriptions/{name}/dlq/purge", post(http::purge))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves HTTP, WebSocket and SSE on `listener` until `shutdown` is
+/// cancelled, then drains connections for at most
+/// [`ServerConfig::shutdown_grace`] and aborts what is left.
+///
+/// # Errors
+/// An I/O error if the listener fails for good.
 pub async fn run(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     config: ServerConfig,
     router: Arc<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let _ = (listener, config, router);
-    shutdown.cancelled().await;
-    Ok(())
+    let grace = config.shutdown_grace;
+    let state = AppState::new(router, config, shutdown.clone());
+    let tasks = state.tasks.clone();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving HTTP, WebSocket and SSE");
+    }
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        result = &mut server => return flatten(result),
+        () = shutdown.cancelled() => {}
+    }
+    tracing::info!(grace = ?grace, "shutting down: draining connections");
+    tasks.close();
+    let drain = async {
+        let result = (&mut server).await;
+        tasks.wait().await;
+        result
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(result) => flatten(result),
+        Err(_) => {
+            tracing::warn!("connections still open after the shutdown grace; aborting them");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    result.map_err(std::io::Error::other)?
 }

@@ -1,0 +1,236 @@
+//! CloudEvents 1.0 over HTTP: structured (`application/cloudevents+json`),
+//! batch (`application/cloudevents-batch+json`) and binary (`ce-*` headers)
+//! modes, mapped to our envelope (DESIGN §3).
+//!
+//! `specversion`, `id`, `source`, `type`, `time`, `datacontenttype` and
+//! `data` map 1:1. Our extras travel as extension attributes, whose names
+//! are lowercase alphanumerics: `priority`, `ttl`, `key`, `target`,
+//! `correlationid`, `causationid`, `replyto`; `traceparent` and
+//! `tracestate` go to `headers`. `subject`, `dataschema`, `data_base64`
+//! (kept as a string in `payload`, with `metadata.data_base64 = true`) and
+//! any other extension land in `metadata`, so nothing sent is lost.
+
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// Media type of a structured-mode CloudEvent.
+pub const STRUCTURED: &str = "application/cloudevents+json";
+/// Media type of a batch of structured-mode CloudEvents.
+pub const BATCH: &str = "application/cloudevents-batch+json";
+
+/// How a request body carries its event(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Our JSON envelope.
+    Plain,
+    /// One structured CloudEvent.
+    Structured,
+    /// A JSON array of structured CloudEvents.
+    Batch,
+    /// Binary mode: attributes in `ce-*` headers, the body is `data`.
+    Binary,
+}
+
+/// The body mode of a request, from its headers.
+pub fn mode(headers: &HeaderMap) -> Mode {
+    let media = media_type(headers);
+    if media.eq_ignore_ascii_case(STRUCTURED) {
+        Mode::Structured
+    } else if media.eq_ignore_ascii_case(BATCH) {
+        Mode::Batch
+    } else if headers.contains_key("ce-specversion") {
+        Mode::Binary
+    } else {
+        Mode::Plain
+    }
+}
+
+/// The request's media type without parameters (`; charset=...`).
+fn media_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_event", message)
+}
+
+/// Maps one structured CloudEvent to our raw envelope.
+///
+/// # Errors
+/// `invalid_event` when it is not an object or has an unsupported
+/// `specversion`.
+pub fn from_structured(ce: Value) -> Result<Value, ApiError> {
+    let Value::Object(attributes) = ce else {
+        return Err(invalid(format!(
+            "a CloudEvent must be a JSON object, got {}",
+            crate::event::json_kind(&ce)
+        )));
+    };
+    map_attributes(attributes)
+}
+
+/// Maps a binary-mode CloudEvent (`ce-*` headers plus body) to our raw
+/// envelope.
+///
+/// # Errors
+/// `invalid_event` for a bad attribute, or data that is neither JSON (by
+/// content type) nor UTF-8 text.
+pub fn from_binary(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let mut attributes = Map::new();
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| invalid(format!("header {name} is not visible ASCII")))?;
+        attributes.insert(attr.to_string(), Value::String(value.to_string()));
+    }
+    let media = media_type(headers);
+    if !media.is_empty() {
+        attributes.insert("datacontenttype".into(), Value::String(media.to_string()));
+    }
+    let data = if body.is_empty() {
+        Value::Null
+    } else if is_json(media) {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("data is not JSON: {e}")))?
+    } else {
+        let text = std::str::from_utf8(body).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "binary-mode data must be JSON or UTF-8 text",
+            )
+        })?;
+        Value::String(text.to_string())
+    };
+    attributes.insert("data".into(), data);
+    map_attributes(attributes)
+}
+
+fn is_json(media: &str) -> bool {
+    let media = media.to_ascii_lowercase();
+    media.is_empty() || media == "application/json" || media.ends_with("+json")
+}
+
+fn map_attributes(attributes: Map<String, Value>) -> Result<Value, ApiError> {
+    let mut out = Map::new();
+    let mut headers = Map::new();
+    let mut metadata = Map::new();
+    for (name, value) in attributes {
+        match name.as_str() {
+            "specversion" => match value.as_str() {
+                Some("1.0") => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "unsupported CloudEvents specversion {value} (expected \"1.0\")"
+                    )));
+                }
+            },
+            "id" | "source" | "type" | "time" | "datacontenttype" | "priority" | "key"
+            | "target" => {
+                out.insert(name, value);
+            }
+            "ttl" => {
+                out.insert(name, number_or_text(value));
+            }
+            "data" => {
+                out.insert("payload".into(), value);
+            }
+            "data_base64" => {
+                out.insert("payload".into(), value);
+                metadata.insert("data_base64".into(), Value::Bool(true));
+            }
+            "correlationid" => {
+                out.insert("correlation_id".into(), value);
+            }
+            "causationid" => {
+                out.insert("causation_id".into(), value);
+            }
+            "replyto" => {
+                out.insert("reply_to".into(), value);
+            }
+            "traceparent" | "tracestate" => {
+                headers.insert(name, value);
+            }
+            _ => {
+                metadata.insert(name, value);
+            }
+        }
+    }
+    if !headers.is_empty() {
+        out.insert("headers".into(), Value::Object(headers));
+    }
+    if !metadata.is_empty() {
+        out.insert("metadata".into(), Value::Object(metadata));
+    }
+    Ok(Value::Object(out))
+}
+
+/// CloudEvents integers arrive as text in headers.
+fn number_or_text(value: Value) -> Value {
+    match &value {
+        Value::String(s) => s.trim().parse::<u64>().map_or(value, Value::from),
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn structured_attributes_and_extensions_map_to_our_fields() {
+        let ce = json!({
+            "specversion": "1.0", "id": "e1", "source": "/svc", "type": "task.created",
+            "time": "2024-01-01T00:00:00Z", "datacontenttype": "application/json",
+            "data": {"n": 1}, "priority": 7, "correlationid": "c", "replyto": "r.x",
+            "traceparent": "00-abc-def-01", "subject": "s", "custom": true
+        });
+        let v = from_structured(ce).unwrap();
+        assert_eq!(v["payload"], json!({"n": 1}));
+        assert_eq!(v["correlation_id"], "c");
+        assert_eq!(v["reply_to"], "r.x");
+        assert_eq!(v["headers"]["traceparent"], "00-abc-def-01");
+        assert_eq!(v["metadata"], json!({"subject": "s", "custom": true}));
+        assert!(v.get("specversion").is_none());
+        crate::event::Event::from_json(v, 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn unsupported_specversion_is_rejected() {
+        let e = from_structured(json!({"specversion": "0.3", "type": "a"})).unwrap_err();
+        assert_eq!(e.code, "invalid_event");
+        assert!(e.message.contains("0.3"));
+    }
+
+    #[test]
+    fn binary_mode_reads_headers_and_body() {
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "1.0".parse().unwrap());
+        h.insert("ce-type", "task.created".parse().unwrap());
+        h.insert("ce-id", "b1".parse().unwrap());
+        h.insert("ce-ttl", "60".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        assert_eq!(mode(&h), Mode::Binary);
+        let v = from_binary(&h, br#"{"a":1}"#).unwrap();
+        assert_eq!(v["payload"], json!({"a": 1}));
+        assert_eq!(v["ttl"], 60);
+        assert_eq!(v["datacontenttype"], "application/json");
+        h.insert("content-type", "text/plain".parse().unwrap());
+        assert_eq!(from_binary(&h, b"hi").unwrap()["payload"], "hi");
+        assert_eq!(
+            from_binary(&h, &[0xff, 0xfe]).unwrap_err().code,
+            "unsupported_media_type"
+        );
+    }
+}
