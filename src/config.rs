@@ -1,9 +1,363 @@
 //! Configuration shared across components, and duration parsing.
 //!
+//! [`Config`] is the one configuration of `event-router serve`: read from a
+//! YAML file ([`Config::from_yaml`]), overlaid by environment variables and
+//! flags in `cli/serve.rs`, then [validated](Config::validate) once. Each
+//! component receives only its own configuration ([`Config::router_config`],
+//! [`Config::server_config`], [`Config::broker_config`]). `docs/configuration.md`
+//! lists every key with its flag and environment variable.
+//!
 //! Durations are written `250ms`, `30s`, `5m`, `1h` or `1d`; a bare number
 //! means seconds.
 
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::MemoryBrokerConfig;
+use crate::router::RouterConfig;
+use crate::server::ServerConfig;
+
+/// Default address of `serve`: every interface, port 8080.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
+/// Default port of `serve` and of the client commands' `--url`.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default largest event payload: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: NonZeroUsize = nonzero(1024 * 1024);
+/// Default largest WebSocket frame or HTTP body: 2 MiB, room for a
+/// payload of [`DEFAULT_MAX_PAYLOAD_BYTES`] and its envelope.
+pub const DEFAULT_MAX_FRAME_BYTES: NonZeroUsize = nonzero(2 * 1024 * 1024);
+/// Default bound of one live subscriber's queue, in events.
+pub const DEFAULT_LIVE_QUEUE_CAPACITY: NonZeroUsize = nonzero(1024);
+/// Default most subscriptions one connection may hold.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: NonZeroUsize = nonzero(100);
+/// Default time shutdown waits for connections to drain.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default interval of SSE keep-alive comments.
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Evaluated in `const` items only, so a zero default fails the build
+/// instead of panicking at run time.
+const fn nonzero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("default must not be zero"),
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML of the expected shape.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file (`<text>` for [`Config::from_yaml`]).
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config value {key}: {reason}")]
+    Invalid {
+        /// The key, as written in the file (`server.max_frame_bytes`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How `serve` writes its logs (to stdout).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, text when it is.
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(LogFormat::Auto),
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            other => Err(format!(
+                "unknown log format {other:?} (expected auto, json or text)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        })
+    }
+}
+
+/// The configuration of `event-router serve`.
+///
+/// Every key is optional in the file; precedence is flag > environment
+/// variable > file > default.
+///
+/// # Examples
+///
+/// ```
+/// use event_router::config::Config;
+///
+/// let config = Config::from_yaml("listen: 127.0.0.1:9000\nserver:\n  shutdown_grace: 3s\n").unwrap();
+/// config.validate().unwrap();
+/// assert_eq!(config.listen.port(), 9000);
+/// assert_eq!(config.server.shutdown_grace.as_secs(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address HTTP, WebSocket and SSE share. Default `0.0.0.0:8080`;
+    /// port 0 picks a free port (logged at startup).
+    pub listen: SocketAddr,
+    /// Resource files (`Subscription`/`EventRoute` YAML) applied before the
+    /// first connection is accepted. Default none; relative paths are
+    /// relative to the working directory.
+    pub files: Vec<PathBuf>,
+    /// Logging.
+    pub log: LogSection,
+    /// The router core.
+    pub router: RouterSection,
+    /// The HTTP/WebSocket/SSE server.
+    pub server: ServerSection,
+    /// The embedded in-memory broker.
+    pub broker: BrokerSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN,
+            files: Vec::new(),
+            log: LogSection::default(),
+            router: RouterSection::default(),
+            server: ServerSection::default(),
+            broker: BrokerSection::default(),
+        }
+    }
+}
+
+/// Logging (`log:` in the file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `auto` (default: JSON when stdout is not a terminal), `json` or
+    /// `text`. Levels come from `RUST_LOG` (default `info`).
+    pub format: LogFormat,
+}
+
+/// The router core (`router:` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterSection {
+    /// Largest accepted event payload, in bytes of compact JSON. Default
+    /// 1048576 (1 MiB); zero is rejected.
+    pub max_payload_bytes: NonZeroUsize,
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        RouterSection {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// The server (`server:` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Largest WebSocket frame or HTTP request body, in bytes. Default
+    /// 2097152 (2 MiB); must be at least `router.max_payload_bytes`; zero
+    /// is rejected.
+    pub max_frame_bytes: NonZeroUsize,
+    /// Bound of each live subscriber's queue, in events; when full the
+    /// oldest events are dropped and the client gets an `overflow` notice.
+    /// Default 1024; zero is rejected.
+    pub live_queue_capacity: NonZeroUsize,
+    /// Most subscriptions one connection may hold. Default 100; zero is
+    /// rejected.
+    pub max_subscriptions_per_connection: NonZeroUsize,
+    /// How long shutdown waits for connections to drain before closing
+    /// them, e.g. `10s`. Default `10s`; `0s` closes them at once.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Interval of SSE keep-alive comments, e.g. `15s`. Default `15s`;
+    /// `0s` sends none.
+    #[serde(with = "duration")]
+    pub sse_keepalive: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            live_queue_capacity: DEFAULT_LIVE_QUEUE_CAPACITY,
+            max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+        }
+    }
+}
+
+/// The embedded in-memory broker (`broker:` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSection {
+    /// Most events kept in history (for SSE resume, `GET /api/v1/events`
+    /// and replay), across all topics; the oldest are evicted first.
+    /// Default 100000; zero keeps no history.
+    pub history_max_events: usize,
+    /// How long an event stays in history after it was published, e.g.
+    /// `30m`. Default `1h`; zero means no age limit (only
+    /// `history_max_events` bounds history).
+    #[serde(with = "duration")]
+    pub history_max_age: Duration,
+    /// Most events one durable subscription holds (queued, in flight or
+    /// retrying); a publish that would exceed it is refused (503), so a
+    /// stalled subscription pushes back on publishers. Default 1000000;
+    /// zero means unbounded.
+    pub max_queued_per_subscription: usize,
+    /// Most dead letters kept per subscription; beyond it the oldest is
+    /// evicted. Default 100000; zero means unbounded.
+    pub dead_letter_max: usize,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            history_max_events: MemoryBrokerConfig::DEFAULT_HISTORY_MAX_EVENTS,
+            history_max_age: MemoryBrokerConfig::DEFAULT_HISTORY_MAX_AGE,
+            max_queued_per_subscription: MemoryBrokerConfig::DEFAULT_MAX_QUEUED_PER_SUBSCRIPTION,
+            dead_letter_max: MemoryBrokerConfig::DEFAULT_DEAD_LETTER_MAX,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML configuration file; absent keys keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`] naming the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses YAML configuration text; absent keys keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming the unknown key or bad value.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, Path::new("<text>"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // An empty file (or one holding only comments) means all defaults.
+        let meaningful = text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---");
+        if !meaningful {
+            return Ok(Config::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks what the types cannot: relations between values and ranges.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.server.max_frame_bytes < self.router.max_payload_bytes {
+            return invalid(
+                "server.max_frame_bytes",
+                format!(
+                    "{} is smaller than router.max_payload_bytes ({}); a frame must fit the largest payload",
+                    self.server.max_frame_bytes, self.router.max_payload_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The router core's configuration.
+    pub fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            max_payload_bytes: self.router.max_payload_bytes.get(),
+        }
+    }
+
+    /// The server's configuration.
+    pub fn server_config(&self) -> ServerConfig {
+        let s = &self.server;
+        ServerConfig {
+            max_frame_bytes: s.max_frame_bytes.get(),
+            live_queue_capacity: s.live_queue_capacity.get(),
+            max_subscriptions_per_connection: s.max_subscriptions_per_connection.get(),
+            shutdown_grace: s.shutdown_grace,
+            sse_keepalive: s.sse_keepalive,
+        }
+    }
+
+    /// The embedded in-memory broker's configuration.
+    pub fn broker_config(&self) -> MemoryBrokerConfig {
+        let b = &self.broker;
+        MemoryBrokerConfig {
+            history_max_events: b.history_max_events,
+            history_max_age: b.history_max_age,
+            max_queued_per_subscription: b.max_queued_per_subscription,
+            dead_letter_max: b.dead_letter_max,
+        }
+    }
+
+    /// The configuration as YAML, in the shape [`Config::from_yaml`] reads.
+    ///
+    /// # Errors
+    /// Only if serialisation fails, which these types do not cause.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_saphyr::to_string(self).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<output>"),
+            message: e.to_string(),
+        })
+    }
+}
 
 /// Parses `250ms`, `30s`, `5m`, `1h`, `1d`, or a bare number of seconds
 /// (fractions allowed: `1.5s`, `0.5`).
@@ -38,11 +392,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
+    if !ms.is_multiple_of(1000) || ms == 0 {
         format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}s", ms / 1000)
@@ -101,5 +455,74 @@ mod tests {
         ] {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
+    }
+
+    #[test]
+    fn empty_file_means_defaults_and_validates() {
+        let config = Config::from_yaml("# nothing here\n").unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.router_config().max_payload_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn file_sets_nested_keys_and_durations() {
+        let config = Config::from_yaml(
+            "listen: 127.0.0.1:0\nfiles: [a.yaml]\nlog: {format: json}\n\
+             router: {max_payload_bytes: 1000}\n\
+             server: {shutdown_grace: 250ms, live_queue_capacity: 8}\n\
+             broker: {history_max_age: 5m, history_max_events: 7}\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.files, vec![PathBuf::from("a.yaml")]);
+        assert_eq!(
+            config.server_config().shutdown_grace,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.server_config().live_queue_capacity, 8);
+        let broker = config.broker_config();
+        assert_eq!(broker.history_max_age, Duration::from_secs(300));
+        assert_eq!(broker.history_max_events, 7);
+        assert_eq!(
+            broker.dead_letter_max,
+            MemoryBrokerConfig::default().dead_letter_max
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_sizes_are_rejected_by_name() {
+        let err = Config::from_yaml("server: {max_frame_byte: 10}\n").unwrap_err();
+        assert!(err.to_string().contains("max_frame_byte"), "{err}");
+        let err = Config::from_yaml("router: {max_payload_bytes: 0}\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn frame_limit_below_payload_limit_is_rejected() {
+        let config = Config::from_yaml(
+            "router: {max_payload_bytes: 4096}\nserver: {max_frame_bytes: 1024}\n",
+        )
+        .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("server.max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn yaml_output_reads_back_the_same() {
+        let mut config = Config::default();
+        config.server.shutdown_grace = Duration::from_millis(1500);
+        config.files.push(PathBuf::from("routes.yaml"));
+        let text = config.to_yaml().unwrap();
+        assert_eq!(Config::from_yaml(&text).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn log_format_parses_its_three_names() {
+        assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert_eq!(LogFormat::Text.to_string(), "text");
+        assert!("xml".parse::<LogFormat>().unwrap_err().contains("xml"));
     }
 }

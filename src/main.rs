@@ -1,1 +1,60 @@
-fn main() {}
+//! The `event-router` binary: argument parsing only.
+//!
+//! Each subcommand's arguments and behaviour live in `cli/<subcommand>.rs`;
+//! this file maps the command line onto them and turns an error into a
+//! message on stderr and a non-zero exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Routes events between AI agents and services: topic patterns, content
+/// filters, priorities, live and durable (acked, retried, dead-lettered)
+/// delivery over WebSocket, HTTP, SSE and CloudEvents.
+#[derive(Debug, Parser)]
+#[command(
+    name = "event-router",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        event-router serve                                # router on :8080, in-memory broker\n  \
+        event-router publish task.created '{\"id\":42}'     # publish one event\n  \
+        event-router tail 'task.*'                         # print matching events as they arrive\n  \
+        event-router status                               # health, counters, subscriptions\n\n\
+        Client commands talk to --url (env EVENT_ROUTER_URL, default http://127.0.0.1:8080).\n\
+        Protocol reference: docs/protocol.md. Configuration: docs/configuration.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(cli::serve::ServeArgs),
+    Publish(cli::publish::PublishArgs),
+    Tail(cli::tail::TailArgs),
+    Status(cli::status::StatusArgs),
+    Dlq(cli::dlq::DlqArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args).await,
+        Command::Publish(args) => cli::publish::run(args).await,
+        Command::Tail(args) => cli::tail::run(args).await,
+        Command::Status(args) => cli::status::run(args).await,
+        Command::Dlq(args) => cli::dlq::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

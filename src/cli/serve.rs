@@ -1,0 +1,458 @@
+//! `event-router serve`: run a router on the embedded in-memory broker.
+//!
+//! Startup order: configuration (file, then environment and flags), logging,
+//! resource files applied to the router, bind, then the stable line
+//! `listening on ADDR` on stderr — anything that fails before that line
+//! stops the process with a message and exit code 1. SIGINT or SIGTERM
+//! starts a drain bounded by `--shutdown-grace`; the process then exits 0.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use event_router::broker::{MemoryBroker, SharedBroker};
+use event_router::config::{self, Config, LogFormat};
+use event_router::resources::{self, Resource};
+use event_router::{Router, RouterError, server, shutdown};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Extra time past `--shutdown-grace` for the server to finish closing
+/// connections before the process stops waiting for it.
+const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Run the router: HTTP, WebSocket and SSE on one port.
+///
+/// Runs on the embedded in-memory broker: one process, and nothing
+/// (events, subscriptions, dead letters) survives a restart. Resource files
+/// (`-f`) holding `Subscription` and `EventRoute` documents are applied
+/// before the first connection is accepted; a bad file stops startup.
+///
+/// Precedence of settings: flag > environment variable > `--config` file >
+/// default. Once bound, the process prints `listening on ADDR` (the real
+/// port when `:0` was asked for) on stderr. SIGINT/SIGTERM drain connections
+/// for up to --shutdown-grace, then the process exits 0.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    event-router serve\n  \
+    event-router serve --listen 127.0.0.1:0 -f deploy/examples/subscription.yaml\n  \
+    EVENT_ROUTER_LOG_FORMAT=text event-router serve --config router.yaml --shutdown-grace 30s\n  \
+    event-router serve --config router.yaml --print-config")]
+pub struct ServeArgs {
+    /// Address to listen on [default: 0.0.0.0:8080]; port 0 picks a free port.
+    #[arg(long, env = "EVENT_ROUTER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Subscription/EventRoute YAML file to apply at startup (repeatable;
+    /// comma-separated in the environment variable).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        env = "EVENT_ROUTER_FILES",
+        value_delimiter = ','
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// YAML configuration file (keys in docs/configuration.md).
+    #[arg(long, env = "EVENT_ROUTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as YAML and exit without serving.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Largest event payload in bytes [default: 1048576].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_PAYLOAD_BYTES",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
+    pub max_payload_bytes: Option<NonZeroUsize>,
+
+    /// Largest WebSocket frame or HTTP body in bytes [default: 2097152].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_FRAME_BYTES",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
+    pub max_frame_bytes: Option<NonZeroUsize>,
+
+    /// Events queued per live subscriber before the oldest are dropped [default: 1024].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_LIVE_QUEUE_CAPACITY",
+        value_name = "EVENTS",
+        help_heading = "Limits"
+    )]
+    pub live_queue_capacity: Option<NonZeroUsize>,
+
+    /// Most subscriptions one connection may hold [default: 100].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_subscriptions_per_connection: Option<NonZeroUsize>,
+
+    /// How long shutdown drains connections, e.g. 500ms, 10s [default: 10s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Limits"
+    )]
+    pub shutdown_grace: Option<Duration>,
+
+    /// Interval of SSE keep-alive comments; 0s sends none [default: 15s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_SSE_KEEPALIVE",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Limits"
+    )]
+    pub sse_keepalive: Option<Duration>,
+
+    /// Most events kept in history for SSE resume and replay; 0 keeps none [default: 100000].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_HISTORY_MAX_EVENTS",
+        value_name = "EVENTS",
+        help_heading = "Broker"
+    )]
+    pub history_max_events: Option<usize>,
+
+    /// Longest an event is kept in history, e.g. 30m; 0 means no age limit [default: 1h].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_HISTORY_MAX_AGE",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Broker"
+    )]
+    pub history_max_age: Option<Duration>,
+
+    /// Most events one durable subscription holds before publishes are
+    /// refused; 0 means unbounded [default: 1000000].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_QUEUED_PER_SUBSCRIPTION",
+        value_name = "EVENTS",
+        help_heading = "Broker"
+    )]
+    pub max_queued_per_subscription: Option<usize>,
+
+    /// Most dead letters kept per subscription (oldest evicted); 0 means
+    /// unbounded [default: 100000].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_DEAD_LETTER_MAX",
+        value_name = "ENTRIES",
+        help_heading = "Broker"
+    )]
+    pub dead_letter_max: Option<usize>,
+
+    /// Log format: auto (JSON unless stdout is a terminal), json or text
+    /// [default: auto]. Levels come from RUST_LOG (default info).
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_LOG_FORMAT",
+        value_name = "FORMAT",
+        help_heading = "Logging"
+    )]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The configuration file (if any) overlaid by flags and environment,
+    /// validated.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or an invalid value, named.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        self.overlay(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn overlay(&self, c: &mut Config) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        set(&mut c.listen, &self.listen);
+        if !self.files.is_empty() {
+            c.files.clone_from(&self.files);
+        }
+        set(&mut c.log.format, &self.log_format);
+        set(&mut c.router.max_payload_bytes, &self.max_payload_bytes);
+        set(&mut c.server.max_frame_bytes, &self.max_frame_bytes);
+        set(&mut c.server.live_queue_capacity, &self.live_queue_capacity);
+        set(
+            &mut c.server.max_subscriptions_per_connection,
+            &self.max_subscriptions_per_connection,
+        );
+        set(&mut c.server.shutdown_grace, &self.shutdown_grace);
+        set(&mut c.server.sse_keepalive, &self.sse_keepalive);
+        set(&mut c.broker.history_max_events, &self.history_max_events);
+        set(&mut c.broker.history_max_age, &self.history_max_age);
+        set(
+            &mut c.broker.max_queued_per_subscription,
+            &self.max_queued_per_subscription,
+        );
+        set(&mut c.broker.dead_letter_max, &self.dead_letter_max);
+    }
+}
+
+/// Runs `serve` until SIGINT/SIGTERM and a drain.
+///
+/// # Errors
+/// Invalid configuration or resource file, a port that cannot be bound, or
+/// a server that fails.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", config.to_yaml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(config.log.format);
+    let loaded = load_resources(&config.files)?;
+    let broker: SharedBroker = Arc::new(MemoryBroker::new(config.broker_config()));
+    let router = Router::new(broker, config.router_config());
+    apply_resources(&router, &loaded).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let stop = super::shutdown_signal().await;
+    announce(addr, &loaded);
+    serve_until_signal(listener, &config, router, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves until `stop` completes, then drains with a deadline and closes
+/// the broker.
+async fn serve_until_signal(
+    listener: TcpListener,
+    config: &Config,
+    router: Arc<Router>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut server = tracker.spawn(server::run(
+        listener,
+        config.server_config(),
+        router.clone(),
+        token.clone(),
+    ));
+    tracker.close();
+    let early = tokio::select! {
+        () = stop => None,
+        result = &mut server => Some(result),
+    };
+    token.cancel();
+    if let Some(result) = early {
+        router.broker().close().await;
+        return match result {
+            Ok(Ok(())) => Err(anyhow!("the server stopped without being asked to")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the server failed")),
+            Err(e) => Err(anyhow!("the server task failed: {e}")),
+        };
+    }
+    let grace = config.server.shutdown_grace;
+    tracing::info!(grace = %config::format_duration(grace), "draining connections");
+    let drained = tokio::select! {
+        r = tokio::time::timeout(grace + DRAIN_MARGIN, tracker.wait()) => r.is_ok(),
+        () = shutdown::signal() => {
+            tracing::warn!("second signal: stopping without waiting for the drain");
+            false
+        }
+    };
+    let outcome = if drained {
+        match server.await {
+            Ok(result) => result.context("the server failed while draining"),
+            Err(e) => Err(anyhow!("the server task failed: {e}")),
+        }
+    } else {
+        tracing::warn!("connections still open after the grace period; closing them");
+        server.abort();
+        Ok(())
+    };
+    router.broker().close().await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The stable startup lines on stderr (tests and scripts parse the first),
+/// repeated in the logs.
+fn announce(addr: SocketAddr, loaded: &Loaded) {
+    eprintln!("listening on {addr}");
+    eprintln!(
+        "WARNING: embedded in-memory broker: single process, nothing survives a restart \
+         (events, durable subscriptions and dead letters are lost when it stops)"
+    );
+    tracing::info!(
+        %addr,
+        resources = loaded.resources.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening on {addr}"
+    );
+    tracing::warn!(
+        "running on the embedded in-memory broker: single process, nothing survives a restart"
+    );
+}
+
+/// Resource documents read from files, with the file each came from.
+#[derive(Debug, Default)]
+struct Loaded {
+    resources: Vec<Resource>,
+    origin: HashMap<String, PathBuf>,
+}
+
+/// Reads and parses every file; the first bad one stops startup.
+fn load_resources(files: &[PathBuf]) -> anyhow::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read resource file {}", path.display()))?;
+        let docs = resources::parse_documents(&text)
+            .map_err(|e| anyhow!("resource file {}: {e}", path.display()))?;
+        if docs.is_empty() {
+            tracing::warn!(file = %path.display(), "resource file holds no documents");
+        }
+        for doc in docs {
+            loaded
+                .origin
+                .entry(doc.describe())
+                .or_insert_with(|| path.clone());
+            loaded.resources.push(doc);
+        }
+    }
+    Ok(loaded)
+}
+
+/// Applies everything at once (routes replace the route table as a whole),
+/// naming the file of a rejected document.
+async fn apply_resources(router: &Router, loaded: &Loaded) -> anyhow::Result<()> {
+    if loaded.resources.is_empty() {
+        return Ok(());
+    }
+    router
+        .apply(&loaded.resources)
+        .await
+        .map_err(|e| match &e {
+            RouterError::Resource { resource, .. } => {
+                let file = loaded.origin.get(resource).map_or(Path::new("?"), |p| p);
+                anyhow!("resource file {}: {e}", file.display())
+            }
+            _ => anyhow::Error::new(e).context("cannot apply resource files"),
+        })?;
+    for resource in &loaded.resources {
+        tracing::info!(resource = %resource.describe(), "resource applied");
+    }
+    Ok(())
+}
+
+/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let terminal = std::io::stdout().is_terminal();
+    let json = match format {
+        LogFormat::Auto => !terminal,
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal)
+        .with_writer(std::io::stdout);
+    // `try_init` fails only when a subscriber is already installed, which
+    // then keeps logging.
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(argv);
+        Wrapper::try_parse_from(all).unwrap().serve
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let c = args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "1s",
+            "-f",
+            "a.yaml",
+        ])
+        .config()
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(1));
+        assert_eq!(c.files, vec![PathBuf::from("a.yaml")]);
+        assert_eq!(c.server.live_queue_capacity.get(), 1024);
+    }
+
+    #[test]
+    fn invalid_combination_is_rejected_after_overlay() {
+        let err = args(&["--max-payload-bytes", "5000000"])
+            .config()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("server.max_frame_bytes"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_flag_names_the_text() {
+        let err = Wrapper::try_parse_from(["serve", "--shutdown-grace", "soon"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+    }
+}
