@@ -2,7 +2,16 @@
 
 use std::collections::HashMap;
 
+use regex::RegexSet;
+
 use super::Pattern;
+
+/// Hasher for segment lookups: fast on short keys, seeded per process.
+type SegmentMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+/// Compiled-size limit of the combined regex set; past it, regexes are
+/// matched one by one instead.
+const REGEX_SET_SIZE_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Maps patterns to keys (subscription ids) and finds every key whose pattern
 /// matches a topic.
@@ -10,18 +19,20 @@ use super::Pattern;
 /// Glob patterns live in a trie keyed by segment, with separate edges for `*`
 /// and `#`, so a lookup visits only the branches that the topic's segments
 /// select: its cost grows with topic depth (and `#` fan-out), not with the
-/// number of patterns. Regex patterns cannot be indexed and are scanned
-/// linearly; they are meant to be rare.
+/// number of patterns. Regex patterns cannot be indexed by segment; they are
+/// compiled together into one [`RegexSet`] (rebuilt when one is added or
+/// removed), so a topic is matched against all of them in a single pass.
 #[derive(Debug)]
 pub struct TopicTrie<K> {
     root: Node<K>,
     regexes: Vec<(Pattern, K)>,
+    regex_set: Option<RegexSet>,
     len: usize,
 }
 
 #[derive(Debug)]
 struct Node<K> {
-    literal: HashMap<Box<str>, Node<K>>,
+    literal: SegmentMap<Node<K>>,
     star: Option<Box<Node<K>>>,
     hash: Option<Box<Node<K>>>,
     keys: Vec<K>,
@@ -30,7 +41,7 @@ struct Node<K> {
 impl<K> Default for Node<K> {
     fn default() -> Self {
         Node {
-            literal: HashMap::new(),
+            literal: SegmentMap::default(),
             star: None,
             hash: None,
             keys: Vec::new(),
@@ -52,6 +63,7 @@ impl<K> Default for TopicTrie<K> {
         TopicTrie {
             root: Node::default(),
             regexes: Vec::new(),
+            regex_set: None,
             len: 0,
         }
     }
@@ -78,7 +90,10 @@ impl<K: Clone + Ord> TopicTrie<K> {
     pub fn insert(&mut self, pattern: &Pattern, key: K) {
         self.len += 1;
         match pattern {
-            Pattern::Regex(_) => self.regexes.push((pattern.clone(), key)),
+            Pattern::Regex(_) => {
+                self.regexes.push((pattern.clone(), key));
+                self.rebuild_regex_set();
+            }
             Pattern::Glob(glob) => {
                 let mut node = &mut self.root;
                 for segment in glob.split('.') {
@@ -102,7 +117,11 @@ impl<K: Clone + Ord> TopicTrie<K> {
                     .regexes
                     .iter()
                     .position(|(p, k)| p == pattern && k == key);
-                found.map(|i| self.regexes.swap_remove(i)).is_some()
+                let removed = found.map(|i| self.regexes.remove(i)).is_some();
+                if removed {
+                    self.rebuild_regex_set();
+                }
+                removed
             }
             Pattern::Glob(glob) => {
                 let segments: Vec<&str> = glob.split('.').collect();
@@ -119,12 +138,12 @@ impl<K: Clone + Ord> TopicTrie<K> {
     /// in ascending order.
     pub fn matches_into(&self, topic: &str, out: &mut Vec<K>) {
         let start = out.len();
-        let segments: Vec<&str> = topic.split('.').collect();
-        collect(&self.root, &segments, out);
-        for (pattern, key) in &self.regexes {
-            if pattern.matches(topic) {
-                out.push(key.clone());
-            }
+        collect(&self.root, Some(topic), out);
+        match &self.regex_set {
+            Some(set) => out.extend(set.matches(topic).iter().map(|i| self.regexes[i].1.clone())),
+            None => out.extend(
+                self.regexes.iter().filter(|(p, _)| p.matches(topic)).map(|(_, k)| k.clone()),
+            ),
         }
         if out.len() - start > 1 {
             out[start..].sort_unstable();
@@ -140,22 +159,50 @@ impl<K: Clone + Ord> TopicTrie<K> {
     }
 }
 
-fn collect<K: Clone>(node: &Node<K>, segments: &[&str], out: &mut Vec<K>) {
+impl<K> TopicTrie<K> {
+    /// Recompiles the combined regex set. A set too large to compile falls
+    /// back to matching each regex alone (still correct, only slower).
+    fn rebuild_regex_set(&mut self) {
+        self.regex_set = if self.regexes.is_empty() {
+            None
+        } else {
+            let sources = self.regexes.iter().map(|(p, _)| match p {
+                Pattern::Regex(re) => re.as_str(),
+                Pattern::Glob(g) => g.as_str(),
+            });
+            regex::RegexSetBuilder::new(sources).size_limit(REGEX_SET_SIZE_LIMIT).build().ok()
+        };
+    }
+}
+
+/// Collects keys of patterns matching `rest`, the topic's remaining
+/// segments (`None` once all are consumed). Walks the topic in place, so a
+/// lookup allocates nothing beyond `out`.
+fn collect<K: Clone>(node: &Node<K>, rest: Option<&str>, out: &mut Vec<K>) {
     if let Some(hash) = &node.hash {
         // `#` consumes zero or more segments.
-        for skip in 0..=segments.len() {
-            collect(hash, &segments[skip..], out);
+        let mut remaining = rest;
+        loop {
+            collect(hash, remaining, out);
+            match remaining {
+                None => break,
+                Some(s) => remaining = s.split_once('.').map(|(_, tail)| tail),
+            }
         }
     }
-    let Some((first, rest)) = segments.split_first() else {
+    let Some(segments) = rest else {
         out.extend(node.keys.iter().cloned());
         return;
     };
-    if let Some(child) = node.literal.get(*first) {
-        collect(child, rest, out);
+    let (first, tail) = match segments.split_once('.') {
+        Some((first, tail)) => (first, Some(tail)),
+        None => (segments, None),
+    };
+    if let Some(child) = node.literal.get(first) {
+        collect(child, tail, out);
     }
     if let Some(star) = &node.star {
-        collect(star, rest, out);
+        collect(star, tail, out);
     }
 }
 
