@@ -8,6 +8,7 @@
 
 mod live;
 mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::selector::Selector;
 
 pub use live::{LiveItem, LiveQueue, LiveStream};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
+pub use redis::{RedisBroker, RedisBrokerConfig};
 
 /// Result alias for broker calls.
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

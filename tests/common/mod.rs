@@ -3,3 +3,4 @@
 
 pub mod inproc;
 pub mod process;
+pub mod redis;

@@ -1,0 +1,286 @@
+//! One consumer of a durable subscription on this replica.
+//!
+//! [`RedisConsumer::next`] runs `fetch.lua` for as many deliveries as the
+//! consumer has free slots, in a spawned task that registers what it took
+//! before returning: a caller that cancels `next` loses nothing, the next
+//! call picks the result up. When nothing is ready it waits for a local
+//! wake-up (an entry routed here, an ack, a nack), the next retry's due
+//! time, or `poll_interval` (entries routed by other replicas).
+//!
+//! Dropping the consumer returns its in-flight deliveries to the front of
+//! their bands (ownership moves to a `~returned` pseudo-consumer that
+//! fetches serve first), so they are redelivered at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::deliver::{drop_expired, release};
+use super::keys::RETURNED;
+use super::subs::{self, Sub};
+use super::{Shared, is_nogroup};
+use crate::broker::{BrokerError, ConsumerHandle, Result};
+use crate::event::{Delivery, Event};
+
+/// A delivery a local consumer holds.
+#[derive(Debug, Clone)]
+pub(super) struct Held {
+    /// Priority band 1..=10.
+    pub(super) band: usize,
+    /// Stream id in the band.
+    pub(super) entry: String,
+    /// When it times out.
+    pub(super) deadline: Instant,
+}
+
+/// State of a consumer shared with the broker's maintenance loop.
+pub(super) struct ConsumerState {
+    pub(super) id: u64,
+    /// Consumer name in the bands' PELs: `<node>/<id>`, unique per process
+    /// incarnation.
+    pub(super) pel_name: String,
+    /// Name for logs.
+    pub(super) display: String,
+    /// Subscription name and key id.
+    pub(super) sub_name: String,
+    pub(super) sid: String,
+    max_in_flight: usize,
+    /// Delivery id → held delivery.
+    pub(super) held: Mutex<HashMap<String, Held>>,
+    notify: Arc<Notify>,
+}
+
+impl ConsumerState {
+    pub(super) fn new(
+        id: u64,
+        pel_name: String,
+        display: String,
+        sub: &Sub,
+        max_in_flight: usize,
+        notify: Arc<Notify>,
+    ) -> ConsumerState {
+        ConsumerState {
+            id,
+            pel_name,
+            display,
+            sub_name: sub.name().to_string(),
+            sid: sub.record.sid.clone(),
+            max_in_flight,
+            held: Mutex::new(HashMap::new()),
+            notify,
+        }
+    }
+}
+
+/// What one fetch produced.
+struct Fetched {
+    deliveries: Vec<Delivery>,
+    /// Time until the next retry falls due, if one is scheduled.
+    next_retry: Option<Duration>,
+}
+
+/// The [`ConsumerHandle`] of the Redis broker.
+pub(super) struct RedisConsumer {
+    shared: Arc<Shared>,
+    state: Arc<ConsumerState>,
+    fetch: Option<JoinHandle<Result<Fetched>>>,
+}
+
+impl RedisConsumer {
+    pub(super) fn new(shared: Arc<Shared>, state: Arc<ConsumerState>) -> RedisConsumer {
+        RedisConsumer {
+            shared,
+            state,
+            fetch: None,
+        }
+    }
+
+    fn current_sub(&self) -> Result<Arc<Sub>> {
+        self.shared
+            .subs
+            .get(&self.state.sub_name)
+            .filter(|s| s.record.sid == self.state.sid)
+            .ok_or_else(|| BrokerError::UnknownSubscription(self.state.sub_name.clone()))
+    }
+}
+
+#[async_trait]
+impl ConsumerHandle for RedisConsumer {
+    async fn next(&mut self) -> Result<Vec<Delivery>> {
+        let poll = self.shared.config.poll_interval;
+        let mut backoff = poll;
+        loop {
+            self.shared.check_open()?;
+            let sub = self.current_sub()?;
+            let notify = self.state.notify.clone();
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.fetch.is_none() {
+                let free = self
+                    .state
+                    .max_in_flight
+                    .saturating_sub(self.state.held.lock().len());
+                if free > 0 {
+                    let task = fetch(self.shared.clone(), self.state.clone(), sub, free);
+                    self.fetch = Some(tokio::spawn(task));
+                }
+            }
+            let mut wait = poll;
+            if let Some(handle) = self.fetch.as_mut() {
+                let joined = handle.await;
+                self.fetch = None;
+                match joined {
+                    Ok(Ok(fetched)) => {
+                        backoff = poll;
+                        if !fetched.deliveries.is_empty() {
+                            return Ok(fetched.deliveries);
+                        }
+                        if let Some(due) = fetched.next_retry {
+                            wait = wait.min(due);
+                        }
+                    }
+                    Ok(Err(e @ (BrokerError::UnknownSubscription(_) | BrokerError::Closed))) => {
+                        return Err(e);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(consumer = %self.state.display, error = %e, "fetch failed; retrying");
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        wait = backoff;
+                    }
+                    Err(e) => return Err(BrokerError::Internal(format!("fetch task: {e}"))),
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shared.token.cancelled() => {}
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.state.display
+    }
+}
+
+impl Drop for RedisConsumer {
+    fn drop(&mut self) {
+        let fetch = self.fetch.take();
+        let shared = self.shared.clone();
+        let state = self.state.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Some(f) = fetch {
+                        let _ = f.await;
+                    }
+                    release(&shared, &state).await;
+                });
+            }
+            // No runtime (dropped outside Tokio): the deliveries are
+            // reclaimed after `reclaim_idle`.
+            Err(_) => shared.deliver.unregister(state.id),
+        }
+    }
+}
+
+async fn run_fetch(shared: &Shared, state: &ConsumerState, sub: &Sub, count: usize) -> Result<Value> {
+    let mut inv = shared.scripts.fetch.prepare_invoke();
+    inv.key(sub.keys.info()).key(sub.keys.retry());
+    for band in sub.keys.bands() {
+        inv.key(band);
+    }
+    inv.arg(&state.pel_name).arg(count).arg(RETURNED);
+    let mut conn = shared.conn();
+    shared.call(inv.invoke_async(&mut conn)).await
+}
+
+fn bad(what: &str) -> BrokerError {
+    BrokerError::Internal(format!("unexpected fetch reply: {what}"))
+}
+
+fn text(v: &Value) -> Option<String> {
+    redis::from_redis_value_ref(v).ok()
+}
+
+/// Takes up to `count` deliveries and registers them as held.
+async fn fetch(
+    shared: Arc<Shared>,
+    state: Arc<ConsumerState>,
+    sub: Arc<Sub>,
+    count: usize,
+) -> Result<Fetched> {
+    let reply = match run_fetch(&shared, &state, &sub, count).await {
+        Err(e) if is_nogroup(&e) => {
+            subs::init_keys(&shared, sub.name(), &sub.keys, &[]).await?;
+            run_fetch(&shared, &state, &sub, count).await?
+        }
+        other => other?,
+    };
+    let parts = match reply {
+        Value::Int(-1) => return Err(BrokerError::UnknownSubscription(sub.name().to_string())),
+        Value::Array(parts) if parts.len() == 3 => parts,
+        _ => return Err(bad("shape")),
+    };
+    let Value::Array(entries) = &parts[0] else {
+        return Err(bad("entries"));
+    };
+    let now_ms: i64 = redis::from_redis_value_ref(&parts[2]).map_err(|_| bad("time"))?;
+    let next_retry = text(&parts[1])
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|due| Duration::from_millis((due as i64 - now_ms).max(0) as u64));
+    let deadline = Instant::now() + sub.spec().ack_timeout;
+    let mut deliveries = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(e) = entry else {
+            return Err(bad("entry"));
+        };
+        let band: usize = e.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(|| bad("band"))?;
+        let id = e.get(1).and_then(text).ok_or_else(|| bad("id"))?;
+        let delivered: u32 = e.get(2).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(1);
+        let fields: HashMap<String, String> = e
+            .get(3)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or_default();
+        let event = fields
+            .get("ev")
+            .and_then(|json| serde_json::from_str::<Event>(json).ok());
+        let Some(event) = event else {
+            tracing::warn!(subscription = %sub.name(), %id, "unreadable band entry dropped");
+            drop_expired(&shared, &sub, band, &id).await?;
+            continue;
+        };
+        if event.ttl.is_some() && event.is_expired() {
+            drop_expired(&shared, &sub, band, &id).await?;
+            continue;
+        }
+        let before: u32 = fields.get("dl").and_then(|d| d.parse().ok()).unwrap_or(0);
+        let delivery_id = format!("{band}-{id}");
+        state.held.lock().insert(
+            delivery_id.clone(),
+            Held {
+                band,
+                entry: id,
+                deadline,
+            },
+        );
+        deliveries.push(Delivery {
+            subscription: sub.name().to_string(),
+            delivery_id,
+            attempt: before + delivered,
+            event,
+        });
+    }
+    Ok(Fetched {
+        deliveries,
+        next_retry,
+    })
+}

@@ -1,0 +1,618 @@
+//! The Redis broker: the same [`Broker`] contract as the memory broker,
+//! shared by every router replica that points at one Redis (DESIGN §6,
+//! REDIS.md §3).
+//!
+//! # Layout
+//!
+//! - [`keys`]: key names and hash tags (one slot per script).
+//! - `scripts/*.lua`: every multi-step change is one Lua script.
+//! - [`subs`]: durable subscriptions in the `{cfg}` hash, cached per replica.
+//! - [`publish`]: partitioning, the publish script, history and replay.
+//! - [`lease`]: heartbeats, rendezvous assignment and fenced partition leases.
+//! - [`route`]: the per-partition loop that copies ingest entries into the
+//!   priority bands of matching durable subscriptions.
+//! - [`deliver`]: consumers, ack/nack, ack timeouts, keep-alive, reclaim of
+//!   dead consumers' deliveries, dead letters.
+//! - [`live`]: live fan-out over sharded pub/sub with gap recovery.
+//!
+//! # What happens on a crash
+//!
+//! - A replica that dies loses nothing: its partition leases expire after
+//!   `lease_ttl` and the next owner claims the ingest entries it had read but
+//!   not routed; its consumers' deliveries stop being kept alive and are
+//!   reclaimed after `reclaim_idle` as failed attempts (ack timeout).
+//! - A stale owner that wakes up (SIGCONT) cannot duplicate or reorder:
+//!   routing is deduplicated by a per-subscription, per-partition high-water
+//!   mark.
+//! - Redis restarting without persistence loses data; consumer groups are
+//!   recreated on `NOGROUP`, and live readers see a new epoch.
+
+mod consumer;
+mod deliver;
+mod keys;
+mod lease;
+mod live;
+mod publish;
+mod route;
+mod subs;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
+    DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryQuery, LiveStream,
+    LiveSubscription, NackOptions, PublishOptions, Published, Result, SubscriptionInfo,
+};
+use crate::event::Event;
+
+use keys::Keys;
+
+/// Configuration of the [`RedisBroker`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisBrokerConfig {
+    /// `redis://[user:password@]host:port[/db]`. Required.
+    pub url: String,
+    /// Ingest partitions: the unit of routing parallelism and per-key order.
+    /// Every replica of a cluster must use the same value. Default 16.
+    pub partitions: u32,
+    /// Prefix of every key; deployments (or tests) with different prefixes
+    /// share nothing. Default `er`.
+    pub key_prefix: String,
+    /// Lifetime of a partition lease; an owner that stops renewing loses
+    /// its partitions after this long. Renewed every third of it; replica
+    /// heartbeats go every fifth, and a replica is dead after two thirds
+    /// without one. Default 15 s.
+    pub lease_ttl: Duration,
+    /// This replica's id in membership, leases and consumer names. Empty
+    /// (the default) generates one per process incarnation, so a restarted
+    /// replica never inherits a dead one's deliveries.
+    pub node_id: String,
+    /// How long events stay in history (ingest streams are trimmed with
+    /// `MINID ~`, so a little longer). Default 1 h; zero means no age limit.
+    pub history_max_age: Duration,
+    /// Most events kept per partition (`MAXLEN ~`). Default 100 000; zero
+    /// means no length limit.
+    pub history_max_len: usize,
+    /// Most dead letters per subscription (`MAXLEN ~`, oldest evicted).
+    /// Default 100 000; zero means unbounded.
+    pub dead_letter_max: usize,
+    /// Bound of every Redis call; a call that takes longer fails with
+    /// [`BrokerError::Unavailable`] (publish never hangs). Default 2 s.
+    pub command_timeout: Duration,
+    /// Idle consumers poll for deliveries routed by other replicas this
+    /// often; routers re-check their partitions this often when no live
+    /// notification arrived. Default 100 ms.
+    pub poll_interval: Duration,
+    /// Replicas re-read the routing config this often. Default 1 s.
+    pub config_poll: Duration,
+    /// A delivery held this long without keep-alive belongs to a dead
+    /// replica and is reclaimed as a failed attempt (ack timeout). Live
+    /// consumers keep their deliveries alive every third of it. Default 30 s.
+    pub reclaim_idle: Duration,
+}
+
+impl RedisBrokerConfig {
+    /// Default of [`Self::partitions`].
+    pub const DEFAULT_PARTITIONS: u32 = 16;
+    /// Default of [`Self::key_prefix`].
+    pub const DEFAULT_KEY_PREFIX: &'static str = "er";
+    /// Default of [`Self::lease_ttl`].
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+    /// Default of [`Self::history_max_age`].
+    pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(3600);
+    /// Default of [`Self::history_max_len`].
+    pub const DEFAULT_HISTORY_MAX_LEN: usize = 100_000;
+    /// Default of [`Self::dead_letter_max`].
+    pub const DEFAULT_DEAD_LETTER_MAX: usize = 100_000;
+    /// Default of [`Self::command_timeout`].
+    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default of [`Self::poll_interval`].
+    pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+    /// Default of [`Self::config_poll`].
+    pub const DEFAULT_CONFIG_POLL: Duration = Duration::from_secs(1);
+    /// Default of [`Self::reclaim_idle`].
+    pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(30);
+
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> RedisBrokerConfig {
+        RedisBrokerConfig {
+            url: url.into(),
+            partitions: Self::DEFAULT_PARTITIONS,
+            key_prefix: Self::DEFAULT_KEY_PREFIX.to_string(),
+            lease_ttl: Self::DEFAULT_LEASE_TTL,
+            node_id: String::new(),
+            history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
+            history_max_len: Self::DEFAULT_HISTORY_MAX_LEN,
+            dead_letter_max: Self::DEFAULT_DEAD_LETTER_MAX,
+            command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
+            poll_interval: Self::DEFAULT_POLL_INTERVAL,
+            config_poll: Self::DEFAULT_CONFIG_POLL,
+            reclaim_idle: Self::DEFAULT_RECLAIM_IDLE,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(BrokerError::Internal(format!("invalid redis config: {what}")));
+        if self.partitions == 0 || self.partitions > 1024 {
+            return bad("partitions must be 1..=1024");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            return bad("key_prefix must be non-empty and free of braces");
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return bad("lease_ttl must be at least 100 ms");
+        }
+        if self.command_timeout.is_zero() || self.poll_interval.is_zero() {
+            return bad("command_timeout and poll_interval must be greater than zero");
+        }
+        if self.reclaim_idle < Duration::from_millis(30) || self.config_poll.is_zero() {
+            return bad("reclaim_idle must be at least 30 ms and config_poll non-zero");
+        }
+        Ok(())
+    }
+}
+
+/// Broker over Redis Streams, consumer groups and sharded pub/sub; any
+/// number of router replicas can share one Redis.
+///
+/// Connect with [`RedisBroker::connect`]; it starts background tasks
+/// (membership and leases, routing of owned partitions, the live listener,
+/// ack timeouts and keep-alive) that stop on [`Broker::close`] or drop.
+/// Close gracefully to hand partitions over at once; a dropped broker's
+/// leases expire after `lease_ttl`.
+///
+/// # Examples
+/// ```no_run
+/// # async fn run() -> Result<(), event_router::broker::BrokerError> {
+/// use event_router::broker::{RedisBroker, RedisBrokerConfig};
+///
+/// let broker = RedisBroker::connect(RedisBrokerConfig::new("redis://127.0.0.1:6379/")).await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the broker handle, its background tasks and consumers.
+pub(super) struct Shared {
+    config: RedisBrokerConfig,
+    keys: Keys,
+    node_id: String,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    subs: subs::Registry,
+    live: live::LiveIndex,
+    deliver: deliver::Local,
+    /// Wakes the router of a partition (live notification of a new entry).
+    partition_wake: Vec<Notify>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+    closed: AtomicBool,
+    counters: Counters,
+    next_id: AtomicU64,
+    /// Partitions this replica currently routes, with their lease tokens.
+    owned: Mutex<HashMap<u32, lease::Owned>>,
+}
+
+/// Per-replica counters (live fan-out is local to each replica).
+#[derive(Debug, Default)]
+struct Counters {
+    delivered_live: AtomicU64,
+    dropped: AtomicU64,
+    expired: AtomicU64,
+}
+
+/// Every Lua script, loaded once; `Script` re-sends its body on `NOSCRIPT`
+/// (after a Redis restart or failover).
+struct Scripts {
+    publish: Script,
+    route: Script,
+    fetch: Script,
+    ack: Script,
+    fail: Script,
+    hold: Script,
+    sub_init: Script,
+    cfg_put: Script,
+    lease_renew: Script,
+    lease_release: Script,
+    redrive: Script,
+    enqueue: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            publish: Script::new(include_str!("scripts/publish.lua")),
+            route: Script::new(include_str!("scripts/route.lua")),
+            fetch: Script::new(include_str!("scripts/fetch.lua")),
+            ack: Script::new(include_str!("scripts/ack.lua")),
+            fail: Script::new(include_str!("scripts/fail.lua")),
+            hold: Script::new(include_str!("scripts/hold.lua")),
+            sub_init: Script::new(include_str!("scripts/sub_init.lua")),
+            cfg_put: Script::new(include_str!("scripts/cfg_put.lua")),
+            lease_renew: Script::new(include_str!("scripts/lease_renew.lua")),
+            lease_release: Script::new(include_str!("scripts/lease_release.lua")),
+            redrive: Script::new(include_str!("scripts/redrive.lua")),
+            enqueue: Script::new(include_str!("scripts/enqueue.lua")),
+        }
+    }
+}
+
+/// Maps a Redis error to the broker's: connection trouble and a server that
+/// cannot take writes are `Unavailable` (retry later), the rest `Internal`.
+pub(super) fn map_err(e: RedisError) -> BrokerError {
+    const TRANSIENT: [&str; 8] = [
+        "OOM",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+    ];
+    let transient = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.code().is_some_and(|c| TRANSIENT.contains(&c));
+    if transient {
+        BrokerError::Unavailable(format!("redis: {e}"))
+    } else {
+        BrokerError::Internal(format!("redis: {e}"))
+    }
+}
+
+/// Whether a Redis error says a consumer group is missing (data loss).
+pub(super) fn is_nogroup(e: &BrokerError) -> bool {
+    matches!(e, BrokerError::Internal(m) if m.contains("NOGROUP"))
+}
+
+/// Milliseconds since the Unix epoch on this host.
+pub(super) fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Shared {
+    /// Runs one Redis call, bounded by `command_timeout`.
+    pub(super) async fn call<T>(
+        &self,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.command_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_err(e)),
+            Err(_) => Err(BrokerError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.config.command_timeout
+            ))),
+        }
+    }
+
+    /// A handle on the shared multiplexed connection.
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(BrokerError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stops background tasks and live streams; returns consumers'
+    /// deliveries and releases leases when `graceful`.
+    async fn shutdown(self: &Arc<Self>, graceful: bool) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.token.cancel();
+        self.live.close_all();
+        self.deliver.wake_all();
+        if graceful {
+            self.deliver.release_all(self).await;
+            lease::release_all(self).await;
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.config.command_timeout, self.tasks.wait()).await;
+    }
+}
+
+impl RedisBroker {
+    /// Connects, creates the ingest consumer groups, loads the routing
+    /// config, subscribes to live fan-out and starts the background tasks.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when Redis cannot be reached within
+    /// `command_timeout`; [`BrokerError::Internal`] for an invalid config.
+    pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Internal(format!("invalid redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_number_of_retries(4)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            config.command_timeout,
+            ConnectionManager::new_with_config(client, manager_config),
+        )
+        .await
+        .map_err(|_| BrokerError::Unavailable("redis connect timed out".into()))?
+        .map_err(map_err)?;
+        let node_id = if config.node_id.is_empty() {
+            format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12])
+        } else {
+            config.node_id.clone()
+        };
+        let keys = Keys::new(&config.key_prefix, config.partitions);
+        let shared = Arc::new(Shared {
+            partition_wake: (0..config.partitions).map(|_| Notify::new()).collect(),
+            keys,
+            node_id,
+            conn,
+            scripts: Scripts::new(),
+            subs: subs::Registry::default(),
+            live: live::LiveIndex::default(),
+            deliver: deliver::Local::default(),
+            token: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(1),
+            owned: Mutex::new(HashMap::new()),
+            config,
+        });
+        route::create_groups(&shared).await?;
+        subs::reload(&shared).await?;
+        live::start(&shared).await?;
+        lease::start(&shared);
+        subs::start_watch(&shared);
+        deliver::start_maintenance(&shared);
+        tracing::info!(node = %shared.node_id, prefix = %shared.config.key_prefix, "redis broker connected");
+        Ok(RedisBroker { shared })
+    }
+
+    /// This replica's node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &RedisBrokerConfig {
+        &self.shared.config
+    }
+
+    /// Partitions this replica routes now (for tests and status).
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        let mut owned: Vec<u32> = self.shared.owned.lock().keys().copied().collect();
+        owned.sort_unstable();
+        owned
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "router".to_string())
+}
+
+impl Drop for RedisBroker {
+    /// Stops background tasks without releasing leases or returning
+    /// deliveries (that needs Redis calls): like a crash, other replicas
+    /// take over after `lease_ttl` and `reclaim_idle`. Call
+    /// [`Broker::close`] for a clean hand-over.
+    fn drop(&mut self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            self.shared.token.cancel();
+            self.shared.live.close_all();
+            self.shared.deliver.wake_all();
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("node_id", &self.shared.node_id)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: true,
+            clustered: true,
+        }
+    }
+
+    /// One script on the event's partition: `HINCRBY seq`, `XADD`,
+    /// `SPUBLISH`. Once it returns the event is in Redis; routing into
+    /// durable subscriptions follows asynchronously (by the partition's
+    /// owner), and survives any replica crash.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] within `command_timeout` when Redis is
+    /// down; the event may or may not have been stored.
+    async fn publish(&self, event: Event, options: PublishOptions) -> Result<Published> {
+        let mut out = publish::publish(&self.shared, vec![event], &options).await?;
+        out.pop()
+            .ok_or_else(|| BrokerError::Internal("publish returned nothing".into()))
+    }
+
+    /// Events are grouped by partition, one script per partition, in order
+    /// of first appearance. With `options.atomic`, every event goes to the
+    /// first event's partition in one script: all or nothing, at the cost
+    /// of per-key order against other publishes of the same keys.
+    async fn publish_batch(
+        &self,
+        events: Vec<Event>,
+        options: PublishOptions,
+    ) -> Result<Vec<Published>> {
+        publish::publish(&self.shared, events, &options).await
+    }
+
+    /// Matching happens on this replica against every partition's live
+    /// channel; a gap in a partition's sequence (lost pub/sub message,
+    /// reconnect) is filled from the ingest stream.
+    async fn subscribe_live(&self, subscription: LiveSubscription) -> Result<LiveStream> {
+        self.shared.check_open()?;
+        Ok(self.shared.live.subscribe(&self.shared, subscription))
+    }
+
+    async fn ensure_subscription(&self, spec: GroupSpec) -> Result<()> {
+        self.shared.check_open()?;
+        subs::ensure(&self.shared, spec).await
+    }
+
+    async fn delete_subscription(&self, name: &str) -> Result<bool> {
+        self.shared.check_open()?;
+        subs::delete(&self.shared, name).await
+    }
+
+    async fn subscription(&self, name: &str) -> Result<SubscriptionInfo> {
+        let sub = subs::lookup(&self.shared, name).await?;
+        deliver::info(&self.shared, &sub).await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<SubscriptionInfo>> {
+        subs::reload(&self.shared).await?;
+        let mut out = Vec::new();
+        for sub in self.shared.subs.all() {
+            match deliver::info(&self.shared, &sub).await {
+                Ok(info) => out.push(info),
+                Err(BrokerError::UnknownSubscription(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        Ok(out)
+    }
+
+    async fn consume(&self, subscription: &str, options: ConsumeOptions) -> Result<Consumer> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::consume(&self.shared, sub, options).await
+    }
+
+    /// `XACK` + `XDEL` of the delivery's band entry; works from any replica.
+    async fn ack(&self, subscription: &str, delivery_id: &str) -> Result<()> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::ack(&self.shared, &sub, delivery_id).await
+    }
+
+    async fn nack(
+        &self,
+        subscription: &str,
+        delivery_id: &str,
+        options: NackOptions,
+    ) -> Result<()> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::nack(&self.shared, &sub, delivery_id, options).await
+    }
+
+    async fn dead_letters(
+        &self,
+        subscription: &str,
+        query: DeadLetterQuery,
+    ) -> Result<Vec<DeadLetter>> {
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::dead_letters(&self.shared, &sub, query).await
+    }
+
+    async fn redrive(&self, subscription: &str, selection: DeadLetterSelection) -> Result<u64> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::redrive(&self.shared, &sub, selection).await
+    }
+
+    async fn purge(&self, subscription: &str, selection: DeadLetterSelection) -> Result<u64> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        deliver::purge(&self.shared, &sub, selection).await
+    }
+
+    /// Reads the ingest streams, filtering on the events' `time` (stream ids
+    /// can be skewed), merged in storage order. Cursors are
+    /// `<partition>-<stream id>`.
+    async fn history(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>> {
+        publish::history(&self.shared, &query, false).await
+    }
+
+    /// A `limit` of 0 replays every matching retained event.
+    async fn replay(&self, subscription: &str, query: HistoryQuery) -> Result<u64> {
+        self.shared.check_open()?;
+        let sub = subs::lookup(&self.shared, subscription).await?;
+        let found = publish::history(&self.shared, &query, true).await?;
+        deliver::enqueue(&self.shared, &sub, found.into_iter().map(|h| h.event)).await
+    }
+
+    /// `published` and `history_len` are cluster-wide (read from Redis);
+    /// live counters are this replica's.
+    async fn stats(&self) -> Result<BrokerStats> {
+        let (published, history_len) = publish::totals(&self.shared).await?;
+        let c = &self.shared.counters;
+        Ok(BrokerStats {
+            published,
+            delivered_live: c.delivered_live.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            live_subscriptions: self.shared.live.len() as u64,
+            subscriptions: self.shared.subs.all().len() as u64,
+            history_len,
+        })
+    }
+
+    /// Open and answering `PING` within `command_timeout`.
+    async fn ready(&self) -> bool {
+        if self.shared.is_closed() {
+            return false;
+        }
+        let mut conn = self.shared.conn();
+        self.shared
+            .call(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .is_ok()
+    }
+
+    /// Returns consumers' in-flight deliveries to their groups, releases
+    /// partition leases, ends live streams and stops background tasks.
+    async fn close(&self) {
+        self.shared.shutdown(true).await;
+    }
+}

@@ -1,0 +1,310 @@
+//! The routing loop of one owned partition: ingest entries → the priority
+//! bands of every matching durable subscription.
+//!
+//! The owner reads its partition with `XREADGROUP` (group `router`), checks
+//! the config version in the same pipeline (so a subscription created
+//! before an event was published is always in the index that routes it),
+//! matches the topic trie and filters, runs one `route.lua` per matching
+//! subscription for the whole batch (deduplicated by the subscription's
+//! high-water mark for the partition), and then `XACK`s the batch.
+//!
+//! On takeover it first claims the previous owner's pending entries
+//! (`XAUTOCLAIM … 0`, safe because the lease fenced the old owner) and
+//! routes them before reading new ones. A crash between routing and `XACK`
+//! only leaves entries pending; the next owner routes them again and the
+//! high-water mark drops the duplicates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::streams::{StreamId, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use super::keys::ROUTER_GROUP;
+use super::publish::{entry_event, parse_id};
+use super::{Shared, is_nogroup, subs};
+use crate::broker::{BrokerError, Result};
+
+/// Entries routed per batch.
+const BATCH: usize = 100;
+
+/// Creates the `router` group on every ingest partition (idempotent).
+pub(super) async fn create_groups(shared: &Shared) -> Result<()> {
+    for p in 0..shared.keys.partitions() {
+        create_group(shared, p).await?;
+    }
+    Ok(())
+}
+
+async fn create_group(shared: &Shared, p: u32) -> Result<()> {
+    let mut conn = shared.conn();
+    let created: Result<String> = shared
+        .call(
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(shared.keys.ingest(p))
+                .arg(ROUTER_GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn),
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(BrokerError::Internal(m)) if m.contains("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Routes partition `p` until `token` is cancelled (lease lost or released).
+pub(super) async fn run(shared: Arc<Shared>, p: u32, token: CancellationToken) {
+    let mut backoff = shared.config.poll_interval;
+    if let Err(e) = claim_pending(&shared, p).await {
+        tracing::warn!(partition = p, error = %e, "claiming pending ingest entries failed");
+    }
+    // First drain entries pending to us ("0"), then read new ones (">").
+    let mut pending_phase = true;
+    let idle_poll = shared.config.poll_interval * 5;
+    loop {
+        if token.is_cancelled() {
+            return;
+        }
+        let outcome = step(&shared, p, if pending_phase { "0" } else { ">" }).await;
+        let wait = match outcome {
+            Ok(0) if pending_phase => {
+                pending_phase = false;
+                continue;
+            }
+            Ok(0) => idle_poll,
+            Ok(_) => {
+                backoff = shared.config.poll_interval;
+                continue;
+            }
+            Err(e) => {
+                if is_nogroup(&e) {
+                    let _ = create_group(&shared, p).await;
+                } else {
+                    tracing::warn!(partition = p, error = %e, "routing failed; retrying");
+                }
+                pending_phase = true;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff
+            }
+        };
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = shared.partition_wake[p as usize].notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Takes over entries that a previous owner read but did not ack.
+async fn claim_pending(shared: &Shared, p: u32) -> Result<()> {
+    let mut cursor = "0-0".to_string();
+    for _ in 0..10_000 {
+        let mut conn = shared.conn();
+        let reply: (String, redis::Value, redis::Value) = shared
+            .call(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(shared.keys.ingest(p))
+                    .arg(ROUTER_GROUP)
+                    .arg(&shared.node_id)
+                    .arg(0)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .arg("JUSTID")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        cursor = reply.0;
+        if cursor == "0-0" {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and routes one batch; returns how many entries it read.
+async fn step(shared: &Shared, p: u32, from: &str) -> Result<usize> {
+    let mut conn = shared.conn();
+    let (reply, version): (Option<StreamReadReply>, Option<i64>) = shared
+        .call(
+            redis::pipe()
+                .cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(ROUTER_GROUP)
+                .arg(&shared.node_id)
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("STREAMS")
+                .arg(shared.keys.ingest(p))
+                .arg(from)
+                .cmd("GET")
+                .arg(shared.keys.cfg_version())
+                .query_async(&mut conn),
+        )
+        .await?;
+    let entries: Vec<StreamId> = reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    if version.unwrap_or(0) != shared.subs.routes().version {
+        subs::reload(shared).await?;
+    }
+    route_batch(shared, p, &entries).await?;
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    shared
+        .call(
+            redis::cmd("XACK")
+                .arg(shared.keys.ingest(p))
+                .arg(ROUTER_GROUP)
+                .arg(&ids)
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+    Ok(entries.len())
+}
+
+/// Copies a batch into every matching subscription, one script per
+/// subscription, in ingest order.
+async fn route_batch(shared: &Shared, p: u32, entries: &[StreamId]) -> Result<()> {
+    let routes = shared.subs.routes();
+    if routes.subs.is_empty() {
+        return Ok(());
+    }
+    let now = jiff::Timestamp::now();
+    // Subscription index → (ingest id, priority, event JSON), in order.
+    let mut per_sub: BTreeMap<usize, Vec<(&str, u8, String)>> = BTreeMap::new();
+    let mut matched = Vec::new();
+    for entry in entries {
+        let Some(event) = entry_event(entry) else {
+            tracing::warn!(partition = p, id = %entry.id, "unreadable ingest entry skipped");
+            continue;
+        };
+        if event.ttl.is_some() && event.is_expired_at(now) {
+            shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        matched.clear();
+        routes.trie.matches_into(&event.topic, &mut matched);
+        if matched.is_empty() {
+            continue;
+        }
+        let json: String = entry.get("ev").unwrap_or_default();
+        for &i in &matched {
+            if routes.subs[i].spec().selector.matches_filter(&event) {
+                per_sub.entry(i).or_default().push((
+                    entry.id.as_str(),
+                    event.priority.get(),
+                    json.clone(),
+                ));
+            }
+        }
+    }
+    for (i, batch) in per_sub {
+        let sub = &routes.subs[i];
+        let mut inv = shared.scripts.route.prepare_invoke();
+        inv.key(sub.keys.info()).key(sub.keys.hwm());
+        for band in sub.keys.bands() {
+            inv.key(band);
+        }
+        inv.arg(p);
+        for (id, prio, json) in &batch {
+            inv.arg(*id).arg(*prio).arg(json);
+        }
+        let mut conn = shared.conn();
+        let added: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
+        if added > 0 {
+            shared.deliver.notify(&sub.record.sid);
+        }
+    }
+    Ok(())
+}
+
+/// Waits (at most `command_timeout`) until every entry stored in the ingest
+/// partitions before this call has been routed, so that a read right after
+/// a publish (`subscription` counters, a new consumer's first fetch) sees
+/// it. Gives up silently when a partition has no live owner.
+pub(super) async fn barrier(shared: &Shared) -> Result<()> {
+    let partitions = shared.keys.partitions();
+    let mut pipe = redis::pipe();
+    for p in 0..partitions {
+        pipe.cmd("XREVRANGE")
+            .arg(shared.keys.ingest(p))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let mut conn = shared.conn();
+    let tails: Vec<redis::streams::StreamRangeReply> =
+        shared.call(pipe.query_async(&mut conn)).await?;
+    let mut waiting: Vec<(u32, (u64, u64))> = tails
+        .iter()
+        .enumerate()
+        .filter_map(|(p, t)| Some((p as u32, parse_id(&t.ids.first()?.id)?)))
+        .collect();
+    let deadline = tokio::time::Instant::now() + shared.config.command_timeout;
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut pipe = redis::pipe();
+        for (p, _) in &waiting {
+            pipe.cmd("XINFO").arg("GROUPS").arg(shared.keys.ingest(*p));
+            pipe.cmd("XPENDING")
+                .arg(shared.keys.ingest(*p))
+                .arg(ROUTER_GROUP);
+        }
+        let replies: Vec<redis::Value> = shared.call(pipe.query_async(&mut conn)).await?;
+        let mut still = Vec::new();
+        for ((p, tail), pair) in waiting.iter().zip(replies.chunks(2)) {
+            let groups: Option<redis::streams::StreamInfoGroupsReply> =
+                redis::from_redis_value_ref(&pair[0]).ok();
+            let delivered = groups
+                .and_then(|g| g.groups.into_iter().find(|g| g.name == ROUTER_GROUP))
+                .and_then(|g| parse_id(&g.last_delivered_id));
+            let pending: Option<redis::streams::StreamPendingReply> =
+                pair.get(1).and_then(|v| redis::from_redis_value_ref(v).ok());
+            let first_pending = match pending {
+                Some(redis::streams::StreamPendingReply::Data(d)) => parse_id(&d.start_id),
+                _ => None,
+            };
+            let read = delivered.is_some_and(|d| d >= *tail);
+            let acked = first_pending.is_none_or(|f| f > *tail);
+            if !(read && acked) {
+                still.push((*p, *tail));
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The last entry id of every partition now (`0-0` when empty): a new
+/// subscription's starting high-water marks, so that it gets exactly the
+/// events published after it was created.
+pub(super) async fn tails(shared: &Shared) -> Result<Vec<String>> {
+    let mut pipe = redis::pipe();
+    for p in 0..shared.keys.partitions() {
+        pipe.cmd("XREVRANGE")
+            .arg(shared.keys.ingest(p))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let mut conn = shared.conn();
+    let tails: Vec<redis::streams::StreamRangeReply> =
+        shared.call(pipe.query_async(&mut conn)).await?;
+    Ok(tails
+        .into_iter()
+        .map(|t| t.ids.into_iter().next().map_or_else(|| "0-0".to_string(), |e| e.id))
+        .collect())
+}

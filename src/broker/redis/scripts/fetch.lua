@@ -1,0 +1,52 @@
+-- Hands a consumer up to COUNT deliveries, highest priority first.
+-- KEYS[1] info hash, KEYS[2] retry zset, KEYS[3..12] priority bands 1..10.
+-- ARGV[1] consumer, ARGV[2] count, ARGV[3] name of the "returned" pseudo
+-- consumer that holds deliveries released by departed consumers.
+-- First promotes due retries into their bands; then, per band from 10 down
+-- to 1, takes returned deliveries (they keep their place at the band's
+-- front) and then new entries.
+-- Returns -1 if the subscription is gone, else
+-- {{band, id, deliveries, {field, value, ...}}, ...}, next retry due ms
+-- (or ''), and the server time in ms.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
+for _, m in ipairs(due) do
+  local r = cjson.decode(m)
+  redis.call('XADD', KEYS[2 + r.b], '*', 'ev', r.e, 'dl', r.d, 'nf', r.f, 'hist', r.h)
+  redis.call('ZREM', KEYS[2], m)
+end
+local want = tonumber(ARGV[2])
+local out = {}
+for b = 10, 1, -1 do
+  if want <= 0 then break end
+  local key = KEYS[2 + b]
+  local ret = redis.call('XPENDING', key, 'g', '-', '+', want, ARGV[3])
+  if #ret > 0 then
+    local ids, counts = {}, {}
+    for _, p in ipairs(ret) do
+      ids[#ids + 1] = p[1]
+      counts[p[1]] = p[4]
+    end
+    local claimed = redis.call('XCLAIM', key, 'g', ARGV[1], 0, unpack(ids))
+    for _, e in ipairs(claimed) do
+      if e and e[2] then
+        out[#out + 1] = {b, e[1], counts[e[1]] + 1, e[2]}
+        want = want - 1
+      end
+    end
+  end
+  if want > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', 'g', ARGV[1], 'COUNT', want, 'STREAMS', key, '>')
+    if r then
+      for _, e in ipairs(r[1][2]) do
+        out[#out + 1] = {b, e[1], 1, e[2]}
+        want = want - 1
+      end
+    end
+  end
+end
+if #out > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', #out) end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {out, nxt[2] or '', now}

@@ -1,0 +1,217 @@
+//! The broker conformance suite (`tests/conformance`) against the Redis
+//! broker, plus what only a shared, external store can show: several
+//! replicas, partition takeover, Redis going away and coming back.
+//!
+//! Conformance cases share one `redis-server` (started on first use, killed
+//! when this test process exits); each case gets its own broker and key
+//! prefix. Redis-specific tests start their own servers.
+
+mod common;
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use event_router::broker::{
+    Broker, BrokerError, ConsumeOptions, Consumer, GroupSpec, PublishOptions, RedisBroker,
+    RedisBrokerConfig,
+};
+use event_router::{Delivery, Event, Selector};
+use serde_json::json;
+use tokio::time::{Instant, sleep, timeout};
+
+/// A unique key prefix, so brokers of different tests share nothing.
+fn prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Fast timings for tests on one machine.
+fn config(url: &str, prefix: &str) -> RedisBrokerConfig {
+    RedisBrokerConfig {
+        key_prefix: prefix.to_string(),
+        lease_ttl: Duration::from_millis(1000),
+        poll_interval: Duration::from_millis(20),
+        config_poll: Duration::from_millis(200),
+        command_timeout: Duration::from_millis(1000),
+        reclaim_idle: Duration::from_millis(900),
+        ..RedisBrokerConfig::new(url)
+    }
+}
+
+async fn redis_broker() -> Arc<dyn Broker> {
+    let server = RedisServer::shared();
+    let broker = RedisBroker::connect(config(&server.url(), &prefix()))
+        .await
+        .expect("connect to redis");
+    Arc::new(broker)
+}
+
+conformance::broker_conformance_tests!(redis_broker);
+
+// ------------------------------------------------------------ redis only
+
+async fn connect(url: &str, prefix: &str) -> RedisBroker {
+    RedisBroker::connect(config(url, prefix))
+        .await
+        .expect("connect to redis")
+}
+
+fn event(topic: &str, n: u64) -> Event {
+    Event::new(topic, json!({ "n": n })).expect("valid topic")
+}
+
+fn spec(name: &str) -> GroupSpec {
+    GroupSpec {
+        ack_timeout: Duration::from_secs(10),
+        ..GroupSpec::new(name, Selector::parse(&[format!("{name}.#")], None).expect("selector"))
+    }
+}
+
+async fn next(consumer: &mut Consumer, within: Duration) -> Vec<Delivery> {
+    timeout(within, consumer.next())
+        .await
+        .expect("no delivery in time")
+        .expect("consumer failed")
+}
+
+#[tokio::test]
+async fn second_replica_consumes_and_acks_events_published_through_the_first() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let a = connect(&server.url(), &prefix).await;
+    let b = connect(&server.url(), &prefix).await;
+    a.ensure_subscription(spec("orders")).await.expect("ensure");
+    let mut c = b
+        .consume("orders", ConsumeOptions::default())
+        .await
+        .expect("consume through the other replica");
+    for n in 1..=3 {
+        a.publish(event("orders.created", n), PublishOptions::default())
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(next(&mut c, Duration::from_secs(5)).await);
+    }
+    let ns: Vec<u64> = got.iter().map(|d| d.event.payload["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [1, 2, 3]);
+    for d in &got {
+        a.ack("orders", &d.delivery_id).await.expect("ack on the other replica");
+    }
+    let info = b.subscription("orders").await.expect("info");
+    assert_eq!((info.acked, info.in_flight, info.pending), (3, 0, 0));
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn publish_fails_fast_while_redis_is_down_and_recovers_after_restart() {
+    let mut server = RedisServer::start();
+    let broker = connect(&server.url(), &prefix()).await;
+    broker
+        .publish(event("t.x", 1), PublishOptions::default())
+        .await
+        .expect("publish");
+    server.kill();
+    let start = Instant::now();
+    let down = broker.publish(event("t.x", 2), PublishOptions::default()).await;
+    assert!(matches!(down, Err(BrokerError::Unavailable(_))), "{down:?}");
+    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(!broker.ready().await);
+    server.restart();
+    // Everything was lost (no persistence): the broker recreates what it
+    // needs (ingest groups on NOGROUP, subscription keys on ensure).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match broker.publish(event("t.x", 3), PublishOptions::default()).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "not recovered: {e}"),
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(broker.ready().await);
+    broker.ensure_subscription(spec("after")).await.expect("ensure");
+    let mut c = broker
+        .consume("after", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    broker
+        .publish(event("after.x", 4), PublishOptions::default())
+        .await
+        .expect("publish");
+    let got = next(&mut c, Duration::from_secs(10)).await;
+    assert_eq!(got[0].event.payload["n"], 4);
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn partitions_of_a_dropped_replica_are_taken_over_after_the_lease_expires() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let a = connect(&server.url(), &prefix).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.owned_partitions().len() < 16 {
+        assert!(Instant::now() < deadline, "a never owned everything");
+        sleep(Duration::from_millis(50)).await;
+    }
+    a.ensure_subscription(spec("jobs")).await.expect("ensure");
+    let b = connect(&server.url(), &prefix).await;
+    // Dropped without close: leases are not released and expire.
+    drop(a);
+    let mut c = b.consume("jobs", ConsumeOptions::default()).await.expect("consume");
+    b.publish(event("jobs.x", 7), PublishOptions::default())
+        .await
+        .expect("publish");
+    let got = next(&mut c, Duration::from_secs(10)).await;
+    assert_eq!(got[0].event.payload["n"], 7);
+    assert_eq!(b.owned_partitions().len(), 16);
+    b.close().await;
+}
+
+#[tokio::test]
+async fn close_hands_partitions_over_at_once() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let a = connect(&server.url(), &prefix).await;
+    let b = connect(&server.url(), &prefix).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.owned_partitions().len() + b.owned_partitions().len() < 16 {
+        assert!(Instant::now() < deadline, "partitions not all owned");
+        sleep(Duration::from_millis(50)).await;
+    }
+    a.close().await;
+    // Well before the 1 s lease would expire: b sees a gone from the
+    // membership and acquires the released leases on its next ticks.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while b.owned_partitions().len() < 16 {
+        assert!(Instant::now() < deadline, "b owns {:?}", b.owned_partitions());
+        sleep(Duration::from_millis(20)).await;
+    }
+    b.close().await;
+}
+
+#[tokio::test]
+async fn deliveries_held_by_a_dead_replica_are_reclaimed_as_ack_timeouts() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let a = connect(&server.url(), &prefix).await;
+    let b = connect(&server.url(), &prefix).await;
+    a.ensure_subscription(spec("work")).await.expect("ensure");
+    a.publish(event("work.x", 1), PublishOptions::default())
+        .await
+        .expect("publish");
+    let mut held = a.consume("work", ConsumeOptions::default()).await.expect("consume");
+    let first = next(&mut held, Duration::from_secs(5)).await;
+    // A crash: the consumer never returns its delivery and nobody keeps it
+    // alive any more.
+    std::mem::forget(held);
+    drop(a);
+    let mut c = b.consume("work", ConsumeOptions::default()).await.expect("consume");
+    let again = next(&mut c, Duration::from_secs(10)).await;
+    assert_eq!(again[0].event.id, first[0].event.id);
+    assert_eq!(again[0].attempt, 2);
+    b.ack("work", &again[0].delivery_id).await.expect("ack");
+    b.close().await;
+}
