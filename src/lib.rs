@@ -14,6 +14,7 @@
 //! - [`filter`]: Mongo-style content filters, compiled once.
 //! - [`selector`]: patterns + filter, what a subscription selects.
 //! - [`broker`]: the `Broker` trait and the embedded [`broker::MemoryBroker`].
+//! - [`client`]: the Rust client (WebSocket with reconnects, or in-process).
 //! - [`router`]: the core — validate, apply EventRoutes, publish, request.
 //! - [`resources`]: `Subscription` and `EventRoute` specs, shared by YAML
 //!   files and (later) the Kubernetes operator.
@@ -23,6 +24,7 @@
 //! - `cli`: one module per subcommand of the `event-router` binary.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod event;
 pub mod filter;
