@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::MemoryBrokerConfig;
+use crate::broker::{MemoryBrokerConfig, RedisBrokerConfig};
 use crate::router::RouterConfig;
 use crate::server::ServerConfig;
 
@@ -150,8 +150,12 @@ pub struct Config {
     pub router: RouterSection,
     /// The HTTP/WebSocket/SSE server.
     pub server: ServerSection,
-    /// The embedded in-memory broker.
+    /// History and dead-letter limits (both brokers), and the embedded
+    /// in-memory broker's queue bound.
     pub broker: BrokerSection,
+    /// The Redis broker; without `redis.url` the embedded in-memory broker
+    /// runs.
+    pub redis: RedisSection,
 }
 
 impl Default for Config {
@@ -163,6 +167,7 @@ impl Default for Config {
             router: RouterSection::default(),
             server: ServerSection::default(),
             broker: BrokerSection::default(),
+            redis: RedisSection::default(),
         }
     }
 }
@@ -264,6 +269,56 @@ impl Default for BrokerSection {
     }
 }
 
+/// The Redis broker (`redis:` in the file). Every replica that points at
+/// the same Redis (and `key_prefix`) is part of one router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port[/db]`. Default none: the
+    /// embedded in-memory broker runs instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Ingest partitions, the unit of routing parallelism and of per-key
+    /// order. Every replica must use the same value. Default 16; 1..=1024.
+    pub partitions: u32,
+    /// Prefix of every Redis key; routers with different prefixes share
+    /// nothing. Default `er`; must not be empty or contain braces.
+    pub key_prefix: String,
+    /// Lifetime of a partition lease: a replica that stops renewing (crash,
+    /// stall) loses its partitions after this long. Default `15s`; at
+    /// least `100ms`.
+    #[serde(with = "duration")]
+    pub lease_ttl: Duration,
+    /// A durable delivery held this long without keep-alive belongs to a
+    /// dead replica and is redelivered (as an ack timeout). Default `30s`;
+    /// at least `30ms`.
+    #[serde(with = "duration")]
+    pub reclaim_idle: Duration,
+    /// Bound of every Redis call; publishes fail with 503 `unavailable`
+    /// after it while Redis is unreachable. Default `2s`; zero is rejected.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// This replica's id in membership, leases and consumer names. Default
+    /// empty: a fresh id per process start (host name plus a random
+    /// suffix), so a restarted replica never inherits a dead one's work.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        RedisSection {
+            url: None,
+            partitions: RedisBrokerConfig::DEFAULT_PARTITIONS,
+            key_prefix: RedisBrokerConfig::DEFAULT_KEY_PREFIX.to_string(),
+            lease_ttl: RedisBrokerConfig::DEFAULT_LEASE_TTL,
+            reclaim_idle: RedisBrokerConfig::DEFAULT_RECLAIM_IDLE,
+            command_timeout: RedisBrokerConfig::DEFAULT_COMMAND_TIMEOUT,
+            node_id: String::new(),
+        }
+    }
+}
+
 impl Config {
     /// Reads a YAML configuration file; absent keys keep their defaults.
     ///
@@ -314,6 +369,31 @@ impl Config {
                 ),
             );
         }
+        let r = &self.redis;
+        if r.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            return invalid("redis.url", "must not be empty".into());
+        }
+        if !(1..=1024).contains(&r.partitions) {
+            return invalid(
+                "redis.partitions",
+                format!("{} is outside 1..=1024", r.partitions),
+            );
+        }
+        if r.key_prefix.is_empty() || r.key_prefix.contains(['{', '}']) {
+            return invalid(
+                "redis.key_prefix",
+                format!("{:?} must be non-empty and free of braces", r.key_prefix),
+            );
+        }
+        if r.lease_ttl < Duration::from_millis(100) {
+            return invalid("redis.lease_ttl", "must be at least 100ms".into());
+        }
+        if r.reclaim_idle < Duration::from_millis(30) {
+            return invalid("redis.reclaim_idle", "must be at least 30ms".into());
+        }
+        if r.command_timeout.is_zero() {
+            return invalid("redis.command_timeout", "must be greater than zero".into());
+        }
         Ok(())
     }
 
@@ -345,6 +425,32 @@ impl Config {
             max_queued_per_subscription: b.max_queued_per_subscription,
             dead_letter_max: b.dead_letter_max,
         }
+    }
+
+    /// The Redis broker's configuration, or `None` when `redis.url` is
+    /// unset (the embedded in-memory broker runs). History and dead-letter
+    /// limits come from the `broker` section; `max_queued_per_subscription`
+    /// applies to the memory broker only.
+    pub fn redis_config(&self) -> Option<RedisBrokerConfig> {
+        let r = &self.redis;
+        let mut c = RedisBrokerConfig::new(r.url.clone()?);
+        c.partitions = r.partitions;
+        c.key_prefix.clone_from(&r.key_prefix);
+        c.lease_ttl = r.lease_ttl;
+        c.reclaim_idle = r.reclaim_idle;
+        c.command_timeout = r.command_timeout;
+        c.node_id.clone_from(&r.node_id);
+        // The memory broker's bound is total; Redis trims each partition.
+        // Zero (no history) keeps one entry per partition: ingest streams
+        // carry routing too, and entries not yet routed are never trimmed.
+        c.history_max_len = self
+            .broker
+            .history_max_events
+            .div_ceil(r.partitions.max(1) as usize)
+            .max(1);
+        c.history_max_age = self.broker.history_max_age;
+        c.dead_letter_max = self.broker.dead_letter_max;
+        Some(c)
     }
 
     /// The configuration as YAML, in the shape [`Config::from_yaml`] reads.

@@ -399,6 +399,11 @@ pub struct SubscriptionInfo {
 /// Broker-wide counters.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BrokerStats {
+    /// Which implementation answers: `memory` or `redis`.
+    pub kind: &'static str,
+    /// This replica's node id (clustered brokers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Events accepted by `publish`.
     pub published: u64,
     /// Live deliveries queued to subscribers.

@@ -1,4 +1,5 @@
-//! `event-router serve`: run a router on the embedded in-memory broker.
+//! `event-router serve`: run a router on the embedded in-memory broker, or
+//! as one replica of a cluster sharing a Redis (`--redis URL`).
 //!
 //! Startup order: configuration (file, then environment and flags), logging,
 //! resource files applied to the router, bind, then the stable line
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use event_router::broker::{MemoryBroker, SharedBroker};
+use event_router::broker::{MemoryBroker, RedisBroker, SharedBroker};
 use event_router::config::{self, Config, LogFormat};
 use event_router::resources::{self, Resource};
 use event_router::{Router, RouterError, server, shutdown};
@@ -31,8 +32,10 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 
 /// Run the router: HTTP, WebSocket and SSE on one port.
 ///
-/// Runs on the embedded in-memory broker: one process, and nothing
-/// (events, subscriptions, dead letters) survives a restart. Resource files
+/// Runs on the embedded in-memory broker (one process; nothing survives a
+/// restart) unless --redis is given: then any number of `serve --redis`
+/// replicas pointing at the same Redis behave as one router, and events,
+/// durable subscriptions and dead letters live in Redis. Resource files
 /// (`-f`) holding `Subscription` and `EventRoute` documents are applied
 /// before the first connection is accepted; a bad file stops startup.
 ///
@@ -45,7 +48,8 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(2);
     event-router serve\n  \
     event-router serve --listen 127.0.0.1:0 -f deploy/examples/subscription.yaml\n  \
     EVENT_ROUTER_LOG_FORMAT=text event-router serve --config router.yaml --shutdown-grace 30s\n  \
-    event-router serve --config router.yaml --print-config")]
+    event-router serve --config router.yaml --print-config\n  \
+    event-router serve --redis redis://127.0.0.1:6379/")]
 pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0:8080]; port 0 picks a free port.
     #[arg(long, env = "EVENT_ROUTER_LISTEN", value_name = "ADDR")]
@@ -165,6 +169,73 @@ pub struct ServeArgs {
     )]
     pub dead_letter_max: Option<usize>,
 
+    /// Run as a replica on this Redis instead of the in-memory broker,
+    /// e.g. redis://127.0.0.1:6379/ or redis://:password@host:6379/0.
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS",
+        value_name = "URL",
+        help_heading = "Redis"
+    )]
+    pub redis: Option<String>,
+
+    /// Ingest partitions; the same on every replica [default: 16].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_PARTITIONS",
+        value_name = "N",
+        help_heading = "Redis"
+    )]
+    pub redis_partitions: Option<u32>,
+
+    /// Prefix of every Redis key; replicas with another prefix share nothing [default: er].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_KEY_PREFIX",
+        value_name = "PREFIX",
+        help_heading = "Redis"
+    )]
+    pub redis_key_prefix: Option<String>,
+
+    /// Partition lease lifetime: a stalled or dead replica's partitions move after this [default: 15s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_LEASE_TTL",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Redis"
+    )]
+    pub redis_lease_ttl: Option<Duration>,
+
+    /// A dead replica's un-acked deliveries are redelivered after this [default: 30s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_RECLAIM_IDLE",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Redis"
+    )]
+    pub redis_reclaim_idle: Option<Duration>,
+
+    /// Bound of every Redis call; publishes fail with 503 after it while Redis is down [default: 2s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_COMMAND_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Redis"
+    )]
+    pub redis_command_timeout: Option<Duration>,
+
+    /// This replica's id [default: host name plus a random suffix, new per start].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_NODE_ID",
+        value_name = "ID",
+        help_heading = "Redis"
+    )]
+    pub node_id: Option<String>,
+
     /// Log format: auto (JSON unless stdout is a terminal), json or text
     /// [default: auto]. Levels come from RUST_LOG (default info).
     #[arg(
@@ -219,6 +290,15 @@ impl ServeArgs {
             &self.max_queued_per_subscription,
         );
         set(&mut c.broker.dead_letter_max, &self.dead_letter_max);
+        if self.redis.is_some() {
+            c.redis.url.clone_from(&self.redis);
+        }
+        set(&mut c.redis.partitions, &self.redis_partitions);
+        set(&mut c.redis.key_prefix, &self.redis_key_prefix);
+        set(&mut c.redis.lease_ttl, &self.redis_lease_ttl);
+        set(&mut c.redis.reclaim_idle, &self.redis_reclaim_idle);
+        set(&mut c.redis.command_timeout, &self.redis_command_timeout);
+        set(&mut c.redis.node_id, &self.node_id);
     }
 }
 
@@ -235,8 +315,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     init_logging(config.log.format);
     let loaded = load_resources(&config.files)?;
-    let broker: SharedBroker = Arc::new(MemoryBroker::new(config.broker_config()));
-    let router = Router::new(broker, config.router_config());
+    let broker = connect_broker(&config).await?;
+    let router = Router::new(broker.shared, config.router_config());
     apply_resources(&router, &loaded).await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -245,7 +325,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .local_addr()
         .context("cannot read the bound address")?;
     let stop = super::shutdown_signal().await;
-    announce(addr, &loaded);
+    announce(addr, &loaded, &broker.description);
     serve_until_signal(listener, &config, router, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -304,23 +384,83 @@ async fn serve_until_signal(
     outcome
 }
 
+/// The broker `serve` runs on, and how to describe it at startup.
+struct Started {
+    shared: SharedBroker,
+    /// `None` for the in-memory broker (which gets a warning instead).
+    description: Option<String>,
+}
+
+/// The Redis broker when `redis.url` is set, else the in-memory broker.
+///
+/// # Errors
+/// Redis unreachable within `redis.command_timeout`, or a bad URL, named.
+async fn connect_broker(config: &Config) -> anyhow::Result<Started> {
+    let Some(redis) = config.redis_config() else {
+        return Ok(Started {
+            shared: Arc::new(MemoryBroker::new(config.broker_config())),
+            description: None,
+        });
+    };
+    let url = redact_url(&redis.url);
+    let partitions = redis.partitions;
+    let broker = RedisBroker::connect(redis)
+        .await
+        .with_context(|| format!("cannot start the redis broker at {url}"))?;
+    let description = format!(
+        "broker: redis at {url}, node {}, {partitions} partitions",
+        broker.node_id()
+    );
+    Ok(Started {
+        shared: Arc::new(broker),
+        description: Some(description),
+    })
+}
+
+/// A Redis URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
 /// The stable startup lines on stderr (tests and scripts parse the first),
 /// repeated in the logs.
-fn announce(addr: SocketAddr, loaded: &Loaded) {
+fn announce(addr: SocketAddr, loaded: &Loaded, broker: &Option<String>) {
     eprintln!("listening on {addr}");
-    eprintln!(
-        "WARNING: embedded in-memory broker: single process, nothing survives a restart \
-         (events, durable subscriptions and dead letters are lost when it stops)"
-    );
+    match broker {
+        Some(line) => eprintln!("{line}"),
+        None => eprintln!(
+            "WARNING: embedded in-memory broker: single process, nothing survives a restart \
+             (events, durable subscriptions and dead letters are lost when it stops)"
+        ),
+    }
     tracing::info!(
         %addr,
         resources = loaded.resources.len(),
         version = env!("CARGO_PKG_VERSION"),
         "listening on {addr}"
     );
-    tracing::warn!(
-        "running on the embedded in-memory broker: single process, nothing survives a restart"
-    );
+    match broker {
+        Some(line) => tracing::info!("{line}"),
+        None => tracing::warn!(
+            "running on the embedded in-memory broker: single process, nothing survives a restart"
+        ),
+    }
 }
 
 /// Resource documents read from files, with the file each came from.
@@ -445,6 +585,42 @@ mod tests {
             format!("{err:#}").contains("server.max_frame_bytes"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn redis_flags_select_the_redis_broker_with_their_settings() {
+        let c = args(&[
+            "--redis",
+            "redis://127.0.0.1:6390/",
+            "--redis-lease-ttl",
+            "2s",
+            "--redis-partitions",
+            "4",
+            "--node-id",
+            "a",
+        ])
+        .config()
+        .unwrap();
+        let r = c.redis_config().unwrap();
+        assert_eq!(r.url, "redis://127.0.0.1:6390/");
+        assert_eq!(r.lease_ttl, Duration::from_secs(2));
+        assert_eq!(r.partitions, 4);
+        assert_eq!(r.node_id, "a");
+        assert!(args(&[]).config().unwrap().redis_config().is_none());
+        let err = args(&["--redis", "redis://x/", "--redis-partitions", "0"])
+            .config()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("redis.partitions"), "{err:#}");
+    }
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:secret@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://:secret@h/"), "redis://:***@h/");
+        assert_eq!(redact_url("redis://h:6379/"), "redis://h:6379/");
     }
 
     #[test]

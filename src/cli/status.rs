@@ -90,6 +90,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         format!("router:  {}", client.base()),
         format!("health:  {}", health.describe(health_code)),
         format!("ready:   {}", ready.describe(ready_code)),
+        format!("broker:  {}", broker_line(&stats)),
         format!("stats:   {}", stats_line(&stats)),
         String::new(),
     ];
@@ -156,6 +157,17 @@ fn subscription_table(entries: &[Value]) -> String {
 
 /// `published=12 dropped=0 ...` from the numeric fields of the stats
 /// answer, nested objects flattened with dots.
+/// `redis (node NAME)` or `memory`, from the stats' `broker.kind`/`node`.
+fn broker_line(stats: &Value) -> String {
+    let broker = stats.get("broker");
+    let field = |k: &str| broker.and_then(|b| b.get(k)).and_then(Value::as_str);
+    match (field("kind"), field("node")) {
+        (Some(kind), Some(node)) => format!("{kind} (node {node})"),
+        (Some(kind), None) => kind.to_string(),
+        _ => "-".to_string(),
+    }
+}
+
 fn stats_line(stats: &Value) -> String {
     fn walk(prefix: &str, map: &Map<String, Value>, out: &mut Vec<String>) {
         for (key, value) in map {

@@ -676,6 +676,8 @@ impl Broker for MemoryBroker {
             history.len() as u64
         };
         Ok(BrokerStats {
+            kind: "memory",
+            node: None,
             published: counters.published.load(Ordering::Relaxed),
             delivered_live: counters.delivered_live.load(Ordering::Relaxed),
             dropped: counters.dropped.load(Ordering::Relaxed),

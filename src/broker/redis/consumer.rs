@@ -192,7 +192,12 @@ impl Drop for RedisConsumer {
     }
 }
 
-async fn run_fetch(shared: &Shared, state: &ConsumerState, sub: &Sub, count: usize) -> Result<Value> {
+async fn run_fetch(
+    shared: &Shared,
+    state: &ConsumerState,
+    sub: &Sub,
+    count: usize,
+) -> Result<Value> {
     let mut inv = shared.scripts.fetch.prepare_invoke();
     inv.key(sub.keys.info()).key(sub.keys.retry());
     for band in sub.keys.bands() {
@@ -243,9 +248,15 @@ async fn fetch(
         let Value::Array(e) = entry else {
             return Err(bad("entry"));
         };
-        let band: usize = e.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(|| bad("band"))?;
+        let band: usize = e
+            .first()
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .ok_or_else(|| bad("band"))?;
         let id = e.get(1).and_then(text).ok_or_else(|| bad("id"))?;
-        let delivered: u32 = e.get(2).and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(1);
+        let delivered: u32 = e
+            .get(2)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or(1);
         let fields: HashMap<String, String> = e
             .get(3)
             .and_then(|v| redis::from_redis_value_ref(v).ok())

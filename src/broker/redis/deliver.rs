@@ -104,7 +104,12 @@ impl Local {
             .lock()
             .values()
             .filter(|c| c.sid == sid)
-            .find(|c| c.held.lock().get(delivery_id).is_some_and(|h| h.deadline <= now))
+            .find(|c| {
+                c.held
+                    .lock()
+                    .get(delivery_id)
+                    .is_some_and(|h| h.deadline <= now)
+            })
             .cloned()
     }
 }
@@ -180,7 +185,10 @@ pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
         for (_, h) in &held {
             inv.arg(h.band).arg(&h.entry);
         }
-        if let Err(e) = shared.call(inv.invoke_async::<Vec<String>>(&mut conn)).await {
+        if let Err(e) = shared
+            .call(inv.invoke_async::<Vec<String>>(&mut conn))
+            .await
+        {
             tracing::warn!(consumer = %state.display, error = %e,
                 "returning deliveries failed; they are reclaimed after reclaim_idle");
         }
@@ -209,7 +217,10 @@ pub(super) async fn ack(shared: &Shared, sub: &Sub, delivery_id: &str) -> Result
     }
     let mut conn = shared.conn();
     let mut inv = shared.scripts.ack.prepare_invoke();
-    inv.key(sub.keys.info()).key(sub.keys.band(band)).arg(id).arg("acked");
+    inv.key(sub.keys.info())
+        .key(sub.keys.band(band))
+        .arg(id)
+        .arg("acked");
     let done: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
     shared.deliver.forget(sid, delivery_id);
     shared.deliver.notify(sid);
@@ -224,7 +235,10 @@ pub(super) async fn ack(shared: &Shared, sub: &Sub, delivery_id: &str) -> Result
 pub(super) async fn drop_expired(shared: &Shared, sub: &Sub, band: usize, id: &str) -> Result<()> {
     let mut conn = shared.conn();
     let mut inv = shared.scripts.ack.prepare_invoke();
-    inv.key(sub.keys.info()).key(sub.keys.band(band)).arg(id).arg("expired");
+    inv.key(sub.keys.info())
+        .key(sub.keys.band(band))
+        .arg(id)
+        .arg("expired");
     shared.call(inv.invoke_async::<i64>(&mut conn)).await?;
     shared.counters.expired.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -397,7 +411,10 @@ async fn keep_alive(shared: &Shared) {
             inv.arg(*band).arg(entry);
         }
         let mut conn = shared.conn();
-        match shared.call(inv.invoke_async::<Vec<String>>(&mut conn)).await {
+        match shared
+            .call(inv.invoke_async::<Vec<String>>(&mut conn))
+            .await
+        {
             Ok(gone) if !gone.is_empty() => {
                 let mut map = state.held.lock();
                 for delivery_id in &gone {

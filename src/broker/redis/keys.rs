@@ -38,7 +38,9 @@ impl Keys {
     pub(super) fn new(prefix: &str, partitions: u32) -> Keys {
         Keys {
             prefix: prefix.to_string(),
-            tags: (0..partitions).map(|p| partition_tag(p, partitions)).collect(),
+            tags: (0..partitions)
+                .map(|p| partition_tag(p, partitions))
+                .collect(),
         }
     }
 

@@ -129,13 +129,15 @@ async fn acquire(shared: &Arc<Shared>, p: u32, ttl: i64) -> Result<()> {
     shared.owned.lock().insert(
         p,
         Owned {
-            token,
+            token: token.clone(),
             renewed_at: Instant::now(),
             cancel: cancel.clone(),
         },
     );
     tracing::debug!(partition = p, node = %shared.node_id, "partition lease acquired");
-    shared.tasks.spawn(route::run(shared.clone(), p, cancel));
+    shared
+        .tasks
+        .spawn(route::run(shared.clone(), p, token, cancel));
     Ok(())
 }
 

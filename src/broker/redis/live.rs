@@ -20,7 +20,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::publish::entry_event;
@@ -145,8 +147,14 @@ impl LiveIndex {
                 Pushed::Closed => {}
             }
         }
-        shared.counters.delivered_live.fetch_add(delivered, Ordering::Relaxed);
-        shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        shared
+            .counters
+            .delivered_live
+            .fetch_add(delivered, Ordering::Relaxed);
+        shared
+            .counters
+            .dropped
+            .fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -192,14 +200,19 @@ pub(super) async fn start(shared: &Arc<Shared>) -> Result<()> {
 }
 
 /// A RESP3 connection subscribed to every partition channel.
-async fn subscribe(shared: &Shared) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
+async fn subscribe(
+    shared: &Shared,
+) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
     let info = shared
         .config
         .url
         .as_str()
         .into_connection_info()
         .map_err(|e| BrokerError::Internal(format!("invalid redis url: {e}")))?;
-    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(settings)).map_err(map_err)?;
     let (tx, rx) = unbounded_channel();
     let config = AsyncConnectionConfig::new()
@@ -270,12 +283,21 @@ impl Listener {
                     continue;
                 }
             };
-            let Some(shared) = self.shared.upgrade() else { return };
+            let Some(shared) = self.shared.upgrade() else {
+                return;
+            };
             match push {
-                Some(PushInfo { kind: PushKind::SMessage, data }) => {
+                Some(PushInfo {
+                    kind: PushKind::SMessage,
+                    data,
+                }) => {
                     self.on_message(&shared, &data).await;
                 }
-                Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
+                Some(PushInfo {
+                    kind: PushKind::Disconnection,
+                    ..
+                })
+                | None => {
                     drop(shared);
                     if !self.reconnect(&token).await {
                         return;
@@ -304,7 +326,10 @@ impl Listener {
         };
         let pos = &mut self.positions[p as usize];
         if pos.epoch.as_deref().is_some_and(|e| e != epoch) {
-            tracing::warn!(partition = p, "partition epoch changed (redis lost data); live position reset");
+            tracing::warn!(
+                partition = p,
+                "partition epoch changed (redis lost data); live position reset"
+            );
             *pos = Position::default();
         }
         if seq > self.positions[p as usize].seq + 1 {
@@ -362,13 +387,18 @@ impl Listener {
     /// No message for a while: catch up partitions whose `seq` moved on
     /// without us (messages lost silently).
     async fn quiet(&mut self) {
-        let Some(shared) = self.shared.upgrade() else { return };
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         let mut pipe = redis::pipe();
         for p in 0..shared.keys.partitions() {
             pipe.cmd("HGET").arg(shared.keys.meta(p)).arg("seq");
         }
         let mut conn = shared.conn();
-        let Ok(seqs) = shared.call(pipe.query_async::<Vec<Option<i64>>>(&mut conn)).await else {
+        let Ok(seqs) = shared
+            .call(pipe.query_async::<Vec<Option<i64>>>(&mut conn))
+            .await
+        else {
             return;
         };
         for (p, seq) in seqs.into_iter().enumerate() {
@@ -383,7 +413,9 @@ impl Listener {
     async fn reconnect(&mut self, token: &tokio_util::sync::CancellationToken) -> bool {
         let mut delay = Duration::from_millis(50);
         loop {
-            let Some(shared) = self.shared.upgrade() else { return false };
+            let Some(shared) = self.shared.upgrade() else {
+                return false;
+            };
             match subscribe(&shared).await {
                 Ok((conn, rx)) => {
                     self._conn = conn;

@@ -144,7 +144,11 @@ impl RedisBrokerConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(BrokerError::Internal(format!("invalid redis config: {what}")));
+        let bad = |what: &str| {
+            Err(BrokerError::Internal(format!(
+                "invalid redis config: {what}"
+            )))
+        };
         if self.partitions == 0 || self.partitions > 1024 {
             return bad("partitions must be 1..=1024");
         }
@@ -229,6 +233,7 @@ struct Scripts {
     lease_release: Script,
     redrive: Script,
     enqueue: Script,
+    ingest_read: Script,
 }
 
 impl Scripts {
@@ -246,6 +251,7 @@ impl Scripts {
             lease_release: Script::new(include_str!("scripts/lease_release.lua")),
             redrive: Script::new(include_str!("scripts/redrive.lua")),
             enqueue: Script::new(include_str!("scripts/enqueue.lua")),
+            ingest_read: Script::new(include_str!("scripts/ingest_read.lua")),
         }
     }
 }
@@ -364,7 +370,11 @@ impl RedisBroker {
         .map_err(|_| BrokerError::Unavailable("redis connect timed out".into()))?
         .map_err(map_err)?;
         let node_id = if config.node_id.is_empty() {
-            format!("{}-{}", hostname(), &uuid::Uuid::new_v4().simple().to_string()[..12])
+            format!(
+                "{}-{}",
+                hostname(),
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
         } else {
             config.node_id.clone()
         };
@@ -588,6 +598,8 @@ impl Broker for RedisBroker {
         let (published, history_len) = publish::totals(&self.shared).await?;
         let c = &self.shared.counters;
         Ok(BrokerStats {
+            kind: "redis",
+            node: Some(self.shared.node_id.clone()),
             published,
             delivered_live: c.delivered_live.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),

@@ -67,7 +67,9 @@ pub(super) async fn publish(
         }
     }
     out.into_iter()
-        .map(|p| p.ok_or_else(|| BrokerError::Internal("publish script returned too few ids".into())))
+        .map(|p| {
+            p.ok_or_else(|| BrokerError::Internal("publish script returned too few ids".into()))
+        })
         .collect()
 }
 
@@ -153,7 +155,11 @@ async fn cursor_key(shared: &Shared, cursor: &str) -> Result<Option<SortKey>> {
                 .query_async(&mut conn),
         )
         .await?;
-    let ts = found.ids.first().and_then(|e| e.get::<i64>("ts")).unwrap_or(0);
+    let ts = found
+        .ids
+        .first()
+        .and_then(|e| e.get::<i64>("ts"))
+        .unwrap_or(0);
     Ok(Some((ms, ts, seq, p)))
 }
 

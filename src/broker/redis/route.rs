@@ -8,9 +8,12 @@
 //! subscription for the whole batch (deduplicated by the subscription's
 //! high-water mark for the partition), and then `XACK`s the batch.
 //!
-//! On takeover it first claims the previous owner's pending entries
-//! (`XAUTOCLAIM … 0`, safe because the lease fenced the old owner) and
-//! routes them before reading new ones. A crash between routing and `XACK`
+//! Every read and claim runs in `ingest_read.lua`, which checks the lease
+//! token first: a replica that lost its lease (stalled past `lease_ttl`,
+//! SIGSTOP/SIGCONT) can read nothing more. On takeover the new owner first
+//! claims the previous owner's pending entries (`XAUTOCLAIM … 0`, safe
+//! because the lease fenced the old owner) and routes them before reading
+//! new ones. A crash between routing and `XACK`
 //! only leaves entries pending; the next owner routes them again and the
 //! high-water mark drops the duplicates.
 
@@ -58,21 +61,37 @@ async fn create_group(shared: &Shared, p: u32) -> Result<()> {
     }
 }
 
-/// Routes partition `p` until `token` is cancelled (lease lost or released).
-pub(super) async fn run(shared: Arc<Shared>, p: u32, token: CancellationToken) {
+/// Routes partition `p` while holding its lease `lease` (token), until
+/// `token` is cancelled (lease lost or released) or a read finds that the
+/// lease has moved on.
+pub(super) async fn run(shared: Arc<Shared>, p: u32, lease: String, token: CancellationToken) {
     let mut backoff = shared.config.poll_interval;
-    if let Err(e) = claim_pending(&shared, p).await {
-        tracing::warn!(partition = p, error = %e, "claiming pending ingest entries failed");
-    }
-    // First drain entries pending to us ("0"), then read new ones (">").
+    // Take over a previous owner's pending entries, then drain entries
+    // pending to us ("0"), then read new ones (">"). Any error starts over.
+    let mut claimed = false;
     let mut pending_phase = true;
     let idle_poll = shared.config.poll_interval * 5;
     loop {
         if token.is_cancelled() {
             return;
         }
-        let outcome = step(&shared, p, if pending_phase { "0" } else { ">" }).await;
+        let outcome = if claimed {
+            step(&shared, p, &lease, if pending_phase { "0" } else { ">" }).await
+        } else {
+            match claim_pending(&shared, p, &lease).await {
+                Ok(true) => {
+                    claimed = true;
+                    continue;
+                }
+                Ok(false) => Ok(usize::MAX),
+                Err(e) => Err(e),
+            }
+        };
         let wait = match outcome {
+            Ok(usize::MAX) => {
+                tracing::info!(partition = p, "partition lease moved on; routing stopped");
+                return;
+            }
             Ok(0) if pending_phase => {
                 pending_phase = false;
                 continue;
@@ -88,6 +107,7 @@ pub(super) async fn run(shared: Arc<Shared>, p: u32, token: CancellationToken) {
                 } else {
                     tracing::warn!(partition = p, error = %e, "routing failed; retrying");
                 }
+                claimed = false;
                 pending_phase = true;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 backoff
@@ -101,64 +121,71 @@ pub(super) async fn run(shared: Arc<Shared>, p: u32, token: CancellationToken) {
     }
 }
 
-/// Takes over entries that a previous owner read but did not ack.
-async fn claim_pending(shared: &Shared, p: u32) -> Result<()> {
+/// Runs `ingest_read.lua`: reads (`from` = `>` or `0`) or claims (`claim`
+/// from `cursor`) as the lease holder.
+async fn read(
+    shared: &Shared,
+    p: u32,
+    lease: &str,
+    from: &str,
+    cursor: &str,
+) -> Result<Option<redis::Value>> {
+    let mut inv = shared.scripts.ingest_read.prepare_invoke();
+    inv.key(shared.keys.lease(p))
+        .key(shared.keys.ingest(p))
+        .arg(lease)
+        .arg(&shared.node_id)
+        .arg(BATCH)
+        .arg(from)
+        .arg(cursor);
+    let mut conn = shared.conn();
+    let value: redis::Value = shared.call(inv.invoke_async(&mut conn)).await?;
+    Ok(match value {
+        redis::Value::Int(-1) => None,
+        other => Some(other),
+    })
+}
+
+/// Takes over entries that a previous owner read but did not ack; returns
+/// false if the lease is no longer ours.
+async fn claim_pending(shared: &Shared, p: u32, lease: &str) -> Result<bool> {
     let mut cursor = "0-0".to_string();
     for _ in 0..10_000 {
-        let mut conn = shared.conn();
-        let reply: (String, redis::Value, redis::Value) = shared
-            .call(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(shared.keys.ingest(p))
-                    .arg(ROUTER_GROUP)
-                    .arg(&shared.node_id)
-                    .arg(0)
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(BATCH)
-                    .arg("JUSTID")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        cursor = reply.0;
+        let Some(reply) = read(shared, p, lease, "claim", &cursor).await? else {
+            return Ok(false);
+        };
+        cursor = redis::from_redis_value(reply)
+            .map_err(|e| BrokerError::Internal(format!("claim reply: {e}")))?;
         if cursor == "0-0" {
             break;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Reads and routes one batch; returns how many entries it read.
-async fn step(shared: &Shared, p: u32, from: &str) -> Result<usize> {
-    let mut conn = shared.conn();
-    let (reply, version): (Option<StreamReadReply>, Option<i64>) = shared
-        .call(
-            redis::pipe()
-                .cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(ROUTER_GROUP)
-                .arg(&shared.node_id)
-                .arg("COUNT")
-                .arg(BATCH)
-                .arg("STREAMS")
-                .arg(shared.keys.ingest(p))
-                .arg(from)
-                .cmd("GET")
-                .arg(shared.keys.cfg_version())
-                .query_async(&mut conn),
-        )
-        .await?;
+/// Reads and routes one batch; returns how many entries it read, or
+/// `usize::MAX` if the lease is no longer ours.
+async fn step(shared: &Shared, p: u32, lease: &str, from: &str) -> Result<usize> {
+    let Some(reply) = read(shared, p, lease, from, "").await? else {
+        return Ok(usize::MAX);
+    };
+    let reply: Option<StreamReadReply> = redis::from_redis_value(reply)
+        .map_err(|e| BrokerError::Internal(format!("ingest read reply: {e}")))?;
     let entries: Vec<StreamId> = reply
         .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
         .unwrap_or_default();
     if entries.is_empty() {
         return Ok(0);
     }
-    if version.unwrap_or(0) != shared.subs.routes().version {
+    // Read after the entries, so the index is at least as new as every
+    // subscription created before they were published.
+    let version = subs::version(shared).await?;
+    if version != shared.subs.routes().version {
         subs::reload(shared).await?;
     }
     route_batch(shared, p, &entries).await?;
     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let mut conn = shared.conn();
     shared
         .call(
             redis::cmd("XACK")
@@ -267,8 +294,9 @@ pub(super) async fn barrier(shared: &Shared) -> Result<()> {
             let delivered = groups
                 .and_then(|g| g.groups.into_iter().find(|g| g.name == ROUTER_GROUP))
                 .and_then(|g| parse_id(&g.last_delivered_id));
-            let pending: Option<redis::streams::StreamPendingReply> =
-                pair.get(1).and_then(|v| redis::from_redis_value_ref(v).ok());
+            let pending: Option<redis::streams::StreamPendingReply> = pair
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok());
             let first_pending = match pending {
                 Some(redis::streams::StreamPendingReply::Data(d)) => parse_id(&d.start_id),
                 _ => None,
@@ -305,6 +333,11 @@ pub(super) async fn tails(shared: &Shared) -> Result<Vec<String>> {
         shared.call(pipe.query_async(&mut conn)).await?;
     Ok(tails
         .into_iter()
-        .map(|t| t.ids.into_iter().next().map_or_else(|| "0-0".to_string(), |e| e.id))
+        .map(|t| {
+            t.ids
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_string(), |e| e.id)
+        })
         .collect())
 }

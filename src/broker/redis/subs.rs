@@ -276,7 +276,11 @@ async fn drop_keys(shared: &Shared, keys: &SubKeys) -> Result<()> {
     // `info` goes first in the same command, so routers and consumers that
     // race with the deletion see the subscription gone and write nothing.
     shared
-        .call(redis::cmd("DEL").arg(keys.all()).query_async::<i64>(&mut conn))
+        .call(
+            redis::cmd("DEL")
+                .arg(keys.all())
+                .query_async::<i64>(&mut conn),
+        )
         .await?;
     Ok(())
 }
