@@ -52,7 +52,7 @@ fn args() -> Args {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.expect("connect to the in-process router").0
+    tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("connect to the in-process router").0
 }
 
 #[tokio::main]

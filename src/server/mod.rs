@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -184,6 +185,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(crate::telemetry::metrics::serve))
         .route("/api/v1/events", post(http::publish).get(http::history))
         .route("/api/v1/events/batch", post(http::publish_batch))
         .route("/api/v1/events/stream", get(sse::stream))
@@ -207,6 +209,9 @@ pub fn app(state: AppState) -> axum::Router {
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::http::request_span,
+        ))
         .with_state(state)
 }
 
@@ -228,6 +233,12 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving HTTP, WebSocket and SSE");
     }
+    // Frames are small and latency matters more than packet count: no Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
