@@ -81,11 +81,11 @@ pub enum ConfigError {
     },
 }
 
-/// How `serve` writes its logs (to stdout).
+/// How `serve` writes its logs (to stderr).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// JSON when stdout is not a terminal, text when it is.
+    /// JSON when stderr is not a terminal, text when it is.
     #[default]
     Auto,
     /// One JSON object per line.

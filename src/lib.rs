@@ -21,6 +21,7 @@
 //! - [`server`]: WebSocket (v2 and seed v1), HTTP, SSE over one session core.
 //! - [`config`]: configuration and duration parsing.
 //! - [`shutdown`]: signal handling.
+//! - [`telemetry`]: logs, OpenTelemetry traces, Prometheus metrics.
 //! - `cli`: one module per subcommand of the `event-router` binary.
 
 pub mod broker;
@@ -33,6 +34,7 @@ pub mod router;
 pub mod selector;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 pub mod topic;
 
 pub use broker::{Broker, MemoryBroker, SharedBroker};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::broker::{
     BrokerError, LiveItem, LiveSubscription, PublishOptions, Published, SharedBroker,
@@ -17,6 +18,7 @@ use crate::broker::{
 use crate::event::{self, Event, ValidationError};
 use crate::resources::{Action, DeliveryMode, Resource};
 use crate::selector::{Selector, SelectorError};
+use crate::telemetry;
 use crate::topic::{Pattern, TopicTrie};
 
 /// Default upper bound of a request's wait for its reply.
@@ -210,7 +212,7 @@ impl Router {
     /// A router over `broker`.
     pub fn new(broker: SharedBroker, config: RouterConfig) -> Arc<Router> {
         Arc::new(Router {
-            broker,
+            broker: crate::telemetry::InstrumentedBroker::wrap(broker),
             config,
             routes: RwLock::new(Arc::default()),
         })
@@ -231,18 +233,26 @@ impl Router {
     /// # Errors
     /// [`RouterError::Invalid`] naming the field.
     pub fn parse_event(&self, raw: Value) -> Result<Event, RouterError> {
-        Ok(Event::from_json(raw, self.config.max_payload_bytes)?)
+        let span = telemetry::trace::validate_span();
+        let mut event = Event::from_json(raw, self.config.max_payload_bytes)?;
+        telemetry::trace::validated(&span, &mut event);
+        Ok(event)
     }
 
     /// Applies routes and publishes one event (and any copies routes make).
     ///
     /// # Errors
     /// [`RouterError::Broker`] when the broker fails; nothing was published then.
-    #[tracing::instrument(skip_all, fields(topic = %event.topic, id = %event.id))]
-    pub async fn publish(&self, event: Event) -> Result<Receipt, RouterError> {
+    pub async fn publish(&self, mut event: Event) -> Result<Receipt, RouterError> {
+        let span = telemetry::trace::receive_span(&mut event);
+        self.publish_routed(event).instrument(span).await
+    }
+
+    async fn publish_routed(&self, event: Event) -> Result<Receipt, RouterError> {
         let routes = self.routes.read().clone();
-        let routed = routes.apply(event);
+        let routed = telemetry::trace::route_span().in_scope(|| routes.apply(event));
         if let Some(route) = routed.dropped_by {
+            telemetry::metrics::metrics().dropped("route", 1);
             tracing::debug!(%route, "event dropped by route");
             return Ok(Receipt::Dropped {
                 event_id: routed.event.id,
@@ -282,6 +292,17 @@ impl Router {
     /// [`RouterError::Broker`] when the broker fails.
     pub async fn publish_batch(
         &self,
+        mut events: Vec<Event>,
+        atomic: bool,
+    ) -> Result<Vec<Receipt>, RouterError> {
+        let span = telemetry::trace::receive_batch_span(&mut events);
+        self.publish_batch_routed(events, atomic)
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_batch_routed(
+        &self,
         events: Vec<Event>,
         atomic: bool,
     ) -> Result<Vec<Receipt>, RouterError> {
@@ -304,6 +325,7 @@ impl Router {
         for event in events {
             let routed = routes.apply(event);
             if let Some(route) = routed.dropped_by {
+                telemetry::metrics::metrics().dropped("route", 1);
                 slots.push(Err(Receipt::Dropped {
                     event_id: routed.event.id,
                     route,

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use anyhow::{Context, anyhow};
 use event_router::broker::{MemoryBroker, RedisBroker, SharedBroker};
 use event_router::config::{self, Config, LogFormat};
 use event_router::resources::{self, Resource};
+use event_router::telemetry::{self, TelemetryConfig};
 use event_router::{Router, RouterError, server, shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -236,7 +236,7 @@ pub struct ServeArgs {
     )]
     pub node_id: Option<String>,
 
-    /// Log format: auto (JSON unless stdout is a terminal), json or text
+    /// Log format: auto (JSON unless stderr is a terminal), json or text
     /// [default: auto]. Levels come from RUST_LOG (default info).
     #[arg(
         long,
@@ -313,7 +313,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         print!("{}", config.to_yaml()?);
         return Ok(ExitCode::SUCCESS);
     }
-    init_logging(config.log.format);
+    let telemetry = telemetry::init(&TelemetryConfig {
+        log_format: config.log.format,
+    })
+    .context("cannot start telemetry")?;
     let loaded = load_resources(&config.files)?;
     let broker = connect_broker(&config).await?;
     let router = Router::new(broker.shared, config.router_config());
@@ -327,6 +330,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stop = super::shutdown_signal().await;
     announce(addr, &loaded, &broker.description);
     serve_until_signal(listener, &config, router, stop).await?;
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -512,33 +516,6 @@ async fn apply_resources(router: &Router, loaded: &Loaded) -> anyhow::Result<()>
         tracing::info!(resource = %resource.describe(), "resource applied");
     }
     Ok(())
-}
-
-/// Logs to stdout, filtered by `RUST_LOG` (default `info`).
-fn init_logging(format: LogFormat) {
-    let terminal = std::io::stdout().is_terminal();
-    let json = match format {
-        LogFormat::Auto => !terminal,
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(terminal)
-        .with_writer(std::io::stdout);
-    // `try_init` fails only when a subscriber is already installed, which
-    // then keeps logging.
-    let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 #[cfg(test)]

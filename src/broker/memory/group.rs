@@ -490,6 +490,7 @@ impl GroupState {
         slot.in_flight += out.len();
         self.stats.delivered += out.len() as u64;
         self.stats.expired += expired;
+        crate::telemetry::metrics::metrics().expired(&self.spec.name, expired);
         Counters::add(&self.counters.expired, expired);
         out
     }
@@ -566,6 +567,7 @@ impl GroupState {
             );
         }
         self.stats.dead_lettered += 1;
+        crate::telemetry::trace::dead_lettered(&self.spec.name, &queued.event, &reason);
         self.dead.push_back(Dead {
             // Unique within the group: the counter only grows.
             id: self.stats.dead_lettered,

@@ -1,0 +1,2 @@
+//! Tracing overhead benchmark (placeholder; filled in by the observability work).
+fn main() {}

@@ -1,0 +1,371 @@
+//! End-to-end tracing: a real `event-router serve` process exporting spans
+//! over OTLP to a receiver built here on the `opentelemetry-proto` types.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use common::inproc::WsClient;
+use common::process::RouterProcess;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use serde_json::{Value, json};
+
+/// How long spans may take to reach the receiver.
+const EXPORT_WAIT: Duration = Duration::from_secs(15);
+
+/// One received span.
+#[derive(Debug, Clone)]
+struct SpanRecord {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    service: String,
+}
+
+type Spans = Arc<Mutex<Vec<SpanRecord>>>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
+    };
+    let mut out = spans.lock().unwrap();
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| kv.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+            .unwrap_or_default();
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                out.push(SpanRecord {
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                    service: service.clone(),
+                });
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-protobuf")],
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
+        .into_response()
+}
+
+/// An OTLP/HTTP protobuf receiver on 127.0.0.1: `POST /v1/traces`.
+async fn start_receiver() -> (SocketAddr, Spans) {
+    let spans = Spans::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(receive))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, spans)
+}
+
+/// Waits until `done` holds for the received spans, or panics with them.
+async fn wait_for(
+    spans: &Spans,
+    what: &str,
+    done: impl Fn(&[SpanRecord]) -> bool,
+) -> Vec<SpanRecord> {
+    let deadline = Instant::now() + EXPORT_WAIT;
+    loop {
+        let now = spans.lock().unwrap().clone();
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not received within {EXPORT_WAIT:?}; spans: {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const SUBSCRIPTION: &str = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: Subscription
+metadata: {name: traced}
+spec:
+  topics: ["otel.#"]
+  delivery:
+    mode: durable
+    maxAttempts: 2
+    ackTimeout: 30s
+    backoff: {initial: 10ms, max: 10ms, multiplier: 1, jitter: 0}
+    deadLetter: true
+"#;
+
+fn otel_env(endpoint: &str, protocol: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_string()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+        ("OTEL_SERVICE_NAME", "router-under-test".to_string()),
+        ("OTEL_TRACES_SAMPLER", "always_on".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ("RUST_LOG", "info,event_router::telemetry=debug".to_string()),
+    ]
+}
+
+fn start_router(dir: &std::path::Path, env: &[(&'static str, String)]) -> RouterProcess {
+    let file = dir.join("subscription.yaml");
+    std::fs::write(&file, SUBSCRIPTION).unwrap();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    RouterProcess::start_with_env(&["-f", file.to_str().unwrap()], &env)
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("er-observability-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn by_name<'a>(spans: &'a [SpanRecord], trace: &str, name: &str) -> Vec<&'a SpanRecord> {
+    spans
+        .iter()
+        .filter(|s| s.trace_id == trace && s.name == name)
+        .collect()
+}
+
+fn one<'a>(spans: &'a [SpanRecord], trace: &str, name: &str) -> &'a SpanRecord {
+    let found = by_name(spans, trace, name);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {name} span in trace {trace}: {spans:#?}"
+    );
+    found[0]
+}
+
+/// The trace id and parent span id of a `traceparent` value.
+fn traceparent(value: &Value) -> (String, String) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent: {value}"));
+    let parts: Vec<&str> = text.split('-').collect();
+    assert_eq!(parts.len(), 4, "{text}");
+    (parts[1].to_string(), parts[2].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_is_one_trace_from_publish_through_retry_to_dead_letter() {
+    let (receiver, sink) = start_receiver().await;
+    let dir = temp_dir("trace");
+    let router = start_router(
+        &dir,
+        &otel_env(&format!("http://{receiver}"), "http/protobuf"),
+    );
+
+    let mut worker = WsClient::connect(router.addr(), "/ws").await;
+    worker
+        .subscribe(json!({"op":"subscribe","id":"s","topics":["otel.#"],"group":"traced"}))
+        .await;
+    let mut publisher = WsClient::connect(router.addr(), "/ws").await;
+    let event_id = publisher
+        .publish(json!({"type":"otel.check","payload":{"n":1}}))
+        .await;
+
+    let first = worker.recv().await;
+    assert_eq!(first["event"]["id"], event_id.as_str());
+    assert_eq!(first["attempt"], 1);
+    let (trace, first_parent) = traceparent(&first["event"]["headers"]["traceparent"]);
+    worker
+        .send(json!({"op":"nack","delivery_id":first["delivery_id"],"delay_ms":0,"reason":"busy"}))
+        .await;
+    let second = worker.recv().await;
+    assert_eq!(second["attempt"], 2);
+    let (second_trace, second_parent) = traceparent(&second["event"]["headers"]["traceparent"]);
+    assert_eq!(
+        second_trace, trace,
+        "the redelivery stays in the event's trace"
+    );
+    worker
+        .send(json!({"op":"nack","delivery_id":second["delivery_id"],"delay_ms":0,"reason":"still busy"}))
+        .await;
+
+    let spans = wait_for(&sink, "the dead_letter span", |s| {
+        s.iter()
+            .any(|s| s.name == "dead_letter" && s.trace_id == trace)
+            && s.iter()
+                .filter(|s| s.name == "nack" && s.trace_id == trace)
+                .count()
+                == 2
+    })
+    .await;
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.service.contains("router-under-test")),
+        "{spans:#?}"
+    );
+
+    let validate = one(&spans, &trace, "validate");
+    let receive = one(&spans, &trace, "receive");
+    let route = one(&spans, &trace, "route");
+    let store = one(&spans, &trace, "store");
+    let dead = one(&spans, &trace, "dead_letter");
+    let delivers = by_name(&spans, &trace, "deliver");
+    let nacks = by_name(&spans, &trace, "nack");
+    assert_eq!(delivers.len(), 2, "{spans:#?}");
+    assert_eq!(nacks.len(), 2, "{spans:#?}");
+
+    // validate started the trace (WebSocket publish without traceparent).
+    assert_eq!(validate.parent, "", "validate is the root: {validate:?}");
+    assert_eq!(receive.parent, validate.span_id);
+    assert_eq!(route.parent, receive.span_id);
+    assert_eq!(store.parent, receive.span_id);
+    for deliver in &delivers {
+        assert_eq!(
+            deliver.parent, receive.span_id,
+            "deliver is a child of receive"
+        );
+    }
+    // Each delivered copy names its deliver span as parent, and each nack
+    // is a child of the deliver span of the delivery it rejects.
+    let deliver_ids: Vec<&str> = delivers.iter().map(|d| d.span_id.as_str()).collect();
+    assert!(
+        deliver_ids.contains(&first_parent.as_str()),
+        "{first_parent} in {deliver_ids:?}"
+    );
+    assert!(deliver_ids.contains(&second_parent.as_str()));
+    let mut nack_parents: Vec<&str> = nacks.iter().map(|n| n.parent.as_str()).collect();
+    nack_parents.sort_unstable();
+    let mut expected = vec![first_parent.as_str(), second_parent.as_str()];
+    expected.sort_unstable();
+    assert_eq!(nack_parents, expected);
+    // The last nack exhausted the attempts: dead_letter is its child.
+    let last_nack = nacks.iter().find(|n| n.parent == second_parent).unwrap();
+    assert_eq!(dead.parent, last_nack.span_id);
+
+    // The log line of the dead-lettering carries the trace id.
+    let log = router.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event dead-lettered"))
+        .unwrap_or_else(|| panic!("no dead-letter log line in:\n{log}"));
+    let json_line: Value = serde_json::from_str(line.trim_start_matches("[stderr] ")).unwrap();
+    assert_eq!(json_line["trace_id"], trace.as_str(), "{line}");
+    assert_eq!(json_line["subscription"], "traced");
+
+    // An HTTP publish with a W3C traceparent header joins the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/events", router.http_url()))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .header("x-request-id", "req-42")
+        .json(&json!({"type":"otel.http"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "req-42");
+    let delivered = worker.recv().await;
+    let (delivered_trace, _) = traceparent(&delivered["event"]["headers"]["traceparent"]);
+    assert_eq!(delivered_trace, caller_trace);
+    let spans = wait_for(&sink, "the HTTP publish's deliver span", |s| {
+        s.iter()
+            .any(|s| s.trace_id == caller_trace && s.name == "deliver")
+    })
+    .await;
+    let request = one(&spans, caller_trace, "request");
+    assert_eq!(request.parent, caller_span);
+    let receive = one(&spans, caller_trace, "receive");
+    let validate = one(&spans, caller_trace, "validate");
+    assert_eq!(validate.parent, request.span_id);
+    assert_eq!(receive.parent, validate.span_id);
+    let log = router.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request finished") && l.contains("req-42"))
+        .unwrap_or_else(|| panic!("no request log line in:\n{log}"));
+    let json_line: Value = serde_json::from_str(line.trim_start_matches("[stderr] ")).unwrap();
+    assert_eq!(json_line["request_id"], "req-42", "{line}");
+    assert_eq!(json_line["trace_id"], caller_trace, "{line}");
+    drop(router);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_protocol_sends_http2_to_the_endpoint() {
+    // A bare TCP listener: the gRPC exporter's first bytes are the HTTP/2
+    // connection preface.
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = temp_dir("grpc");
+    let router = start_router(&dir, &otel_env(&format!("http://{addr}"), "grpc"));
+    let mut publisher = WsClient::connect(router.addr(), "/ws").await;
+    publisher.publish(json!({"type":"otel.grpc"})).await;
+    let preface = tokio::task::spawn_blocking(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 24];
+        socket.read_exact(&mut buf).map(|()| buf.to_vec())
+    })
+    .await
+    .unwrap()
+    .expect("the exporter connected and wrote");
+    assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    drop(router);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_collector_never_blocks_events_and_shutdown_is_bounded() {
+    // A port that refuses connections.
+    let closed = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let dir = temp_dir("dead");
+    let mut router = start_router(&dir, &otel_env(&format!("http://{addr}"), "http/protobuf"));
+    let mut worker = WsClient::connect(router.addr(), "/ws").await;
+    worker
+        .subscribe(json!({"op":"subscribe","id":"s","topics":["otel.#"],"group":"traced"}))
+        .await;
+    let mut publisher = WsClient::connect(router.addr(), "/ws").await;
+    for n in 0..20 {
+        publisher
+            .publish(json!({"type":"otel.dead","payload":{"n":n}}))
+            .await;
+    }
+    for _ in 0..20 {
+        let d = worker.recv().await;
+        assert_eq!(d["op"], "event");
+        worker
+            .send(json!({"op":"ack","delivery_id":d["delivery_id"]}))
+            .await;
+    }
+    router.sigterm();
+    let status = router.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}; output:\n{}",
+        router.output()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
