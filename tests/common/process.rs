@@ -272,6 +272,11 @@ impl RouterProcess {
         self.child.pid()
     }
 
+    /// Sends a signal by name (`KILL`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        self.child.signal(name);
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         self.child.signal("TERM");

@@ -1,0 +1,519 @@
+//! Three `event-router serve --redis` replica processes and one
+//! `redis-server` on loopback behave as one router: durable events are
+//! delivered at least once across replicas, through `kill -9` of a replica,
+//! a replica stalled past its lease (SIGSTOP/SIGCONT), and a Redis crash
+//! with AOF; live events and requests cross replicas; a poison message ends
+//! in the dead-letter queue.
+//!
+//! Each test prints its counts (`cargo test --test redis_cluster --
+//! --nocapture` shows them). Leases, reclaim and command timeouts are
+//! shortened by flags so that takeovers happen within seconds. The tests
+//! run one at a time (a lock), since each starts four processes.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use event_router::client::{Client, ReconnectPolicy};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use common::process::RouterProcess;
+use common::redis::RedisServer;
+
+/// Replica processes per test.
+const REPLICAS: usize = 3;
+/// Events per publish batch.
+const BATCH: usize = 50;
+/// Longest any test waits for deliveries to arrive.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// One test at a time: each starts a Redis and three debug-build routers
+/// on a two-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Event id → times delivered, over every consumer of a group.
+type Seen = Arc<Mutex<HashMap<String, u32>>>;
+
+/// A Redis and the router replicas sharing it.
+struct Cluster {
+    redis: Mutex<RedisServer>,
+    replicas: Vec<RouterProcess>,
+    api: Arc<Api>,
+}
+
+/// HTTP access to the replicas (shared with publisher tasks).
+struct Api {
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts a Redis with `redis_args` and [`REPLICAS`] routers on it.
+    fn start(redis_args: &[&str]) -> Cluster {
+        let redis = RedisServer::start_with(redis_args);
+        let url = redis.url();
+        let replicas: Vec<RouterProcess> = (0..REPLICAS).map(|i| start_replica(&url, i)).collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let api = Arc::new(Api {
+            urls: replicas.iter().map(RouterProcess::http_url).collect(),
+            http,
+        });
+        Cluster {
+            redis: Mutex::new(redis),
+            replicas,
+            api,
+        }
+    }
+
+    fn replica(&self, i: usize) -> &RouterProcess {
+        &self.replicas[i]
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`) to replica `i`.
+    fn signal(&self, i: usize, name: &str) {
+        self.replica(i).signal(name);
+    }
+
+    /// The subscription's stored record id (`sid`), read from Redis.
+    fn sid(&self, name: &str) -> String {
+        let reply = self
+            .redis
+            .lock()
+            .command(&format!("HGET er:{{cfg}}:subs {name}"));
+        let json = reply.lines().nth(1).expect("subscription record");
+        let record: Value = serde_json::from_str(json).expect("record JSON");
+        record["sid"].as_str().expect("sid").to_string()
+    }
+
+    /// A counter of a subscription's info hash in Redis (`routed`, `acked`).
+    fn counter(&self, sid: &str, field: &str) -> u64 {
+        let reply = self
+            .redis
+            .lock()
+            .command(&format!("HGET er:s:{{{sid}}}:info {field}"));
+        reply
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Api {
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.urls[i])
+    }
+
+    /// `PUT /api/v1/subscriptions/{name}` on replica `i`.
+    async fn put_subscription(&self, i: usize, name: &str, spec: Value) {
+        let response = self
+            .http
+            .put(self.url(i, &format!("/api/v1/subscriptions/{name}")))
+            .json(&spec)
+            .send()
+            .await
+            .expect("put subscription");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "PUT subscription {name}: {status} {body}"
+        );
+    }
+
+    /// `GET` a JSON document from replica `i`.
+    async fn get(&self, i: usize, path: &str) -> Value {
+        self.http
+            .get(self.url(i, path))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// `POST /api/v1/events/batch` on replica `i`: `Ok` when the router
+    /// acknowledged (202), else the status and body.
+    async fn publish(&self, i: usize, events: &[Value]) -> Result<(), String> {
+        let response = self
+            .http
+            .post(self.url(i, "/api/v1/events/batch"))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        if status.as_u16() == 202 {
+            return Ok(());
+        }
+        Err(format!(
+            "{status} {}",
+            response.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+/// `serve --redis` with short leases and timeouts.
+fn start_replica(redis_url: &str, i: usize) -> RouterProcess {
+    let node = format!("replica-{i}-{}", std::process::id());
+    RouterProcess::start_with_env(
+        &[
+            "--redis",
+            redis_url,
+            "--node-id",
+            &node,
+            "--redis-lease-ttl",
+            "1s",
+            "--redis-reclaim-idle",
+            "1s",
+            "--redis-command-timeout",
+            "1s",
+            "--shutdown-grace",
+            "1s",
+        ],
+        &[("RUST_LOG", "warn"), ("EVENT_ROUTER_LOG_FORMAT", "text")],
+    )
+}
+
+/// Events `{prefix}-{from}..{prefix}-{to}` on `topic`, keyed over 64 keys
+/// so they spread over the partitions.
+fn events(prefix: &str, topic: &str, range: std::ops::Range<usize>) -> Vec<Value> {
+    range
+        .map(|n| {
+            json!({
+                "id": format!("{prefix}-{n}"),
+                "type": topic,
+                "key": format!("k{}", n % 64),
+                "payload": {"n": n, "pad": "x".repeat(200)},
+            })
+        })
+        .collect()
+}
+
+/// A durable consumer of `group` over WebSocket on one replica; acks every
+/// delivery after counting it. Stops with `stop` or when the stream ends.
+fn consumer(ws_url: String, group: &str, seen: Seen, stop: CancellationToken) -> JoinHandle<u64> {
+    let group = group.to_string();
+    tokio::spawn(async move {
+        let client = Client::builder()
+            .url(ws_url)
+            .reconnect(ReconnectPolicy::never())
+            .build()
+            .await
+            .expect("connect consumer");
+        let mut sub = client
+            .subscribe(format!("{group}.#").as_str())
+            .group(group.as_str())
+            .max_in_flight(50)
+            .start()
+            .await
+            .expect("subscribe");
+        let mut received = 0u64;
+        loop {
+            let delivery = tokio::select! {
+                _ = stop.cancelled() => break,
+                d = sub.recv() => d,
+            };
+            let Some(delivery) = delivery else { break };
+            received += 1;
+            *seen.lock().entry(delivery.event.id.clone()).or_default() += 1;
+            let _ = delivery.ack().await;
+        }
+        // A killed or stopped replica never answers: do not wait on it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+        received
+    })
+}
+
+/// Waits (at most [`SETTLE`]) until every id in `published` was seen, and
+/// then a little longer for late duplicates; returns the ids never seen.
+async fn settle(published: &HashSet<String>, seen: &Seen) -> Vec<String> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let missing: Vec<String> = {
+            let seen = seen.lock();
+            published
+                .iter()
+                .filter(|id| !seen.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return missing;
+        }
+        if Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deliveries beyond the first, over all events.
+fn duplicates(seen: &Seen) -> u64 {
+    seen.lock()
+        .values()
+        .map(|&n| u64::from(n.saturating_sub(1)))
+        .sum()
+}
+
+/// Publishes events `0..total` in batches from four concurrent tasks,
+/// round-robin over `targets` (which the test may shrink while they run); a
+/// failed batch is retried with the same ids on the next target. `progress`
+/// counts acknowledged events. Returns the ids acknowledged.
+fn spawn_publishers(
+    api: Arc<Api>,
+    prefix: &str,
+    topic: &str,
+    total: usize,
+    targets: Arc<Mutex<Vec<usize>>>,
+    progress: Arc<AtomicUsize>,
+) -> JoinHandle<HashSet<String>> {
+    const PUBLISHERS: usize = 4;
+    let prefix = prefix.to_string();
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let batches: Vec<std::ops::Range<usize>> = (0..total)
+            .step_by(BATCH)
+            .map(|s| s..(s + BATCH).min(total))
+            .collect();
+        let mut tasks = Vec::new();
+        for p in 0..PUBLISHERS {
+            let mine: Vec<_> = batches
+                .iter()
+                .skip(p)
+                .step_by(PUBLISHERS)
+                .cloned()
+                .collect();
+            let (api, targets, progress) = (api.clone(), targets.clone(), progress.clone());
+            let (prefix, topic) = (prefix.clone(), topic.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut turn = p;
+                for range in mine {
+                    let batch = events(&prefix, &topic, range);
+                    // Bounded: a batch nobody accepts within 40 tries is
+                    // left unacknowledged (and not expected).
+                    for _ in 0..40 {
+                        let target = {
+                            let live = targets.lock();
+                            live[turn % live.len()]
+                        };
+                        turn += 1;
+                        if api.publish(target, &batch).await.is_ok() {
+                            acked.extend(
+                                batch
+                                    .iter()
+                                    .filter_map(|e| e["id"].as_str().map(String::from)),
+                            );
+                            progress.fetch_add(batch.len(), Ordering::Relaxed);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                acked
+            }));
+        }
+        let mut acked = HashSet::new();
+        for t in tasks {
+            acked.extend(t.await.expect("publisher task"));
+        }
+        acked
+    })
+}
+
+/// Waits (bounded) until `progress` reaches `n`.
+async fn wait_progress(progress: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + SETTLE;
+    while progress.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts one consumer of `group` on each listed replica.
+fn consumers(
+    cluster: &Cluster,
+    on: &[usize],
+    group: &str,
+    seen: &Seen,
+) -> Vec<(usize, CancellationToken, JoinHandle<u64>)> {
+    on.iter()
+        .map(|&i| {
+            let stop = CancellationToken::new();
+            let handle = consumer(
+                cluster.replica(i).ws_url(),
+                group,
+                seen.clone(),
+                stop.clone(),
+            );
+            (i, stop, handle)
+        })
+        .collect()
+}
+
+/// Stops the consumers; returns how many deliveries each received.
+async fn stop_consumers(
+    list: Vec<(usize, CancellationToken, JoinHandle<u64>)>,
+) -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    for (i, stop, handle) in list {
+        stop.cancel();
+        out.push((i, handle.await.unwrap_or(0)));
+    }
+    out
+}
+
+/// A durable subscription on `group.#` with short timeouts.
+fn group_spec(max_attempts: u32) -> Value {
+    json!({
+        "topics": [],
+        "delivery": {
+            "ackTimeout": "10s",
+            "maxAttempts": max_attempts,
+            "backoff": {"initial": "50ms", "max": "200ms"},
+        },
+    })
+}
+
+async fn durable_run(
+    cluster: &Cluster,
+    group: &str,
+    total: usize,
+    disrupt: impl AsyncFnOnce(&Cluster, &Mutex<Vec<usize>>),
+) -> (HashSet<String>, Vec<String>, Seen, Vec<(usize, u64)>) {
+    let mut spec = group_spec(100);
+    spec["topics"] = json!([format!("{group}.#")]);
+    cluster.api.put_subscription(0, group, spec).await;
+    let seen: Seen = Arc::default();
+    let list = consumers(cluster, &[0, 1, 2], group, &seen);
+    let targets = Arc::new(Mutex::new(vec![0, 1, 2]));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let publishers = spawn_publishers(
+        cluster.api.clone(),
+        group,
+        &format!("{group}.created"),
+        total,
+        targets.clone(),
+        progress.clone(),
+    );
+    wait_progress(&progress, total / 3).await;
+    disrupt(cluster, &targets).await;
+    let published = publishers.await.expect("publishers");
+    let missing = settle(&published, &seen).await;
+    let per_consumer = stop_consumers(list).await;
+    (published, missing, seen, per_consumer)
+}
+
+fn report(
+    name: &str,
+    published: &HashSet<String>,
+    missing: &[String],
+    seen: &Seen,
+    per: &[(usize, u64)],
+) {
+    let delivered = seen.lock().len();
+    println!(
+        "{name}: published {} (acknowledged), delivered {delivered} distinct, lost {}, duplicates {}, per consumer {per:?}",
+        published.len(),
+        missing.len(),
+        duplicates(seen),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_events_published_across_replicas_reach_one_group_at_least_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "steady", 10_000, async |_, _| {}).await;
+    report("steady", &published, &missing, &seen, &per);
+    assert_eq!(published.len(), 10_000, "every publish was acknowledged");
+    assert!(
+        missing.is_empty(),
+        "lost {} events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        per.iter().filter(|(_, n)| *n > 0).count() >= 2,
+        "consumers on several replicas shared the group: {per:?}"
+    );
+    let sid = cluster.sid("steady");
+    assert_eq!(
+        cluster.counter(&sid, "routed"),
+        10_000,
+        "each event routed exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_replica_mid_stream_loses_no_event() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "crash", 10_000, async |c, targets| {
+            targets.lock().retain(|&t| t != 2);
+            c.signal(2, "KILL");
+            println!("crash: replica 2 killed with SIGKILL");
+        })
+        .await;
+    report("crash", &published, &missing, &seen, &per);
+    assert_eq!(
+        published.len(),
+        10_000,
+        "every batch was acknowledged by some replica"
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let sid = cluster.sid("crash");
+    let routed = cluster.counter(&sid, "routed");
+    println!("crash: routed {routed}");
+    assert_eq!(
+        routed, 10_000,
+        "the high-water mark kept routing exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_stalled_past_its_lease_loses_nothing_and_routes_nothing_twice() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "stall", 10_000, async |c, targets| {
+            targets.lock().retain(|&t| t != 2);
+            c.signal(2, "STOP");
+            println!("stall: replica 2 stopped (SIGSTOP) for 4s, lease 1s");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            c.signal(2, "CONT");
+            targets.lock().push(2);
+        })
+        .await;
+    report("stall", &published, &missing, &seen, &per);
+    assert_eq!(published.len(), 10_000);
+    assert!(
+        missing.is_empty(),
+        "lost {} events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let sid = cluster.sid("stall");
+    let routed = cluster.counter(&sid, "routed");
+    println!("stall: routed {routed} (events copied into the subscription)");
+    assert_eq!(routed, 10_000, "no event routed twice after SIGCONT");
+}
