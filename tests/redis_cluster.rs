@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use event_router::client::{Client, ReconnectPolicy};
@@ -51,6 +51,11 @@ struct Cluster {
 struct Api {
     urls: Vec<String>,
     http: reqwest::Client,
+    /// Publishes refused or failed, with the slowest refusal (ms) and the
+    /// last answer, to show that publishes fail fast while Redis is down.
+    refused: AtomicUsize,
+    slowest_refusal_ms: AtomicU64,
+    last_refusal: Mutex<String>,
 }
 
 impl Cluster {
@@ -66,6 +71,9 @@ impl Cluster {
         let api = Arc::new(Api {
             urls: replicas.iter().map(RouterProcess::http_url).collect(),
             http,
+            refused: AtomicUsize::new(0),
+            slowest_refusal_ms: AtomicU64::new(0),
+            last_refusal: Mutex::new(String::new()),
         });
         Cluster {
             redis: Mutex::new(redis),
@@ -146,6 +154,18 @@ impl Api {
     /// `POST /api/v1/events/batch` on replica `i`: `Ok` when the router
     /// acknowledged (202), else the status and body.
     async fn publish(&self, i: usize, events: &[Value]) -> Result<(), String> {
+        let started = Instant::now();
+        let outcome = self.try_publish(i, events).await;
+        if let Err(e) = &outcome {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.slowest_refusal_ms.fetch_max(ms, Ordering::Relaxed);
+            e.clone_into(&mut self.last_refusal.lock());
+        }
+        outcome
+    }
+
+    async fn try_publish(&self, i: usize, events: &[Value]) -> Result<(), String> {
         let response = self
             .http
             .post(self.url(i, "/api/v1/events/batch"))
@@ -279,7 +299,7 @@ fn spawn_publishers(
     total: usize,
     targets: Arc<Mutex<Vec<usize>>>,
     progress: Arc<AtomicUsize>,
-) -> JoinHandle<HashSet<String>> {
+) -> JoinHandle<HashMap<String, Instant>> {
     const PUBLISHERS: usize = 4;
     let prefix = prefix.to_string();
     let topic = topic.to_string();
@@ -312,10 +332,11 @@ fn spawn_publishers(
                         };
                         turn += 1;
                         if api.publish(target, &batch).await.is_ok() {
+                            let now = Instant::now();
                             acked.extend(
-                                batch
-                                    .iter()
-                                    .filter_map(|e| e["id"].as_str().map(String::from)),
+                                batch.iter().filter_map(|e| {
+                                    e["id"].as_str().map(|id| (id.to_string(), now))
+                                }),
                             );
                             progress.fetch_add(batch.len(), Ordering::Relaxed);
                             break;
@@ -326,7 +347,7 @@ fn spawn_publishers(
                 acked
             }));
         }
-        let mut acked = HashSet::new();
+        let mut acked = HashMap::new();
         for t in tasks {
             acked.extend(t.await.expect("publisher task"));
         }
@@ -392,7 +413,12 @@ async fn durable_run(
     group: &str,
     total: usize,
     disrupt: impl AsyncFnOnce(&Cluster, &Mutex<Vec<usize>>),
-) -> (HashSet<String>, Vec<String>, Seen, Vec<(usize, u64)>) {
+) -> (
+    HashMap<String, Instant>,
+    Vec<String>,
+    Seen,
+    Vec<(usize, u64)>,
+) {
     let mut spec = group_spec(100);
     spec["topics"] = json!([format!("{group}.#")]);
     cluster.api.put_subscription(0, group, spec).await;
@@ -411,14 +437,14 @@ async fn durable_run(
     wait_progress(&progress, total / 3).await;
     disrupt(cluster, &targets).await;
     let published = publishers.await.expect("publishers");
-    let missing = settle(&published, &seen).await;
+    let missing = settle(&published.keys().cloned().collect(), &seen).await;
     let per_consumer = stop_consumers(list).await;
     (published, missing, seen, per_consumer)
 }
 
 fn report(
     name: &str,
-    published: &HashSet<String>,
+    published: &HashMap<String, Instant>,
     missing: &[String],
     seen: &Seen,
     per: &[(usize, u64)],
@@ -516,4 +542,81 @@ async fn replica_stalled_past_its_lease_loses_nothing_and_routes_nothing_twice()
     let routed = cluster.counter(&sid, "routed");
     println!("stall: routed {routed} (events copied into the subscription)");
     assert_eq!(routed, 10_000, "no event routed twice after SIGCONT");
+}
+
+/// Kills Redis (SIGKILL) mid-stream and restarts it on the same AOF;
+/// returns what was acknowledged, what never arrived, and the kill time.
+async fn redis_crash_run(fsync: &str) -> (HashMap<String, Instant>, Vec<String>, Instant) {
+    let cluster = Cluster::start(&["--appendonly", "yes", "--appendfsync", fsync]);
+    let name = format!("aof-{fsync}");
+    let killed_at = Arc::new(Mutex::new(Instant::now()));
+    let at = killed_at.clone();
+    let (published, missing, seen, per) = durable_run(&cluster, &name, 6_000, async move |c, _| {
+        c.redis.lock().kill();
+        *at.lock() = Instant::now();
+        println!("{fsync}: redis-server killed with SIGKILL; restarting in 1s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.redis.lock().restart();
+    })
+    .await;
+    report(&name, &published, &missing, &seen, &per);
+    let api = &cluster.api;
+    println!(
+        "{name}: publish attempts refused while redis was down: {} (slowest refusal {} ms; last: {})",
+        api.refused.load(Ordering::Relaxed),
+        api.slowest_refusal_ms.load(Ordering::Relaxed),
+        api.last_refusal.lock(),
+    );
+    let refusal = api.last_refusal.lock().clone();
+    assert!(
+        refusal.is_empty() || refusal.contains("503") || refusal.contains("request failed"),
+        "a publish while redis is down is refused as unavailable: {refusal}"
+    );
+    let at = *killed_at.lock();
+    (published, missing, at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_crash_with_appendfsync_always_loses_no_acknowledged_publish() {
+    let _serial = SERIAL.lock().await;
+    let (published, missing, _) = redis_crash_run("always").await;
+    assert!(
+        published.len() > 1_000,
+        "publishing resumed after the restart"
+    );
+    assert!(
+        missing.is_empty(),
+        "lost {} acknowledged events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_crash_with_appendfsync_everysec_loses_at_most_the_last_seconds() {
+    let _serial = SERIAL.lock().await;
+    let (published, missing, killed_at) = redis_crash_run("everysec").await;
+    // everysec may lose what was acknowledged in the last second or two
+    // before the crash; nothing acknowledged earlier or afterwards.
+    let window = Duration::from_secs(2);
+    let in_window = published
+        .values()
+        .filter(|&&t| t <= killed_at && killed_at.duration_since(t) <= window)
+        .count();
+    let outside: Vec<&String> = missing
+        .iter()
+        .filter(|id| {
+            published[*id] > killed_at || killed_at.duration_since(published[*id]) > window
+        })
+        .collect();
+    println!(
+        "aof-everysec: lost {} acknowledged events; {in_window} were acknowledged in the {window:?} before the crash; lost outside that window: {}",
+        missing.len(),
+        outside.len()
+    );
+    assert!(
+        outside.is_empty(),
+        "lost events acknowledged outside the last {window:?} before the crash: {:?}",
+        &outside[..outside.len().min(5)]
+    );
 }
