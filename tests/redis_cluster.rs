@@ -620,3 +620,159 @@ async fn redis_crash_with_appendfsync_everysec_loses_at_most_the_last_seconds() 
         &outside[..outside.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_and_requests_cross_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]);
+    let subscriber = Client::connect(cluster.replica(0).ws_url())
+        .await
+        .expect("connect to replica 0");
+    let mut live = subscriber
+        .subscribe("live.#")
+        .start()
+        .await
+        .expect("live subscribe");
+    let responder = Client::connect(cluster.replica(1).ws_url())
+        .await
+        .expect("connect to replica 1");
+    let _answering = responder
+        .respond("rpc.echo", |request| async move {
+            Ok::<Value, String>(json!({"echo": request.payload}))
+        })
+        .await
+        .expect("respond");
+
+    let total = 500;
+    for start in (0..total).step_by(BATCH) {
+        let batch = events("live", "live.tick", start..(start + BATCH).min(total));
+        cluster
+            .api
+            .publish(2, &batch)
+            .await
+            .expect("publish on replica 2");
+    }
+    let mut received = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received.len() < total && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), live.recv()).await {
+            Ok(Some(delivery)) => {
+                received.insert(delivery.event.id.clone());
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+
+    let requester = Client::connect(cluster.replica(2).ws_url())
+        .await
+        .expect("connect to replica 2");
+    let mut answered = 0;
+    for n in 0..20 {
+        let reply = requester
+            .request("rpc.echo", json!({"n": n}), Duration::from_secs(5))
+            .await
+            .expect("reply from the responder on replica 1");
+        assert_eq!(reply.payload["echo"]["n"], n);
+        answered += 1;
+    }
+    println!(
+        "live: published {total} on replica 2, received {} live on replica 0 (dropped {}); requests from replica 2 answered on replica 1: {answered}/20",
+        received.len(),
+        live.dropped()
+    );
+    assert_eq!(received.len(), total, "every live event crossed replicas");
+    for client in [subscriber, responder, requester] {
+        client.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_lands_in_the_dead_letter_queue_after_max_attempts() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]);
+    let mut spec = group_spec(3);
+    spec["topics"] = json!(["poison.#"]);
+    cluster.api.put_subscription(0, "poison", spec).await;
+    // Consumers on two replicas: both fail the poison message, ack the rest.
+    let attempts: Arc<Mutex<Vec<(usize, u32)>>> = Arc::default();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for i in [0, 1] {
+        let url = cluster.replica(i).ws_url();
+        let (attempts, acked, stop) = (attempts.clone(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(url).await.expect("connect");
+            let mut sub = client
+                .subscribe("poison.#")
+                .group("poison")
+                .start()
+                .await
+                .expect("subscribe");
+            loop {
+                let delivery = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    d = sub.recv() => d,
+                };
+                let Some(delivery) = delivery else { break };
+                if delivery.event.payload["poison"] == true {
+                    attempts.lock().push((i, delivery.attempt));
+                    let _ = delivery
+                        .nack_with_reason(None, "cannot parse payload")
+                        .await;
+                } else {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    let _ = delivery.ack().await;
+                }
+            }
+            client.close().await;
+        }));
+    }
+    let mut batch = events("poison-ok", "poison.job", 0..20);
+    batch.push(json!({"id": "poison-1", "type": "poison.job", "payload": {"poison": true}}));
+    cluster
+        .api
+        .publish(2, &batch)
+        .await
+        .expect("publish on replica 2");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dlq = cluster.api.get(2, "/api/v1/subscriptions/poison/dlq").await;
+        let entries = dlq["dead_letters"].as_array().cloned().unwrap_or_default();
+        if !entries.is_empty() || Instant::now() >= deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let attempts = attempts.lock().clone();
+    println!(
+        "poison: good events acked {}/20; poison deliveries (replica, attempt) {attempts:?}; dead letters {}: {}",
+        acked.load(Ordering::Relaxed),
+        dead.len(),
+        serde_json::to_string(&dead).unwrap_or_default()
+    );
+    assert_eq!(dead.len(), 1, "one dead letter");
+    assert_eq!(dead[0]["event"]["id"], "poison-1");
+    assert_eq!(dead[0]["attempts"], 3);
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot parse payload"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[0]["history"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        attempts.len(),
+        3,
+        "delivered max_attempts times, then dead-lettered"
+    );
+    assert_eq!(acked.load(Ordering::Relaxed), 20);
+}
