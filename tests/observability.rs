@@ -369,3 +369,79 @@ async fn a_dead_collector_never_blocks_events_and_shutdown_is_bounded() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn observability_manifests_render_with_kustomize_and_wire_collector_to_jaeger() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/observability");
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", dir])
+        .output()
+        .expect("kubectl not found: install kubectl (client only) to render deploy/observability");
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = rendered
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}")))
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(name))
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name} in:\n{rendered}"))
+    };
+    for (kind, name) in [
+        ("Namespace", "observability"),
+        ("Deployment", "jaeger"),
+        ("Service", "jaeger"),
+        ("Deployment", "otel-collector"),
+        ("Service", "otel-collector"),
+    ] {
+        find(kind, name);
+    }
+    assert!(
+        docs.iter()
+            .filter(|d| d["kind"] != "Namespace")
+            .all(|d| d["metadata"]["namespace"] == "observability")
+    );
+    // The collector receives OTLP on both transports and exports to Jaeger.
+    let config = find("ConfigMap", "otel-collector-config");
+    let config: Value =
+        serde_saphyr::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert!(config["receivers"]["otlp"]["protocols"]["grpc"].is_object());
+    assert!(config["receivers"]["otlp"]["protocols"]["http"].is_object());
+    assert_eq!(
+        config["exporters"]["otlp/jaeger"]["endpoint"],
+        "jaeger:4317"
+    );
+    assert_eq!(
+        config["service"]["pipelines"]["traces"]["receivers"],
+        json!(["otlp"])
+    );
+    // The collector mounts the generated (hash-suffixed) ConfigMap.
+    let collector = find("Deployment", "otel-collector");
+    let mounted = collector["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        mounted,
+        find("ConfigMap", "otel-collector-config")["metadata"]["name"]
+            .as_str()
+            .unwrap()
+    );
+    let jaeger = find("Service", "jaeger");
+    let ports: Vec<i64> = jaeger["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert!(ports.contains(&4317) && ports.contains(&16686), "{ports:?}");
+}

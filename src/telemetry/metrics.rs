@@ -24,7 +24,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -180,29 +181,37 @@ impl Metrics {
         r.register(
             "delivered",
             "Durable deliveries handed to consumers, redeliveries included",
-            m.delivered.clone(),
+            Declared(m.delivered.clone()),
         );
-        r.register("acked", "Durable deliveries acked", m.acked.clone());
-        r.register("nacked", "Durable deliveries nacked", m.nacked.clone());
+        r.register(
+            "acked",
+            "Durable deliveries acked",
+            Declared(m.acked.clone()),
+        );
+        r.register(
+            "nacked",
+            "Durable deliveries nacked",
+            Declared(m.nacked.clone()),
+        );
         r.register(
             "retried",
             "Redeliveries (after a nack or an ack timeout)",
-            m.retried.clone(),
+            Declared(m.retried.clone()),
         );
         r.register(
             "dead_lettered",
             "Events moved to a dead-letter queue after their last attempt",
-            m.dead_lettered.clone(),
+            Declared(m.dead_lettered.clone()),
         );
         r.register(
             "expired",
             "Events discarded because their TTL passed before delivery",
-            m.expired.clone(),
+            Declared(m.expired.clone()),
         );
         r.register(
             "dropped",
             "Events dropped by an EventRoute (reason=route) or a full live queue (reason=overflow)",
-            m.dropped.clone(),
+            Declared(m.dropped.clone()),
         );
         r.register_with_unit(
             "publish_duration",
@@ -214,12 +223,12 @@ impl Metrics {
             "publish_to_deliver",
             "Time from an event's time to its durable delivery",
             Unit::Seconds,
-            m.deliver_seconds.clone(),
+            Declared(m.deliver_seconds.clone()),
         );
         r.register(
             "connections",
             "Open client connections by transport",
-            m.connections.clone(),
+            Declared(m.connections.clone()),
         );
         r.register(
             "live_subscriptions",
@@ -234,23 +243,23 @@ impl Metrics {
         r.register(
             "subscription_pending",
             "Events waiting for delivery, retries included",
-            m.pending.clone(),
+            Declared(m.pending.clone()),
         );
         r.register(
             "subscription_in_flight",
             "Deliveries handed out and not yet acked",
-            m.in_flight.clone(),
+            Declared(m.in_flight.clone()),
         );
         r.register_with_unit(
             "subscription_lag",
             "How long a subscription with pending events has gone without a delivery; 0 when nothing is pending",
             Unit::Seconds,
-            m.lag_seconds.clone(),
+            Declared(m.lag_seconds.clone()),
         );
         r.register(
             "dead_letter_queue_depth",
             "Entries in a subscription's dead-letter queue",
-            m.dead_letters.clone(),
+            Declared(m.dead_letters.clone()),
         );
         r.register_with_unit(
             "redis_round_trip",
@@ -266,7 +275,7 @@ impl Metrics {
         r.register(
             "partition_owned",
             "1 for each ingest partition whose lease this replica holds",
-            m.partition_owned.clone(),
+            Declared(m.partition_owned.clone()),
         );
         Metrics { registry, ..m }
     }
@@ -449,6 +458,22 @@ impl Metrics {
     /// The registry encoded as the classic Prometheus text format 0.0.4.
     pub fn encode_text(&self) -> String {
         to_classic_text(&self.encode_openmetrics())
+    }
+}
+
+/// A family whose `# HELP`/`# TYPE` lines are written even before its
+/// first series exists, so that every metric is declared from the start
+/// (dashboards and alerts can rely on the names).
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
     }
 }
 

@@ -68,20 +68,36 @@ impl Extractor for HttpHeaders<'_> {
     }
 }
 
+/// Whether `value` has the W3C shape `vv-<32 hex>-<16 hex>-ff[-...]`
+/// (the SDK's parser alone accepts short ids such as `abc`).
+fn well_formed(value: &str) -> bool {
+    let mut parts = value.trim().split('-');
+    let lens = [2, 32, 16, 2];
+    lens.iter().all(|len| {
+        parts
+            .next()
+            .is_some_and(|p| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 /// The remote parent in string headers (an event's `headers`), if they
 /// hold a valid `traceparent`.
 pub fn extract(headers: &BTreeMap<String, String>) -> Option<Context> {
-    if !headers.contains_key(TRACEPARENT) {
+    if !well_formed(headers.get(TRACEPARENT)?) {
         return None;
     }
-    let cx = TraceContextPropagator::new().extract(&HeaderMapRef(headers));
+    let cx =
+        TraceContextPropagator::new().extract_with_context(&Context::new(), &HeaderMapRef(headers));
     cx.span().span_context().is_valid().then_some(cx)
 }
 
 /// The remote parent in HTTP request headers, if they hold a valid `traceparent`.
 pub fn extract_http(headers: &http::HeaderMap) -> Option<Context> {
-    headers.get(TRACEPARENT)?;
-    let cx = TraceContextPropagator::new().extract(&HttpHeaders(headers));
+    if !well_formed(headers.get(TRACEPARENT)?.to_str().ok()?) {
+        return None;
+    }
+    let cx =
+        TraceContextPropagator::new().extract_with_context(&Context::new(), &HttpHeaders(headers));
     cx.span().span_context().is_valid().then_some(cx)
 }
 
