@@ -17,7 +17,10 @@
 //! - [`client`]: the Rust client (WebSocket with reconnects, or in-process).
 //! - [`router`]: the core — validate, apply EventRoutes, publish, request.
 //! - [`resources`]: `Subscription` and `EventRoute` specs, shared by YAML
-//!   files and (later) the Kubernetes operator.
+//!   files, `apply` and the Kubernetes operator.
+//! - [`operator`]: the custom resources, their reconciler and leader
+//!   election, and the Redis config store replicas hot-reload from.
+//! - [`sink`]: push sinks (HTTP POST of CloudEvents per delivery).
 //! - [`server`]: WebSocket (v2 and seed v1), HTTP, SSE over one session core.
 //! - [`config`]: configuration and duration parsing.
 //! - [`shutdown`]: signal handling.
@@ -31,10 +34,12 @@ pub mod event;
 pub mod filter;
 pub mod resources;
 pub mod router;
+pub mod operator;
 pub mod selector;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod sink;
 pub mod topic;
 
 pub use broker::{Broker, MemoryBroker, SharedBroker};

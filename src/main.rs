@@ -38,6 +38,9 @@ enum Command {
     Tail(cli::tail::TailArgs),
     Status(cli::status::StatusArgs),
     Dlq(cli::dlq::DlqArgs),
+    Apply(cli::apply::ApplyArgs),
+    Crd(cli::crd::CrdArgs),
+    Operator(cli::operator::OperatorArgs),
 }
 
 #[tokio::main]
@@ -49,6 +52,9 @@ async fn main() -> ExitCode {
         Command::Tail(args) => cli::tail::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
         Command::Dlq(args) => cli::dlq::run(args).await,
+        Command::Apply(args) => cli::apply::run(args).await,
+        Command::Crd(args) => cli::crd::run(args).await,
+        Command::Operator(args) => cli::operator::run(args).await,
     };
     match result {
         Ok(code) => code,

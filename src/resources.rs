@@ -4,8 +4,10 @@
 //! custom resources, by the Kubernetes operator: these spec types are the one
 //! definition of that shape. Field names are camelCase, as Kubernetes expects.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -59,7 +61,7 @@ pub struct Metadata {
 }
 
 /// How a subscription receives events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
     /// Stored until acked; competing consumers; retries and dead letters.
@@ -70,7 +72,7 @@ pub enum DeliveryMode {
 }
 
 /// Ordering guarantee of a durable subscription.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Highest priority first, then oldest first; consumers in parallel.
@@ -79,25 +81,29 @@ pub enum Ordering {
 }
 
 /// Backoff between redeliveries; durations as `250ms`, `1s`, `5m`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackoffSpec {
     /// First delay. Default `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub initial: Option<String>,
     /// Largest delay. Default `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max: Option<String>,
     /// Growth per attempt. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0))]
     pub multiplier: Option<f64>,
     /// Fraction of each delay randomised, 0..=1. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub jitter: Option<f64>,
 }
 
 /// Delivery policy of a subscription.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliverySpec {
     /// `durable` (default) or `live`.
@@ -105,15 +111,18 @@ pub struct DeliverySpec {
     pub mode: DeliveryMode,
     /// Consumer group name; defaults to `metadata.name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,200}$"))]
     pub group: Option<String>,
     /// Deliveries before dead-lettering. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_attempts: Option<u32>,
     /// Redelivery backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
     /// Time to ack before redelivery, e.g. `30s`. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ack_timeout: Option<String>,
     /// Keep exhausted events in the dead-letter queue (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,29 +132,34 @@ pub struct DeliverySpec {
     pub ordering: Option<Ordering>,
     /// Default per-consumer in-flight bound for consumers that give none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_in_flight: Option<u32>,
 }
 
 /// A push sink: the router POSTs each event to this URI.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
-    /// HTTP(S) endpoint receiving CloudEvents in binary mode.
+    /// `http://` endpoint receiving each event as a CloudEvent in binary mode.
+    #[schemars(regex(pattern = r"^http://[^\s]+$"))]
     pub uri: String,
 }
 
 /// What a `Subscription` selects and how it is delivered.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionSpec {
-    /// Topic patterns (`task.*`, `agent.#`).
+    /// Topic patterns (`task.*`, `agent.#`, or `pattern:REGEX`).
     #[serde(default)]
+    #[schemars(schema_with = "topic_patterns")]
     pub topics: Vec<String>,
     /// A regular expression over the whole topic, in addition to `topics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub pattern: Option<String>,
-    /// A content filter (DESIGN §3).
+    /// A content filter (Mongo-style operators, e.g. `{priority: {$gte: 5}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub filter: Option<Value>,
     /// Delivery policy.
     #[serde(default)]
@@ -206,6 +220,34 @@ impl SubscriptionSpec {
     }
 }
 
+/// What durations in resources look like (`250ms`, `30s`, `5m`, `1h`, `1d`).
+const DURATION_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)?$";
+
+/// Schema of a list of topic patterns: globs or `pattern:REGEX`.
+fn topic_patterns(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "string",
+            "maxLength": 1032,
+            "pattern": r"^(pattern:.+|(\*|#|[A-Za-z0-9_-]+)(\.(\*|#|[A-Za-z0-9_-]+))*)$"
+        }
+    })
+}
+
+/// Schema of a free-form JSON object (filters, JSON Schemas).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Schema of a value that is an integer or a string (priorities).
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+}
+
 fn duration_field(field: &str, text: &str) -> Result<Duration, String> {
     crate::config::parse_duration(text).map_err(|e| format!("{field}: {e}"))
 }
@@ -238,30 +280,46 @@ fn backoff(spec: &BackoffSpec) -> Result<Backoff, String> {
 }
 
 /// Which events an `EventRoute` applies to.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchSpec {
-    /// Topic patterns.
+    /// Topic patterns (`task.*`, `agent.#`, or `pattern:REGEX`).
     #[serde(default)]
+    #[schemars(schema_with = "topic_patterns")]
     pub topics: Vec<String>,
-    /// Content filter.
+    /// A content filter (Mongo-style operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
     pub filter: Option<Value>,
 }
 
 /// One action of an `EventRoute`; exactly one field is set.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct RouteAction {
-    /// Override the event's priority (1..=10 or a name).
+    /// Override the event's priority (1..=10 or a name: lowest, low,
+    /// normal, high, critical, system).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
     pub set_priority: Option<Value>,
     /// Also publish a copy of the event on this topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"))]
     pub copy_to: Option<String>,
     /// Drop the event: it is accepted but neither stored nor delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop: Option<bool>,
+    /// Reject events whose payload does not validate against this inline
+    /// JSON Schema (the publisher gets `invalid_event` naming the route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub validate_schema: Option<Value>,
+    /// Keep matching events at most this long undelivered (sets the
+    /// event's `ttl` when it has none or a longer one), e.g. `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub retention: Option<String>,
 }
 
 /// A compiled route action.
@@ -273,6 +331,59 @@ pub enum Action {
     CopyTo(String),
     /// Drop the event.
     Drop,
+    /// Reject events whose payload does not match a JSON Schema.
+    Validate(PayloadSchema),
+    /// Cap the event's `ttl`, in seconds.
+    Retention(u64),
+}
+
+/// A compiled inline JSON Schema for `validateSchema`.
+#[derive(Clone)]
+pub struct PayloadSchema {
+    source: Value,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl PayloadSchema {
+    /// Compiles `schema`. References to other documents are not fetched.
+    ///
+    /// # Errors
+    /// A message naming what does not compile.
+    pub fn compile(schema: &Value) -> Result<PayloadSchema, String> {
+        let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+        Ok(PayloadSchema {
+            source: schema.clone(),
+            validator: Arc::new(validator),
+        })
+    }
+
+    /// Checks `payload`; the error names the first failing location.
+    ///
+    /// # Errors
+    /// `at /path: reason` for the first violation.
+    pub fn check(&self, payload: &Value) -> Result<(), String> {
+        self.validator.validate(payload).map_err(|e| {
+            let path = e.instance_path().to_string();
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
+            format!("at {path}: {e}")
+        })
+    }
+}
+
+impl PartialEq for PayloadSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl std::fmt::Debug for PayloadSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PayloadSchema").field(&self.source).finish()
+    }
 }
 
 impl RouteAction {
@@ -285,9 +396,26 @@ impl RouteAction {
             self.set_priority.is_some(),
             self.copy_to.is_some(),
             self.drop.is_some(),
+            self.validate_schema.is_some(),
+            self.retention.is_some(),
         ];
         if set.iter().filter(|s| **s).count() != 1 {
-            return Err("each action sets exactly one of setPriority, copyTo, drop".into());
+            return Err(
+                "each action sets exactly one of setPriority, copyTo, drop, validateSchema, retention"
+                    .into(),
+            );
+        }
+        if let Some(schema) = &self.validate_schema {
+            return PayloadSchema::compile(schema)
+                .map(Action::Validate)
+                .map_err(|e| format!("validateSchema: {e}"));
+        }
+        if let Some(text) = &self.retention {
+            let d = duration_field("retention", text)?;
+            if d < Duration::from_secs(1) {
+                return Err(format!("retention: must be at least 1s, got {text:?}"));
+            }
+            return Ok(Action::Retention(d.as_secs()));
         }
         if let Some(p) = &self.set_priority {
             return Priority::from_json(p)
@@ -306,13 +434,13 @@ impl RouteAction {
 }
 
 /// What an `EventRoute` does to matching events at publish time.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventRouteSpec {
     /// Which events the route applies to.
     #[serde(rename = "match")]
     pub matches: MatchSpec,
-    /// Applied in order.
+    /// Applied in order; each sets exactly one of its fields.
     #[serde(default)]
     pub actions: Vec<RouteAction>,
 }

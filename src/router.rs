@@ -154,14 +154,18 @@ impl RouteTable {
 
     /// Applies matching routes in name order. Copies are not routed again, so
     /// routes cannot loop.
-    fn apply(&self, mut event: Event) -> Routed {
+    ///
+    /// # Errors
+    /// [`ValidationError::Invalid`] on `payload` naming the route whose
+    /// `validateSchema` the payload fails.
+    fn apply(&self, mut event: Event) -> Result<Routed, ValidationError> {
         let mut routed = Routed {
             event: event.clone(),
             copies: Vec::new(),
             dropped_by: None,
         };
         if self.routes.is_empty() {
-            return routed;
+            return Ok(routed);
         }
         for i in self.trie.matches(&event.topic) {
             let route = &self.routes[i];
@@ -175,13 +179,27 @@ impl RouteTable {
                     Action::Drop => {
                         routed.dropped_by = Some(route.name.clone());
                         routed.event = event;
-                        return routed;
+                        return Ok(routed);
+                    }
+                    Action::Validate(schema) => {
+                        schema.check(&event.payload).map_err(|reason| {
+                            ValidationError::Invalid {
+                                field: "payload".into(),
+                                reason: format!(
+                                    "rejected by EventRoute {:?} (validateSchema): {reason}",
+                                    route.name
+                                ),
+                            }
+                        })?;
+                    }
+                    Action::Retention(secs) => {
+                        event.ttl = Some(event.ttl.map_or(*secs, |t| t.min(*secs)));
                     }
                 }
             }
         }
         routed.event = event;
-        routed
+        Ok(routed)
     }
 }
 
@@ -193,11 +211,79 @@ fn copy_of(event: &Event, topic: &str) -> Event {
     copy
 }
 
+/// Resources compiled for [`Router::apply`].
+struct Compiled {
+    groups: Vec<crate::broker::GroupSpec>,
+    sinks: Vec<crate::sink::SinkTarget>,
+    routes: Vec<CompiledRoute>,
+}
+
+/// Checks resource documents exactly as [`Router::apply`] would (patterns,
+/// regexes and filters compile, policies are in range, actions are
+/// well-formed, JSON Schemas compile) without applying anything. The
+/// operator and `apply` admit resources through this.
+///
+/// # Errors
+/// [`RouterError::Resource`] naming the first bad document and field.
+pub fn validate(resources: &[Resource]) -> Result<(), RouterError> {
+    compile(resources).map(|_| ())
+}
+
+fn compile(resources: &[Resource]) -> Result<Compiled, RouterError> {
+    let mut out = Compiled {
+        groups: Vec::new(),
+        sinks: Vec::new(),
+        routes: Vec::new(),
+    };
+    for resource in resources {
+        let fail = |reason: String| RouterError::Resource {
+            resource: resource.describe(),
+            reason,
+        };
+        match resource {
+            Resource::Subscription(sub) => {
+                if sub.spec.delivery.mode == DeliveryMode::Live {
+                    return Err(fail(
+                        "delivery.mode live: live subscriptions are opened by connections; \
+                         a Subscription resource must be durable"
+                            .into(),
+                    ));
+                }
+                let spec = sub.spec.group_spec(&sub.metadata.name).map_err(fail)?;
+                if let Some(sink) = &sub.spec.sink {
+                    out.sinks.push(
+                        crate::sink::SinkTarget::new(&spec.name, sink, &sub.spec.delivery)
+                            .map_err(fail)?,
+                    );
+                }
+                out.groups.push(spec);
+            }
+            Resource::EventRoute(route) => {
+                let selector = route.spec.selector().map_err(|e| fail(e.to_string()))?;
+                let actions = route
+                    .spec
+                    .actions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| a.compile().map_err(|e| fail(format!("actions[{i}]: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.routes.push(CompiledRoute {
+                    name: route.metadata.name.clone(),
+                    selector,
+                    actions,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The router: one per process, shared by every connection.
 pub struct Router {
     broker: SharedBroker,
     config: RouterConfig,
     routes: RwLock<Arc<RouteTable>>,
+    sinks: crate::sink::Sinks,
 }
 
 impl std::fmt::Debug for Router {
@@ -215,6 +301,7 @@ impl Router {
             broker: crate::telemetry::InstrumentedBroker::wrap(broker),
             config,
             routes: RwLock::new(Arc::default()),
+            sinks: crate::sink::Sinks::default(),
         })
     }
 
@@ -250,7 +337,7 @@ impl Router {
 
     async fn publish_routed(&self, event: Event) -> Result<Receipt, RouterError> {
         let routes = self.routes.read().clone();
-        let routed = telemetry::trace::route_span().in_scope(|| routes.apply(event));
+        let routed = telemetry::trace::route_span().in_scope(|| routes.apply(event))?;
         if let Some(route) = routed.dropped_by {
             telemetry::metrics::metrics().dropped("route", 1);
             tracing::debug!(%route, "event dropped by route");
@@ -322,8 +409,14 @@ impl Router {
         let mut slots: Vec<Result<usize, Receipt>> = Vec::with_capacity(events.len());
         let mut stored = Vec::with_capacity(events.len());
         let mut copies = Vec::new();
-        for event in events {
-            let routed = routes.apply(event);
+        for (index, event) in events.into_iter().enumerate() {
+            let routed = routes.apply(event).map_err(|e| match e {
+                ValidationError::Invalid { field, reason } => ValidationError::Invalid {
+                    field: format!("events[{index}].{field}"),
+                    reason,
+                },
+                other => other,
+            })?;
             if let Some(route) = routed.dropped_by {
                 telemetry::metrics::metrics().dropped("route", 1);
                 slots.push(Err(Receipt::Dropped {
@@ -412,56 +505,44 @@ impl Router {
     /// # Errors
     /// [`RouterError::Resource`] naming the document; [`RouterError::Broker`].
     pub async fn apply(&self, resources: &[Resource]) -> Result<(), RouterError> {
-        let mut groups = Vec::new();
-        let mut routes = Vec::new();
-        for resource in resources {
-            let fail = |reason: String| RouterError::Resource {
-                resource: resource.describe(),
-                reason,
-            };
-            match resource {
-                Resource::Subscription(sub) => {
-                    if sub.spec.delivery.mode == DeliveryMode::Live {
-                        return Err(fail(
-                            "delivery.mode live: live subscriptions are opened by connections; \
-                             a Subscription resource must be durable"
-                                .into(),
-                        ));
-                    }
-                    if sub.spec.sink.is_some() {
-                        return Err(fail(
-                            "sink: push delivery is not supported by this version".into(),
-                        ));
-                    }
-                    groups.push(sub.spec.group_spec(&sub.metadata.name).map_err(fail)?);
-                }
-                Resource::EventRoute(route) => {
-                    let selector = route.spec.selector().map_err(|e| fail(e.to_string()))?;
-                    let actions = route
-                        .spec
-                        .actions
-                        .iter()
-                        .enumerate()
-                        .map(|(i, a)| a.compile().map_err(|e| fail(format!("actions[{i}]: {e}"))))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    routes.push(CompiledRoute {
-                        name: route.metadata.name.clone(),
-                        selector,
-                        actions,
-                    });
-                }
-            }
-        }
+        self.apply_inner(resources, false).await
+    }
+
+    /// Makes `resources` the whole routing configuration, as replicas do on
+    /// a config change from the operator or `apply`: like [`Router::apply`],
+    /// but the route table is replaced even by an empty one and push sinks
+    /// of subscriptions no longer listed stop. Durable subscriptions not
+    /// listed are left alone (deleting one is explicit, and connections
+    /// create their own).
+    ///
+    /// # Errors
+    /// As [`Router::apply`]; nothing changes then.
+    pub async fn apply_all(&self, resources: &[Resource]) -> Result<(), RouterError> {
+        self.apply_inner(resources, true).await
+    }
+
+    async fn apply_inner(&self, resources: &[Resource], whole: bool) -> Result<(), RouterError> {
+        let Compiled {
+            groups,
+            sinks,
+            mut routes,
+        } = compile(resources)?;
         for spec in groups {
             tracing::info!(subscription = %spec.name, "subscription applied");
             self.broker.ensure_subscription(spec).await?;
         }
-        if !routes.is_empty() {
+        if whole || !routes.is_empty() {
             routes.sort_by(|a, b| a.name.cmp(&b.name));
             tracing::info!(routes = routes.len(), "routes applied");
             *self.routes.write() = Arc::new(RouteTable::new(routes));
         }
+        self.sinks.sync(&self.broker, sinks, whole);
         Ok(())
+    }
+
+    /// Subscriptions whose push sink runs in this process.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.names()
     }
 
     /// Names of the routes in force, in the order they apply.
@@ -520,7 +601,7 @@ spec:
     fn routes_set_priority_and_copy_with_causation() {
         let t = table(ROUTES);
         let e = Event::new("agent.failed", json!({"x": 1})).unwrap();
-        let routed = t.apply(e.clone());
+        let routed = t.apply(e.clone()).unwrap();
         assert_eq!(routed.event.priority.get(), 9);
         assert_eq!(routed.copies.len(), 1);
         assert_eq!(routed.copies[0].topic, "audit.failures");
@@ -535,11 +616,57 @@ spec:
     #[test]
     fn drop_action_names_the_route_and_others_pass_untouched() {
         let t = table(ROUTES);
-        let routed = t.apply(Event::new("debug.trace.x", json!(null)).unwrap());
+        let routed = t
+            .apply(Event::new("debug.trace.x", json!(null)).unwrap())
+            .unwrap();
         assert_eq!(routed.dropped_by.as_deref(), Some("b-drop-debug"));
         let plain = Event::new("task.created", json!(null)).unwrap();
-        let routed = t.apply(plain.clone());
+        let routed = t.apply(plain.clone()).unwrap();
         assert_eq!(routed.event, plain);
         assert!(routed.copies.is_empty() && routed.dropped_by.is_none());
+    }
+
+    const CHECKS: &str = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: EventRoute
+metadata: {name: orders-schema}
+spec:
+  match: {topics: ["order.#"]}
+  actions:
+    - validateSchema:
+        type: object
+        required: [amount]
+        properties: {amount: {type: integer, minimum: 0}}
+    - retention: 1h
+"#;
+
+    #[test]
+    fn validate_schema_rejects_naming_route_and_location() {
+        let t = table(CHECKS);
+        let ok = t
+            .apply(Event::new("order.created", json!({"amount": 3})).unwrap())
+            .unwrap();
+        assert_eq!(ok.event.ttl, Some(3600));
+        let err = t
+            .apply(Event::new("order.created", json!({"amount": "three"})).unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("orders-schema") && err.contains("/amount") && err.contains("payload"),
+            "{err}"
+        );
+        let other = t.apply(Event::new("task.x", json!("anything")).unwrap());
+        assert!(other.is_ok());
+    }
+
+    #[test]
+    fn retention_only_shortens_ttl() {
+        let t = table(CHECKS);
+        let mut e = Event::new("order.created", json!({"amount": 1})).unwrap();
+        e.ttl = Some(60);
+        assert_eq!(t.apply(e.clone()).unwrap().event.ttl, Some(60));
+        e.ttl = Some(7200);
+        assert_eq!(t.apply(e).unwrap().event.ttl, Some(3600));
     }
 }

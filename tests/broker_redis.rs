@@ -64,7 +64,10 @@ fn event(topic: &str, n: u64) -> Event {
 fn spec(name: &str) -> GroupSpec {
     GroupSpec {
         ack_timeout: Duration::from_secs(10),
-        ..GroupSpec::new(name, Selector::parse(&[format!("{name}.#")], None).expect("selector"))
+        ..GroupSpec::new(
+            name,
+            Selector::parse(&[format!("{name}.#")], None).expect("selector"),
+        )
     }
 }
 
@@ -95,10 +98,15 @@ async fn second_replica_consumes_and_acks_events_published_through_the_first() {
     while got.len() < 3 {
         got.extend(next(&mut c, Duration::from_secs(5)).await);
     }
-    let ns: Vec<u64> = got.iter().map(|d| d.event.payload["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = got
+        .iter()
+        .map(|d| d.event.payload["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(ns, [1, 2, 3]);
     for d in &got {
-        a.ack("orders", &d.delivery_id).await.expect("ack on the other replica");
+        a.ack("orders", &d.delivery_id)
+            .await
+            .expect("ack on the other replica");
     }
     let info = b.subscription("orders").await.expect("info");
     assert_eq!((info.acked, info.in_flight, info.pending), (3, 0, 0));
@@ -116,23 +124,35 @@ async fn publish_fails_fast_while_redis_is_down_and_recovers_after_restart() {
         .expect("publish");
     server.kill();
     let start = Instant::now();
-    let down = broker.publish(event("t.x", 2), PublishOptions::default()).await;
+    let down = broker
+        .publish(event("t.x", 2), PublishOptions::default())
+        .await;
     assert!(matches!(down, Err(BrokerError::Unavailable(_))), "{down:?}");
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(!broker.ready().await);
     server.restart();
     // Everything was lost (no persistence): the broker recreates what it
     // needs (ingest groups on NOGROUP, subscription keys on ensure).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match broker.publish(event("t.x", 3), PublishOptions::default()).await {
+        match broker
+            .publish(event("t.x", 3), PublishOptions::default())
+            .await
+        {
             Ok(_) => break,
             Err(e) => assert!(Instant::now() < deadline, "not recovered: {e}"),
         }
         sleep(Duration::from_millis(100)).await;
     }
     assert!(broker.ready().await);
-    broker.ensure_subscription(spec("after")).await.expect("ensure");
+    broker
+        .ensure_subscription(spec("after"))
+        .await
+        .expect("ensure");
     let mut c = broker
         .consume("after", ConsumeOptions::default())
         .await
@@ -160,7 +180,10 @@ async fn partitions_of_a_dropped_replica_are_taken_over_after_the_lease_expires(
     let b = connect(&server.url(), &prefix).await;
     // Dropped without close: leases are not released and expire.
     drop(a);
-    let mut c = b.consume("jobs", ConsumeOptions::default()).await.expect("consume");
+    let mut c = b
+        .consume("jobs", ConsumeOptions::default())
+        .await
+        .expect("consume");
     b.publish(event("jobs.x", 7), PublishOptions::default())
         .await
         .expect("publish");
@@ -186,7 +209,11 @@ async fn close_hands_partitions_over_at_once() {
     // membership and acquires the released leases on its next ticks.
     let deadline = Instant::now() + Duration::from_secs(3);
     while b.owned_partitions().len() < 16 {
-        assert!(Instant::now() < deadline, "b owns {:?}", b.owned_partitions());
+        assert!(
+            Instant::now() < deadline,
+            "b owns {:?}",
+            b.owned_partitions()
+        );
         sleep(Duration::from_millis(20)).await;
     }
     b.close().await;
@@ -202,16 +229,89 @@ async fn deliveries_held_by_a_dead_replica_are_reclaimed_as_ack_timeouts() {
     a.publish(event("work.x", 1), PublishOptions::default())
         .await
         .expect("publish");
-    let mut held = a.consume("work", ConsumeOptions::default()).await.expect("consume");
+    let mut held = a
+        .consume("work", ConsumeOptions::default())
+        .await
+        .expect("consume");
     let first = next(&mut held, Duration::from_secs(5)).await;
     // A crash: the consumer never returns its delivery and nobody keeps it
     // alive any more.
     std::mem::forget(held);
     drop(a);
-    let mut c = b.consume("work", ConsumeOptions::default()).await.expect("consume");
+    let mut c = b
+        .consume("work", ConsumeOptions::default())
+        .await
+        .expect("consume");
     let again = next(&mut c, Duration::from_secs(10)).await;
     assert_eq!(again[0].event.id, first[0].event.id);
     assert_eq!(again[0].attempt, 2);
     b.ack("work", &again[0].delivery_id).await.expect("ack");
     b.close().await;
+}
+
+#[tokio::test]
+async fn ingest_trimming_never_drops_entries_not_yet_routed() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    // One partition, whose lease another (absent) replica holds: nothing
+    // routes it until the lease is deleted.
+    let lease = format!("{prefix}:lease:{{p00-0}}");
+    let ingest = format!("{prefix}:in:{{p00-0}}");
+    assert!(
+        server
+            .command(&format!("SET {lease} elsewhere PX 60000"))
+            .starts_with("+OK")
+    );
+    let broker = RedisBroker::connect(RedisBrokerConfig {
+        partitions: 1,
+        history_max_len: 10,
+        ..config(&server.url(), &prefix)
+    })
+    .await
+    .expect("connect");
+    broker
+        .ensure_subscription(spec("trim"))
+        .await
+        .expect("subscription");
+    for n in 0..300 {
+        broker
+            .publish(event("trim.x", n), PublishOptions::default())
+            .await
+            .expect("publish");
+    }
+    assert_eq!(
+        server.command(&format!("XLEN {ingest}")).trim(),
+        ":300",
+        "unrouted entries survive a length cap of 10"
+    );
+    server.command(&format!("DEL {lease}"));
+    let mut consumer = broker
+        .consume("trim", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 300 && Instant::now() < deadline {
+        for d in next(&mut consumer, Duration::from_secs(10)).await {
+            seen.insert(d.event.payload["n"].as_u64().expect("n"));
+            broker.ack("trim", &d.delivery_id).await.expect("ack");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        300,
+        "every event was routed after the lease freed"
+    );
+    broker
+        .publish(event("trim.x", 300), PublishOptions::default())
+        .await
+        .expect("publish");
+    let len: u64 = server
+        .command(&format!("XLEN {ingest}"))
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .expect("XLEN reply");
+    assert!(len < 300, "routed entries are trimmed again: {len} left");
+    broker.close().await;
 }

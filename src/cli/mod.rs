@@ -4,7 +4,10 @@
 //! clients of a running router's HTTP and WebSocket API (`docs/protocol.md`),
 //! reached through [`ApiClient`] at `--url`.
 
+pub mod apply;
+pub mod crd;
 pub mod dlq;
+pub mod operator;
 pub mod publish;
 pub mod serve;
 pub mod status;

@@ -321,6 +321,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let broker = connect_broker(&config).await?;
     let router = Router::new(broker.shared, config.router_config());
     apply_resources(&router, &loaded).await?;
+    let _config_watch = watch_config(&config, &router, &loaded).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -494,6 +495,32 @@ fn load_resources(files: &[PathBuf]) -> anyhow::Result<Loaded> {
         }
     }
     Ok(loaded)
+}
+
+/// With `--redis`: hot-reloads the Subscriptions and EventRoutes that the
+/// operator or `apply` write into Redis (see docs/operator.md), keeping the
+/// `-f` files' documents in force alongside them. Stops when dropped.
+async fn watch_config(
+    config: &Config,
+    router: &Arc<Router>,
+    loaded: &Loaded,
+) -> anyhow::Result<Option<event_router::operator::ConfigWatcher>> {
+    use event_router::operator::store;
+    let Some(redis) = config.redis_config() else {
+        return Ok(None);
+    };
+    let store = store::ConfigStore::connect(&redis.url, &redis.key_prefix)
+        .await
+        .context("cannot read the routing config from redis")?;
+    let watcher = store::ConfigWatcher::start(
+        router.clone(),
+        store,
+        loaded.resources.clone(),
+        store::DEFAULT_POLL,
+    )
+    .await
+    .context("cannot load the routing config from redis")?;
+    Ok(Some(watcher))
 }
 
 /// Applies everything at once (routes replace the route table as a whole),

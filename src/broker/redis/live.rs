@@ -25,7 +25,7 @@ use redis::{
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::publish::entry_event;
+use super::publish::{entry_event, parse_id};
 use super::{Shared, map_err};
 use crate::broker::live::Pushed;
 use crate::broker::{BrokerError, LiveQueue, LiveStream, LiveSubscription, Result};
@@ -236,6 +236,14 @@ async fn subscribe(
     Ok((conn, rx))
 }
 
+/// Whether stream id `a` is after `b` (`b` empty: nothing seen yet).
+fn newer_id(a: &str, b: &str) -> bool {
+    match (parse_id(a), parse_id(b)) {
+        (Some(a), Some(b)) => a > b,
+        _ => false,
+    }
+}
+
 /// Splits `seq:epoch:id:json`.
 fn parse_message(payload: &[u8]) -> Option<(i64, &str, &str, &str)> {
     let text = std::str::from_utf8(payload).ok()?;
@@ -331,6 +339,21 @@ impl Listener {
                 "partition epoch changed (redis lost data); live position reset"
             );
             *pos = Position::default();
+        }
+        if seq <= pos.seq && newer_id(id, &pos.id) {
+            // Same epoch, older sequence, newer entry: Redis came back from
+            // an AOF that missed its last writes (`appendfsync everysec`).
+            // Follow the new sequence instead of dropping everything until
+            // it catches up with the old one.
+            tracing::warn!(
+                partition = p,
+                "partition sequence went back (redis restarted without its last writes)"
+            );
+            *pos = Position {
+                epoch: Some(epoch.to_string()),
+                seq: seq - 1,
+                id: String::new(),
+            };
         }
         if seq > self.positions[p as usize].seq + 1 {
             self.catch_up(shared, p).await;
