@@ -315,3 +315,77 @@ async fn ingest_trimming_never_drops_entries_not_yet_routed() {
     assert!(len < 300, "routed entries are trimmed again: {len} left");
     broker.close().await;
 }
+
+/// Consumer names in the group of `band` of subscription `name`.
+async fn band_consumers(url: &str, prefix: &str, name: &str, band: u8) -> Vec<String> {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let record: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{cfg}}:subs"))
+        .arg(name)
+        .query_async(&mut conn)
+        .await
+        .expect("subscription record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("record JSON");
+    let sid = record["sid"].as_str().expect("sid");
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("{prefix}:s:{{{sid}}}:q{band}"))
+        .arg("g")
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO CONSUMERS");
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+#[tokio::test]
+async fn janitor_forgets_departed_consumers_but_not_live_ones() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let broker = connect(&server.url(), &prefix).await;
+    broker
+        .ensure_subscription(spec("gc"))
+        .await
+        .expect("subscription");
+    for n in 0..4 {
+        broker
+            .publish(event("gc.x", n), PublishOptions::default())
+            .await
+            .expect("publish");
+    }
+    // A group learns a consumer's name when it first takes an entry.
+    let one = || ConsumeOptions {
+        max_in_flight: 1,
+        ..ConsumeOptions::default()
+    };
+    let mut live = broker.consume("gc", one()).await.expect("consume");
+    for d in next(&mut live, Duration::from_secs(5)).await {
+        broker.ack("gc", &d.delivery_id).await.expect("ack");
+    }
+    for _ in 0..3 {
+        let mut gone = broker.consume("gc", one()).await.expect("consume");
+        for d in next(&mut gone, Duration::from_secs(5)).await {
+            broker.ack("gc", &d.delivery_id).await.expect("ack");
+        }
+    }
+    let before = band_consumers(&server.url(), &prefix, "gc", 5).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = before.clone();
+    while after.len() > 1 && Instant::now() < deadline {
+        sleep(Duration::from_millis(100)).await;
+        after = band_consumers(&server.url(), &prefix, "gc", 5).await;
+    }
+    assert_eq!(after.len(), 1, "departed consumers forgotten: {after:?}");
+    // The live consumer still works.
+    broker
+        .publish(event("gc.x", 4), PublishOptions::default())
+        .await
+        .expect("publish");
+    let got = next(&mut live, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    broker.close().await;
+}

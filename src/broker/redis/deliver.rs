@@ -467,6 +467,27 @@ async fn janitor(shared: &Shared) -> Result<()> {
                 }
             }
         }
+        forget_dead_consumers(shared, &sub).await?;
+    }
+    Ok(())
+}
+
+/// Deletes consumers of `sub` that are dead (no heartbeat for
+/// `reclaim_idle`) and hold nothing from the bands' groups (`janitor.lua`).
+async fn forget_dead_consumers(shared: &Shared, sub: &Sub) -> Result<()> {
+    let idle = i64::try_from(shared.config.reclaim_idle.as_millis()).unwrap_or(i64::MAX);
+    let mut inv = shared.scripts.janitor.prepare_invoke();
+    inv.key(sub.keys.consumers());
+    for band in sub.keys.bands() {
+        inv.key(band);
+    }
+    inv.arg(now_ms().saturating_sub(idle))
+        .arg(idle)
+        .arg(RETURNED);
+    let mut conn = shared.conn();
+    let removed: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
+    if removed > 0 {
+        tracing::debug!(subscription = %sub.name(), removed, "dead consumers forgotten");
     }
     Ok(())
 }

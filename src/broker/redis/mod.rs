@@ -234,6 +234,7 @@ struct Scripts {
     redrive: Script,
     enqueue: Script,
     ingest_read: Script,
+    janitor: Script,
 }
 
 impl Scripts {
@@ -252,6 +253,7 @@ impl Scripts {
             redrive: Script::new(include_str!("scripts/redrive.lua")),
             enqueue: Script::new(include_str!("scripts/enqueue.lua")),
             ingest_read: Script::new(include_str!("scripts/ingest_read.lua")),
+            janitor: Script::new(include_str!("scripts/janitor.lua")),
         }
     }
 }
@@ -595,6 +597,25 @@ impl Broker for RedisBroker {
     /// `published` and `history_len` are cluster-wide (read from Redis);
     /// live counters are this replica's.
     async fn stats(&self) -> Result<BrokerStats> {
+        // One pipelined read of every lease, timed: the owners for `status`
+        // and the round trip for the metrics.
+        let started = std::time::Instant::now();
+        let mut pipe = redis::pipe();
+        for p in 0..self.shared.keys.partitions() {
+            pipe.get(self.shared.keys.lease(p));
+        }
+        let mut conn = self.shared.conn();
+        let leases: Vec<Option<String>> =
+            self.shared.call(pipe.query_async(&mut conn)).await?;
+        let round_trip_seconds = started.elapsed().as_secs_f64();
+        let partitions = (0..)
+            .zip(leases)
+            .map(|(partition, lease)| super::PartitionOwner {
+                partition,
+                // A lease holds `NODE:TOKEN`.
+                owner: lease.map(|l| l.rsplit_once(':').map_or(l.as_str(), |(n, _)| n).to_string()),
+            })
+            .collect();
         let (published, history_len) = publish::totals(&self.shared).await?;
         let c = &self.shared.counters;
         Ok(BrokerStats {
@@ -607,6 +628,9 @@ impl Broker for RedisBroker {
             live_subscriptions: self.shared.live.len() as u64,
             subscriptions: self.shared.subs.all().len() as u64,
             history_len,
+            round_trip_seconds: Some(round_trip_seconds),
+            owned_partitions: Some(self.owned_partitions()),
+            partitions: Some(partitions),
         })
     }
 
