@@ -433,3 +433,101 @@ async fn invalid_route_action_is_reported_without_touching_the_config() {
     assert_eq!(store(redis, &prefix).await.version().await.unwrap(), 0);
     close(broker).await;
 }
+
+mod leader {
+    use super::support::{mock_client, next_call};
+    use event_router::operator::LeaderElector;
+    use http::Method;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/event-router-operator";
+
+    fn elector(client: kube::Client, me: &str) -> LeaderElector {
+        LeaderElector::new(
+            client,
+            "ops",
+            "event-router-operator",
+            me,
+            Duration::from_secs(15),
+        )
+    }
+
+    fn lease(holder: &str, renewed: &str) -> serde_json::Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "event-router-operator", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed, "leaseTransitions": 1}
+        })
+    }
+
+    fn not_found() -> serde_json::Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    #[tokio::test]
+    async fn a_free_lease_is_created_by_the_first_candidate() {
+        let (client, mut handle) = mock_client();
+        let task = tokio::spawn(async move { elector(client, "a").try_acquire_or_renew().await });
+        let call = next_call(&mut handle).await.expect(Method::GET, LEASE);
+        call.status(404, &not_found());
+        let call = next_call(&mut handle).await.expect(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/ops/leases",
+        );
+        assert_eq!(call.body["spec"]["holderIdentity"], "a");
+        assert_eq!(call.body["spec"]["leaseDurationSeconds"], 15);
+        call.echo();
+        assert!(task.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_live_holder_keeps_the_lease_and_an_expired_one_loses_it() {
+        let (client, mut handle) = mock_client();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let fresh = now.to_string();
+        let task = tokio::spawn(async move { elector(client, "b").try_acquire_or_renew().await });
+        next_call(&mut handle)
+            .await
+            .expect(Method::GET, LEASE)
+            .ok(&lease("a", &fresh));
+        assert!(!task.await.unwrap().unwrap(), "a's lease is live");
+
+        let (client, mut handle) = mock_client();
+        let stale = (now - k8s_openapi::jiff::SignedDuration::from_secs(60)).to_string();
+        let task = tokio::spawn(async move { elector(client, "b").try_acquire_or_renew().await });
+        next_call(&mut handle)
+            .await
+            .expect(Method::GET, LEASE)
+            .ok(&lease("a", &stale));
+        let call = next_call(&mut handle).await.expect(Method::PUT, LEASE);
+        assert_eq!(
+            call.body["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency"
+        );
+        assert_eq!(call.body["spec"]["holderIdentity"], "b");
+        assert_eq!(call.body["spec"]["leaseTransitions"], 2);
+        call.echo();
+        assert!(task.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_an_expired_lease_is_not_an_error() {
+        let (client, mut handle) = mock_client();
+        let stale = (k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_secs(60))
+        .to_string();
+        let task = tokio::spawn(async move { elector(client, "c").try_acquire_or_renew().await });
+        next_call(&mut handle)
+            .await
+            .expect(Method::GET, LEASE)
+            .ok(&lease("a", &stale));
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "changed"});
+        next_call(&mut handle)
+            .await
+            .expect(Method::PUT, LEASE)
+            .status(409, &conflict);
+        assert!(!task.await.unwrap().unwrap());
+    }
+}

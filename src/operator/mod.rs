@@ -158,6 +158,9 @@ where
 /// Waits until this replica holds the lease; `false` when cancelled first.
 async fn campaign(elector: &LeaderElector, token: &CancellationToken) -> bool {
     loop {
+        if token.is_cancelled() {
+            return false;
+        }
         match elector.try_acquire_or_renew().await {
             Ok(true) => return true,
             Ok(false) => {}

@@ -97,6 +97,7 @@ pub struct BatchRequest {
 )]
 pub async fn publish(
     State(state): State<AppState>,
+    access: crate::auth::Access,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -113,6 +114,7 @@ pub async fn publish(
         }
     };
     let event = state.router.parse_event(raw)?;
+    access.check_publish(&event.topic)?;
     let receipt = state.router.publish(event).await?;
     let body = PublishResponse::new(&receipt, Timestamp::now());
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
@@ -135,6 +137,7 @@ pub async fn publish(
 )]
 pub async fn publish_batch(
     State(state): State<AppState>,
+    access: crate::auth::Access,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -169,6 +172,7 @@ pub async fn publish_batch(
         }
     };
     let events = parse_batch(&state.router, raws)?;
+    access.check_publish_all(events.iter().map(|e| e.topic.as_str()))?;
     let receipts = state.router.publish_batch(events, atomic).await?;
     let now = Timestamp::now();
     let results = receipts
@@ -210,6 +214,7 @@ pub struct HistoryResponse {
 )]
 pub async fn history(
     State(state): State<AppState>,
+    access: crate::auth::Access,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<axum::Json<HistoryResponse>, ApiError> {
     let mut topics = Vec::new();
@@ -238,6 +243,10 @@ pub async fn history(
         let sel = build_selector(&topics, None, None)?;
         Some(Selector::new(sel.patterns().to_vec(), filter)?)
     };
+    match &query.selector {
+        Some(selector) => access.check_subscribe(selector.patterns())?,
+        None => access.check_subscribe(Selector::all().patterns())?,
+    }
     let events = state.router.broker().history(query).await?;
     let next_after = events.last().map(|e| e.cursor.clone());
     Ok(axum::Json(HistoryResponse { events, next_after }))
@@ -382,7 +391,9 @@ pub async fn put_subscription(
     }
     if spec.sink.is_some() {
         return Err(invalid(
-            "sink: push delivery is not supported by this version".into(),
+            "sink: push sinks come from Subscription resources (serve -f, apply -f or the \
+             operator), not from this endpoint"
+                .into(),
         ));
     }
     if spec.delivery.group.as_deref().is_some_and(|g| g != name) {
@@ -638,9 +649,11 @@ pub struct RequestResponse {
 )]
 pub async fn request(
     State(state): State<AppState>,
+    access: crate::auth::Access,
     Json(body): Json<RequestBody>,
 ) -> Result<axum::Json<RequestResponse>, ApiError> {
     let event = state.router.parse_event(body.event)?;
+    access.check_publish(&event.topic)?;
     let timeout = body
         .timeout_ms
         .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);

@@ -132,8 +132,13 @@ pub struct Call {
 impl Call {
     /// Answers 200 with `body`.
     pub fn ok(self, body: &Value) {
+        self.status(200, body);
+    }
+
+    /// Answers with `code` and `body` (a `Status` object for errors).
+    pub fn status(self, code: u16, body: &Value) {
         let response = Response::builder()
-            .status(200)
+            .status(code)
             .header("content-type", "application/json")
             .body(Body::from(serde_json::to_vec(body).expect("json")))
             .expect("response");
