@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 VENV=$TARGET_DIR/venv
-PY_PACKAGES=(pytest cloudevents requests websocket-client)
+PY_PACKAGES=(pytest cloudevents requests websocket-client helm-python-sdk kubernetes-validate pyyaml)
 
 export CARGO_INCREMENTAL=0
 export CARGO_TERM_COLOR=never
@@ -53,10 +53,17 @@ fi
 echo "redis-server: $(redis-server --version | head -n1)"
 echo "promtool:     $(promtool --version 2>&1 | head -n1)"
 echo "python3:      $(python3 --version)"
+# `kubectl kustomize` builds the deploy/ overlays in the packaging tests.
+if command -v kubectl >/dev/null 2>&1; then
+    echo "kubectl:      $(kubectl version --client 2>/dev/null | head -n1)"
+else
+    echo "error: kubectl is missing; the packaging tests need \`kubectl kustomize\`" >&2
+    failed+=("kubectl missing")
+fi
 
 # --- Python venv ---------------------------------------------------------------
 section "python venv ($VENV)"
-if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
     if ! python3 -m venv "$VENV"; then
         apt_install python3-venv
         python3 -m venv "$VENV"
@@ -64,7 +71,7 @@ if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket' >/d
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -Ei '^(pytest|cloudevents|requests|websocket-client) ' || true
+    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML) ' || true
 
 # --- Rust ------------------------------------------------------------------------
 # One `cargo test` build serves every step: it also builds the binary that the
