@@ -156,6 +156,11 @@ pub struct Config {
     /// The Redis broker; without `redis.url` the embedded in-memory broker
     /// runs.
     pub redis: RedisSection,
+    /// Authentication, ACL and per-principal limits (the same document as
+    /// `serve --auth FILE`, which takes precedence). Default none: no
+    /// authentication, everything allowed (logged as a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 impl Default for Config {
@@ -168,6 +173,7 @@ impl Default for Config {
             server: ServerSection::default(),
             broker: BrokerSection::default(),
             redis: RedisSection::default(),
+            auth: None,
         }
     }
 }
@@ -221,6 +227,13 @@ pub struct ServerSection {
     /// `0s` sends none.
     #[serde(with = "duration")]
     pub sse_keepalive: Duration,
+    /// PEM certificate chain: serve HTTPS/WSS (reloaded when it changes).
+    /// Needs `tls_key`. Default none: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -231,6 +244,8 @@ impl Default for ServerSection {
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -298,6 +313,11 @@ pub struct RedisSection {
     /// after it while Redis is unreachable. Default `2s`; zero is rejected.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// Producer dedup window: an event id published again within it is not
+    /// stored twice (a client retrying after a lost confirmation). One key
+    /// per event for the window. Default `0s`: off.
+    #[serde(with = "duration")]
+    pub dedup_window: Duration,
     /// This replica's id in membership, leases and consumer names. Default
     /// empty: a fresh id per process start (host name plus a random
     /// suffix), so a restarted replica never inherits a dead one's work.
@@ -314,6 +334,7 @@ impl Default for RedisSection {
             lease_ttl: RedisBrokerConfig::DEFAULT_LEASE_TTL,
             reclaim_idle: RedisBrokerConfig::DEFAULT_RECLAIM_IDLE,
             command_timeout: RedisBrokerConfig::DEFAULT_COMMAND_TIMEOUT,
+            dedup_window: Duration::ZERO,
             node_id: String::new(),
         }
     }
@@ -369,6 +390,12 @@ impl Config {
                 ),
             );
         }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return invalid(
+                "server.tls_cert",
+                "tls_cert and tls_key must be set together".into(),
+            );
+        }
         let r = &self.redis;
         if r.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
             return invalid("redis.url", "must not be empty".into());
@@ -413,6 +440,7 @@ impl Config {
             max_subscriptions_per_connection: s.max_subscriptions_per_connection.get(),
             shutdown_grace: s.shutdown_grace,
             sse_keepalive: s.sse_keepalive,
+            ..ServerConfig::default()
         }
     }
 
@@ -439,6 +467,7 @@ impl Config {
         c.lease_ttl = r.lease_ttl;
         c.reclaim_idle = r.reclaim_idle;
         c.command_timeout = r.command_timeout;
+        c.dedup_window = r.dedup_window;
         c.node_id.clone_from(&r.node_id);
         // The memory broker's bound is total; Redis trims each partition.
         // Zero (no history) keeps one entry per partition: ingest streams

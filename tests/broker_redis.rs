@@ -389,3 +389,39 @@ async fn janitor_forgets_departed_consumers_but_not_live_ones() {
     assert_eq!(got.len(), 1);
     broker.close().await;
 }
+
+#[tokio::test]
+async fn dedup_window_stores_a_republished_event_id_once() {
+    let server = RedisServer::shared();
+    let broker = RedisBroker::connect(RedisBrokerConfig {
+        dedup_window: Duration::from_secs(60),
+        ..config(&server.url(), &prefix())
+    })
+    .await
+    .expect("connect");
+    broker
+        .ensure_subscription(spec("dd"))
+        .await
+        .expect("subscription");
+    let first = event("dd.x", 1);
+    let a = broker
+        .publish(first.clone(), PublishOptions::default())
+        .await
+        .expect("publish");
+    let b = broker
+        .publish(first.clone(), PublishOptions::default())
+        .await
+        .expect("publish again");
+    assert_eq!(a, b, "the retry returns the first position");
+    let batch = broker
+        .publish_batch(
+            vec![first.clone(), event("dd.x", 2), event("dd.x", 3)],
+            PublishOptions::default(),
+        )
+        .await
+        .expect("batch");
+    assert_eq!(batch[0], a);
+    let info = broker.subscription("dd").await.expect("info");
+    assert_eq!(info.pending, 3, "three distinct events stored: {info:?}");
+    broker.close().await;
+}

@@ -227,6 +227,16 @@ pub struct ServeArgs {
     )]
     pub redis_command_timeout: Option<Duration>,
 
+    /// Producer dedup window: an event id published again within it is stored once; 0s is off [default: 0s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_DEDUP_WINDOW",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Redis"
+    )]
+    pub redis_dedup_window: Option<Duration>,
+
     /// This replica's id [default: host name plus a random suffix, new per start].
     #[arg(
         long,
@@ -298,6 +308,7 @@ impl ServeArgs {
         set(&mut c.redis.lease_ttl, &self.redis_lease_ttl);
         set(&mut c.redis.reclaim_idle, &self.redis_reclaim_idle);
         set(&mut c.redis.command_timeout, &self.redis_command_timeout);
+        set(&mut c.redis.dedup_window, &self.redis_dedup_window);
         set(&mut c.redis.node_id, &self.node_id);
     }
 }

@@ -280,6 +280,9 @@ async fn fail(shared: &Shared, sub: &Sub, band: usize, id: &str, f: Failure<'_>)
         .arg(millis(f.min_idle));
     let mut conn = shared.conn();
     let outcome: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
+    if outcome == 2 {
+        crate::telemetry::trace::dead_lettered_entry(sub.name(), f.reason);
+    }
     Ok(outcome != 0)
 }
 

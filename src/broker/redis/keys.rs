@@ -68,6 +68,12 @@ impl Keys {
         format!("{}:lease:{{{}}}", self.prefix, self.tag(partition))
     }
 
+    /// `er:dd:{p}:<eid>`: stream id of a recently published event id
+    /// (producer dedup window).
+    pub(super) fn dedup(&self, partition: u32, event_id: &str) -> String {
+        format!("{}:dd:{{{}}}:{event_id}", self.prefix, self.tag(partition))
+    }
+
     /// `er:live:{p}`: shard channel of a partition's live fan-out.
     pub(super) fn live(&self, partition: u32) -> String {
         format!("{}:live:{{{}}}", self.prefix, self.tag(partition))

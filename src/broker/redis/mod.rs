@@ -88,6 +88,12 @@ pub struct RedisBrokerConfig {
     /// Most dead letters per subscription (`MAXLEN ~`, oldest evicted).
     /// Default 100 000; zero means unbounded.
     pub dead_letter_max: usize,
+    /// Producer dedup window: an event whose id was published within this
+    /// long is not stored again (its first stream position is returned),
+    /// so a publisher that retries after a lost confirmation does not
+    /// duplicate it. Costs one key per event for the window. Default zero:
+    /// off.
+    pub dedup_window: Duration,
     /// Bound of every Redis call; a call that takes longer fails with
     /// [`BrokerError::Unavailable`] (publish never hangs). Default 2 s.
     pub command_timeout: Duration,
@@ -136,6 +142,7 @@ impl RedisBrokerConfig {
             history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
             history_max_len: Self::DEFAULT_HISTORY_MAX_LEN,
             dead_letter_max: Self::DEFAULT_DEAD_LETTER_MAX,
+            dedup_window: Duration::ZERO,
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             config_poll: Self::DEFAULT_CONFIG_POLL,
@@ -605,15 +612,18 @@ impl Broker for RedisBroker {
             pipe.get(self.shared.keys.lease(p));
         }
         let mut conn = self.shared.conn();
-        let leases: Vec<Option<String>> =
-            self.shared.call(pipe.query_async(&mut conn)).await?;
+        let leases: Vec<Option<String>> = self.shared.call(pipe.query_async(&mut conn)).await?;
         let round_trip_seconds = started.elapsed().as_secs_f64();
         let partitions = (0..)
             .zip(leases)
             .map(|(partition, lease)| super::PartitionOwner {
                 partition,
                 // A lease holds `NODE:TOKEN`.
-                owner: lease.map(|l| l.rsplit_once(':').map_or(l.as_str(), |(n, _)| n).to_string()),
+                owner: lease.map(|l| {
+                    l.rsplit_once(':')
+                        .map_or(l.as_str(), |(n, _)| n)
+                        .to_string()
+                }),
             })
             .collect();
         let (published, history_len) = publish::totals(&self.shared).await?;

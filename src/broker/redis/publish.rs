@@ -93,10 +93,17 @@ async fn store<'a>(
     };
     let epoch = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let events: Vec<&Event> = events.collect();
+    let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+    if window > 0 {
+        for event in &events {
+            inv.key(keys.dedup(partition, &event.id));
+        }
+    }
     inv.arg(epoch)
         .arg(minid)
         .arg(shared.config.history_max_len)
-        .arg(events.len());
+        .arg(events.len())
+        .arg(window);
     for event in &events {
         let json = serde_json::to_string(event)
             .map_err(|e| BrokerError::Internal(format!("encode event: {e}")))?;

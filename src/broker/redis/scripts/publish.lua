@@ -1,25 +1,59 @@
 -- Appends events to one ingest partition and fans them out live.
--- KEYS[1] ingest stream, KEYS[2] meta hash, KEYS[3] live shard channel.
+-- KEYS[1] ingest stream, KEYS[2] meta hash, KEYS[3] live shard channel,
+-- then, when the dedup window is on, one dedup key per event.
 -- ARGV[1] epoch candidate, ARGV[2] MINID threshold in ms ('0' = none),
--- ARGV[3] MAXLEN cap ('0' = none), ARGV[4] n, then n x
--- (eid, topic, key, prio, ts_ms, event_json).
--- Returns {id1, seq1, id2, seq2, ...}.
+-- ARGV[3] MAXLEN cap ('0' = none), ARGV[4] n, ARGV[5] dedup window in ms
+-- ('0' = off), then n x (eid, topic, key, prio, ts_ms, event_json).
+-- Returns {id1, seq1, id2, seq2, ...}; an event whose id was stored within
+-- the dedup window is not stored again and returns the first id and seq 0.
 -- Lua does not roll back: every check comes before the first write.
 local n = tonumber(ARGV[4])
-if n == nil or #ARGV ~= 4 + n * 6 then
+local window = tonumber(ARGV[5])
+if n == nil or window == nil or #ARGV ~= 5 + n * 6 then
   return redis.error_reply('ERR publish: malformed arguments')
+end
+if window > 0 and #KEYS ~= 3 + n then
+  return redis.error_reply('ERR publish: one dedup key per event expected')
+end
+-- Known ids (earlier publishes, or earlier in this batch).
+local known = {}
+local first_in_batch = {}
+if window > 0 then
+  for i = 1, n do
+    local eid = ARGV[6 + (i - 1) * 6]
+    local prev = redis.call('GET', KEYS[3 + i])
+    if prev then
+      known[i] = prev
+    elseif first_in_batch[eid] then
+      known[i] = first_in_batch[eid]
+    else
+      first_in_batch[eid] = i
+    end
+  end
 end
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local out = {}
-for i = 0, n - 1 do
-  local b = 5 + i * 6
-  local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-  local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[b], 'topic', ARGV[b + 1],
-    'key', ARGV[b + 2], 'prio', ARGV[b + 3], 'ts', ARGV[b + 4], 'seq', seq, 'ev', ARGV[b + 5])
-  redis.call('SPUBLISH', KEYS[3], seq .. ':' .. epoch .. ':' .. id .. ':' .. ARGV[b + 5])
-  out[#out + 1] = id
-  out[#out + 1] = seq
+local ids = {}
+for i = 1, n do
+  local b = 6 + (i - 1) * 6
+  local dup = known[i]
+  if type(dup) == 'number' then dup = ids[dup] end
+  if dup then
+    out[#out + 1] = dup
+    out[#out + 1] = 0
+  else
+    local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+    local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[b], 'topic', ARGV[b + 1],
+      'key', ARGV[b + 2], 'prio', ARGV[b + 3], 'ts', ARGV[b + 4], 'seq', seq, 'ev', ARGV[b + 5])
+    redis.call('SPUBLISH', KEYS[3], seq .. ':' .. epoch .. ':' .. id .. ':' .. ARGV[b + 5])
+    if window > 0 then
+      redis.call('SET', KEYS[3 + i], id, 'PX', window)
+    end
+    ids[i] = id
+    out[#out + 1] = id
+    out[#out + 1] = seq
+  end
 end
 
 -- Retention. Entries the router has not routed yet (unread, or read and
