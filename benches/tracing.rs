@@ -1,2 +1,183 @@
-//! Tracing overhead benchmark (placeholder; filled in by the observability work).
-fn main() {}
+//! Tracing overhead: throughput of the in-process pipeline (validate,
+//! publish, durable delivery, ack on the memory broker) with tracing off
+//! (no subscriber) and with the OpenTelemetry layer on at sampler 1.0,
+//! exporting every span over OTLP/HTTP to a receiver in this process that
+//! decodes nothing and answers 200.
+//!
+//! Run: `cargo bench --bench tracing` (add `-- --events N --rounds R`).
+//! Rounds alternate off/on so that machine noise hits both; the line
+//! `ratio` is median(on) / median(off) events per second (target >= 0.85).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_router::broker::{ConsumeOptions, GroupSpec, MemoryBroker, MemoryBrokerConfig};
+use event_router::selector::Selector;
+use event_router::telemetry::span_filter;
+use event_router::{Router, RouterConfig, SharedBroker};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use serde_json::json;
+use tracing::Dispatch;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+struct Args {
+    events: usize,
+    rounds: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        events: 20_000,
+        rounds: 5,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let next = argv.get(i + 1).and_then(|v| v.parse().ok());
+        match (argv[i].as_str(), next) {
+            ("--events", Some(n)) => a.events = n,
+            ("--rounds", Some(n)) => a.rounds = n,
+            _ => {}
+        }
+        i += 1;
+    }
+    a
+}
+
+/// An OTLP/HTTP sink on a thread of its own: reads each request, answers 200.
+fn start_receiver() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+    let addr = listener.local_addr().expect("receiver address");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    std::hint::black_box(body.len());
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }),
+            );
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    addr
+}
+
+/// Publishes `events` events and consumes and acks all of them; events/s.
+async fn run_round(router: &Arc<Router>, group: &str, events: usize) -> f64 {
+    let started = Instant::now();
+    let mut consumer = router
+        .broker()
+        .consume(
+            group,
+            ConsumeOptions {
+                max_in_flight: 1000,
+                name: String::new(),
+            },
+        )
+        .await
+        .expect("consume");
+    let batch = 500;
+    let mut done = 0;
+    while done < events {
+        let n = batch.min(events - done);
+        for i in 0..n {
+            let event = router
+                .parse_event(json!({"type": "bench.traced", "payload": {"i": done + i}}))
+                .expect("valid event");
+            router.publish(event).await.expect("publish");
+        }
+        let mut acked = 0;
+        while acked < n {
+            for d in consumer.next().await.expect("deliveries") {
+                router
+                    .broker()
+                    .ack(&d.subscription, &d.delivery_id)
+                    .await
+                    .expect("ack");
+                acked += 1;
+            }
+        }
+        done += n;
+    }
+    events as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let receiver = start_receiver();
+    let provider = runtime.block_on(async {
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(format!("http://{receiver}/v1/traces"))
+            .build()
+            .expect("exporter");
+        SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .with_batch_exporter(exporter)
+            .build()
+    });
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_filter(span_filter());
+    let traced = Dispatch::new(tracing_subscriber::registry().with(layer));
+
+    let broker: SharedBroker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
+    let router = Router::new(broker, RouterConfig::default());
+    runtime.block_on(async {
+        router
+            .broker()
+            .ensure_subscription(GroupSpec::new(
+                "bench",
+                Selector::parse(&["bench.#".to_string()], None).expect("selector"),
+            ))
+            .await
+            .expect("subscription");
+        // Warm-up, untimed.
+        run_round(&router, "bench", args.events / 10).await;
+    });
+
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let rate_off = runtime.block_on(run_round(&router, "bench", args.events));
+        let rate_on = tracing::dispatcher::with_default(&traced, || {
+            runtime.block_on(run_round(&router, "bench", args.events))
+        });
+        println!(
+            "round {round}: off {rate_off:.0} events/s, on (sampler 1.0) {rate_on:.0} events/s"
+        );
+        off.push(rate_off);
+        on.push(rate_on);
+    }
+    let _ = provider.force_flush();
+    let (off, on) = (median(off), median(on));
+    println!(
+        "tracing overhead: {} events x {} rounds; median off {off:.0}/s, on {on:.0}/s; ratio {:.3} (target >= 0.85)",
+        args.events,
+        args.rounds,
+        on / off
+    );
+    let _ = provider.shutdown();
+}

@@ -445,3 +445,157 @@ fn observability_manifests_render_with_kustomize_and_wire_collector_to_jaeger() 
         .collect();
     assert!(ports.contains(&4317) && ports.contains(&16686), "{ports:?}");
 }
+
+/// `serve --redis` replica exporting spans as `service`.
+fn start_replica(
+    redis_url: &str,
+    node: &str,
+    file: &std::path::Path,
+    receiver: SocketAddr,
+) -> RouterProcess {
+    let mut env = otel_env(&format!("http://{receiver}"), "http/protobuf");
+    env.retain(|(k, _)| *k != "OTEL_SERVICE_NAME");
+    env.push(("OTEL_SERVICE_NAME", node.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    RouterProcess::start_with_env(
+        &[
+            "--redis",
+            redis_url,
+            "--node-id",
+            node,
+            "--redis-lease-ttl",
+            "1s",
+            "--shutdown-grace",
+            "1s",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+        &env,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_on_one_replica_and_dead_letter_on_another_is_one_trace_and_status_shows_owners() {
+    let redis = common::redis::RedisServer::start();
+    let (receiver, sink) = start_receiver().await;
+    let dir = temp_dir("redis");
+    let file = dir.join("subscription.yaml");
+    std::fs::write(&file, SUBSCRIPTION).unwrap();
+    let a_name = format!("replica-a-{}", std::process::id());
+    let b_name = format!("replica-b-{}", std::process::id());
+    let a = start_replica(&redis.url(), &a_name, &file, receiver);
+    let b = start_replica(&redis.url(), &b_name, &file, receiver);
+
+    let mut worker = WsClient::connect(b.addr(), "/ws").await;
+    worker
+        .subscribe(json!({"op":"subscribe","id":"s","topics":["otel.#"],"group":"traced"}))
+        .await;
+    let mut publisher = WsClient::connect(a.addr(), "/ws").await;
+    let event_id = publisher
+        .publish(json!({"type":"otel.redis","key":"k1"}))
+        .await;
+    let first = worker.recv().await;
+    assert_eq!(first["event"]["id"], event_id.as_str());
+    let (trace, _) = traceparent(&first["event"]["headers"]["traceparent"]);
+    worker
+        .send(json!({"op":"nack","delivery_id":first["delivery_id"],"delay_ms":0}))
+        .await;
+    let second = worker.recv().await;
+    assert_eq!(second["attempt"], 2);
+    worker
+        .send(json!({"op":"nack","delivery_id":second["delivery_id"],"delay_ms":0}))
+        .await;
+
+    let spans = wait_for(&sink, "the dead_letter span on replica B", |s| {
+        s.iter()
+            .any(|s| s.name == "dead_letter" && s.trace_id == trace)
+    })
+    .await;
+    let receive = one(&spans, &trace, "receive");
+    assert!(receive.service.contains(&a_name), "{receive:?}");
+    let delivers = by_name(&spans, &trace, "deliver");
+    assert_eq!(delivers.len(), 2, "{spans:#?}");
+    for d in &delivers {
+        assert!(d.service.contains(&b_name), "{d:?}");
+        assert_eq!(
+            d.parent, receive.span_id,
+            "B's deliver is a child of A's receive"
+        );
+    }
+    let nacks = by_name(&spans, &trace, "nack");
+    assert_eq!(nacks.len(), 2);
+    let dead = one(&spans, &trace, "dead_letter");
+    assert!(nacks.iter().any(|n| n.span_id == dead.parent), "{spans:#?}");
+
+    // status: both replicas and every partition's owner.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let out = common::process::run(
+            &["status", "--json", "--url", &a.http_url()],
+            Duration::from_secs(20),
+        );
+        assert!(out.success(), "{}{}", out.stdout, out.stderr);
+        let status: Value = serde_json::from_str(&out.stdout).unwrap();
+        let replicas: Vec<&str> = status["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["node"].as_str())
+            .collect();
+        if replicas.contains(&a_name.as_str()) && replicas.contains(&b_name.as_str()) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas never both owned partitions: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 16, "{status}");
+    let owned_by_a = partitions
+        .iter()
+        .filter(|p| p["owner"] == a_name.as_str())
+        .count();
+    let text = common::process::run(&["status", "--url", &a.http_url()], Duration::from_secs(20));
+    assert!(
+        text.stdout.contains("REPLICA") && text.stdout.contains(&b_name),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("LAG-S"), "{}", text.stdout);
+
+    // The same ownership and a Redis round trip in /metrics.
+    let body = reqwest::get(format!("{}/metrics", a.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let owned_line = body
+        .lines()
+        .find_map(|l| l.strip_prefix("event_router_partitions_owned "))
+        .unwrap_or_else(|| panic!("{body}"));
+    let owned_metric: usize = owned_line.trim().parse().unwrap();
+    // Leases can move between the two reads; both reads see A owning some.
+    assert!(
+        owned_metric > 0 && owned_by_a > 0,
+        "{owned_metric} / {owned_by_a}"
+    );
+    let rtt: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("event_router_redis_round_trip_seconds "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rtt > 0.0, "{body}");
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("event_router_partition_owned{"))
+            .count(),
+        owned_metric
+    );
+    drop((a, b, redis));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,5 +1,6 @@
-//! `event-router status`: health, readiness, counters and durable
-//! subscriptions of a running router.
+//! `event-router status`: health, readiness, counters, replicas and
+//! partition owners (clustered brokers), and durable subscriptions with
+//! their backlog, lag and dead letters, of a running router.
 
 use std::process::ExitCode;
 
@@ -11,8 +12,10 @@ use super::{ApiClient, Endpoint, describe_error, print_json, print_line, table};
 
 /// Show a router's health, readiness, counters and durable subscriptions.
 ///
-/// Prints a table of durable subscriptions (pending, in flight, retrying,
-/// dead letters, consumers). Reads GET /health, /ready, /api/v1/stats and /api/v1/subscriptions.
+/// Prints the replicas and which ingest partitions each owns (on the Redis
+/// broker), and a table of durable subscriptions (pending, in flight,
+/// retrying, lag, dead letters, consumers). Reads GET /health, /ready,
+/// /api/v1/stats, /api/v1/subscriptions and /metrics (for lag).
 /// Exits 0 when the router is healthy and ready, 1 otherwise (so it can
 /// serve as a readiness probe), and 1 with a message when it cannot be
 /// reached.
@@ -70,7 +73,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (health, health_code) = probe(&client, "/health").await?;
     let (ready, ready_code) = probe(&client, "/ready").await?;
     let stats = client.get("/api/v1/stats").await?;
-    let subscriptions = subscription_list(client.get("/api/v1/subscriptions").await?);
+    let mut subscriptions = subscription_list(client.get("/api/v1/subscriptions").await?);
+    add_lag(&client, &mut subscriptions).await;
+    let owners = partition_owners(&stats);
     let code = if health.ok && ready.ok {
         ExitCode::SUCCESS
     } else {
@@ -82,6 +87,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "health": health.to_json(),
             "ready": ready.to_json(),
             "stats": stats,
+            "replicas": replicas_json(&owners),
+            "partitions": owners.iter().map(|(p, o)| json!({"partition": p, "owner": o})).collect::<Vec<_>>(),
             "subscriptions": subscriptions,
         }))?;
         return Ok(code);
@@ -94,6 +101,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         format!("stats:   {}", stats_line(&stats)),
         String::new(),
     ];
+    if !owners.is_empty() {
+        out.push(replica_table(&owners));
+        out.push(String::new());
+    }
     if subscriptions.is_empty() {
         out.push("no durable subscriptions".into());
     } else {
@@ -126,10 +137,11 @@ fn subscription_name(entry: &Value) -> String {
         .to_string()
 }
 
-const COLUMNS: [(&str, &str); 8] = [
+const COLUMNS: [(&str, &str); 9] = [
     ("PENDING", "pending"),
     ("IN-FLIGHT", "in_flight"),
     ("RETRYING", "retrying"),
+    ("LAG-S", "lag_seconds"),
     ("DLQ", "dead_letters"),
     ("CONSUMERS", "consumers"),
     ("DELIVERED", "delivered"),
@@ -155,8 +167,117 @@ fn subscription_table(entries: &[Value]) -> String {
     table(&header, &rows)
 }
 
-/// `published=12 dropped=0 ...` from the numeric fields of the stats
-/// answer, nested objects flattened with dots.
+/// `(partition, owner)` from the stats' `broker.partitions` (clustered
+/// brokers); empty for the memory broker.
+fn partition_owners(stats: &Value) -> Vec<(u64, Option<String>)> {
+    stats
+        .pointer("/broker/partitions")
+        .and_then(Value::as_array)
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| {
+                    let owner = p.get("owner").and_then(Value::as_str).map(str::to_string);
+                    Some((p.get("partition")?.as_u64()?, owner))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Owner → its partitions, owners in name order, unowned partitions last.
+fn by_owner(owners: &[(u64, Option<String>)]) -> Vec<(Option<&str>, Vec<u64>)> {
+    let mut map: std::collections::BTreeMap<Option<&str>, Vec<u64>> = Default::default();
+    for (p, o) in owners {
+        map.entry(o.as_deref()).or_default().push(*p);
+    }
+    let mut rows: Vec<_> = map.into_iter().collect();
+    // `None` sorts first in a BTreeMap; show it last.
+    let unowned_first = rows.first().is_some_and(|(o, _)| o.is_none());
+    rows.rotate_left(usize::from(unowned_first));
+    rows
+}
+
+/// `[{"node": ..., "partitions": [...]}]`, unowned partitions under `null`.
+fn replicas_json(owners: &[(u64, Option<String>)]) -> Value {
+    by_owner(owners)
+        .into_iter()
+        .map(|(node, parts)| json!({"node": node, "partitions": parts}))
+        .collect()
+}
+
+/// `REPLICA  PARTITIONS  OWNED` rows, with ranges (`0-3,7`).
+fn replica_table(owners: &[(u64, Option<String>)]) -> String {
+    let rows: Vec<Vec<String>> = by_owner(owners)
+        .into_iter()
+        .map(|(node, parts)| {
+            vec![
+                node.unwrap_or("(unowned)").to_string(),
+                parts.len().to_string(),
+                ranges(&parts),
+            ]
+        })
+        .collect();
+    table(&["REPLICA", "PARTITIONS", "OWNED"], &rows)
+}
+
+/// `0-3,7,9-10` from sorted partition numbers.
+fn ranges(parts: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let start = parts[i];
+        while i + 1 < parts.len() && parts[i + 1] == parts[i] + 1 {
+            i += 1;
+        }
+        out.push(if parts[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", parts[i])
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Adds `lag_seconds` (from `event_router_subscription_lag_seconds` on
+/// `/metrics`) to each subscription entry; leaves it out when the router
+/// has no metrics.
+async fn add_lag(client: &ApiClient, subscriptions: &mut [Value]) {
+    if subscriptions.is_empty() {
+        return;
+    }
+    let Ok(response) = client
+        .send(Method::GET, client.url("/metrics"), |r| r)
+        .await
+    else {
+        return;
+    };
+    let Value::String(text) = response.body else {
+        return;
+    };
+    let lags = lag_samples(&text);
+    for entry in subscriptions.iter_mut() {
+        let name = subscription_name(entry);
+        if let (Some(lag), Value::Object(map)) = (lags.get(&name), entry) {
+            // Whole seconds: the table is for reading, `--json` for tools.
+            map.insert("lag_seconds".into(), json!(lag.max(0.0).round() as u64));
+        }
+    }
+}
+
+/// `subscription → lag seconds` from Prometheus text.
+fn lag_samples(text: &str) -> std::collections::HashMap<String, f64> {
+    const PREFIX: &str = "event_router_subscription_lag_seconds{subscription=\"";
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(PREFIX)?;
+            let (name, value) = rest.split_once("\"} ")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// `redis (node NAME)` or `memory`, from the stats' `broker.kind`/`node`.
 fn broker_line(stats: &Value) -> String {
     let broker = stats.get("broker");
@@ -168,6 +289,8 @@ fn broker_line(stats: &Value) -> String {
     }
 }
 
+/// `published=12 dropped=0 ...` from the numeric fields of the stats
+/// answer, nested objects flattened with dots.
 fn stats_line(stats: &Value) -> String {
     fn walk(prefix: &str, map: &Map<String, Value>, out: &mut Vec<String>) {
         for (key, value) in map {
@@ -216,9 +339,41 @@ mod tests {
         assert!(
             lines[1]
                 .split_whitespace()
-                .eq(["workers", "3", "1", "0", "2", "1", "9", "6", "0"])
+                .eq(["workers", "3", "1", "0", "-", "2", "1", "9", "6", "0"]),
+            "{t}"
         );
         assert_eq!(subscription_list(json!([{"name": "x"}])).len(), 1);
+    }
+
+    #[test]
+    fn replicas_list_their_partitions_as_ranges_with_unowned_last() {
+        let stats = json!({"broker": {"kind": "redis", "partitions": [
+            {"partition": 0, "owner": "b"}, {"partition": 1, "owner": "a"},
+            {"partition": 2, "owner": "a"}, {"partition": 3, "owner": null},
+            {"partition": 4, "owner": "a"}, {"partition": 5, "owner": "b"}
+        ]}});
+        let owners = partition_owners(&stats);
+        let t = replica_table(&owners);
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["REPLICA", "PARTITIONS", "OWNED"]);
+        assert_eq!(rows[1], ["a", "3", "1-2,4"]);
+        assert_eq!(rows[2], ["b", "2", "0,5"]);
+        assert_eq!(rows[3], ["(unowned)", "1", "3"]);
+        assert_eq!(
+            replicas_json(&owners)[0],
+            json!({"node": "a", "partitions": [1, 2, 4]})
+        );
+        assert!(partition_owners(&json!({"broker": {"kind": "memory"}})).is_empty());
+    }
+
+    #[test]
+    fn lag_comes_from_the_metrics_text() {
+        let text = "# TYPE event_router_subscription_lag_seconds gauge\n\
+                    event_router_subscription_lag_seconds{subscription=\"workers\"} 12.4\n\
+                    event_router_subscription_pending{subscription=\"workers\"} 3\n";
+        let lags = lag_samples(text);
+        assert_eq!(lags.len(), 1);
+        assert_eq!(lags["workers"], 12.4);
     }
 
     #[test]

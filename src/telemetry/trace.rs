@@ -284,6 +284,21 @@ pub fn dead_lettered(subscription: &str, event: &Event, reason: &str) {
     );
 }
 
+/// As [`dead_lettered`], for a broker that dead-letters inside its store
+/// without holding the event (Redis): the span is a child of the current
+/// span (the `nack`), and carries no event id.
+pub fn dead_lettered_entry(subscription: &str, reason: &str) {
+    super::metrics::metrics().dead_lettered(subscription);
+    let span = tracing::info_span!(
+        "dead_letter",
+        subscription,
+        reason,
+        trace_id = tracing::field::Empty,
+    );
+    attach(&span, None);
+    span.in_scope(|| tracing::info!(subscription, reason, "event dead-lettered"));
+}
+
 /// The span of a push sink's HTTP POST of one delivery, child of the
 /// delivery's trace; call [`inject`] with it to send `traceparent` along.
 pub fn push_span(subscription: &str, url: &str, event: &Event) -> Span {

@@ -685,6 +685,9 @@ impl Broker for MemoryBroker {
             live_subscriptions: self.shared.live.read().subs.len() as u64,
             subscriptions: self.shared.groups.read().by_id.len() as u64,
             history_len,
+            round_trip_seconds: None,
+            owned_partitions: None,
+            partitions: None,
         })
     }
 
