@@ -286,7 +286,11 @@ async fn a_group_taken_by_another_namespace_is_reported_not_shared() {
             "/apis/events.k8s.io/v1/namespaces/team-b/events",
         )
         .echo();
-    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    // Rechecked every status interval: the other Subscription may go away.
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(ctx.status_interval)
+    );
     drop(ctx);
     no_more_calls(handle).await;
     let store = store(redis, &prefix).await;

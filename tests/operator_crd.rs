@@ -159,3 +159,56 @@ async fn example_yamls_pass_the_standalone_paths() {
             .unwrap_or_else(|e| panic!("durable subscription {name}: {e}"));
     }
 }
+
+/// Whether `rules` grant `verb` on `group`/`resource`.
+fn grants(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    let has =
+        |list: &Value, want: &str| list.as_array().is_some_and(|a| a.iter().any(|v| v == want));
+    rules.as_array().is_some_and(|rules| {
+        rules.iter().any(|r| {
+            has(&r["apiGroups"], group) && has(&r["resources"], resource) && has(&r["verbs"], verb)
+        })
+    })
+}
+
+#[test]
+fn rbac_grants_every_call_the_operator_makes_and_nothing_broader() {
+    let text = std::fs::read_to_string(root().join("deploy/rbac/operator-rbac.yaml")).unwrap();
+    let docs = documents(&text);
+    let rules_of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))["rules"]
+            .clone()
+    };
+    let cluster = rules_of("ClusterRole");
+    for resource in ["subscriptions", "eventroutes"] {
+        for verb in ["get", "list", "watch", "patch"] {
+            assert!(
+                grants(&cluster, "eventrouter.dev", resource, verb),
+                "{resource} {verb}"
+            );
+        }
+        let status = format!("{resource}/status");
+        assert!(
+            grants(&cluster, "eventrouter.dev", &status, "patch"),
+            "{status}"
+        );
+    }
+    assert!(grants(&cluster, "events.k8s.io", "events", "create"));
+    assert!(grants(&cluster, "events.k8s.io", "events", "patch"));
+    let lease = rules_of("Role");
+    for verb in ["get", "create", "update"] {
+        assert!(
+            grants(&lease, "coordination.k8s.io", "leases", verb),
+            "leases {verb}"
+        );
+    }
+    for rules in [&cluster, &lease] {
+        let text = rules.to_string();
+        assert!(
+            !text.contains("\"*\"") && !text.contains("delete"),
+            "{text}"
+        );
+    }
+}

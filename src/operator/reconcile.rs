@@ -126,11 +126,33 @@ pub async fn reconcile_route(obj: Arc<EventRoute>, ctx: Arc<Context>) -> Result<
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// Why a resource is not admitted.
+struct Rejection {
+    /// `InvalidSpec` (waits for a change of the resource) or
+    /// `GroupConflict` (rechecked every status interval: the other resource
+    /// may go away).
+    reason: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn retry(&self, ctx: &Context) -> Action {
+        if self.reason == "GroupConflict" {
+            Action::requeue(ctx.status_interval)
+        } else {
+            Action::await_change()
+        }
+    }
+}
+
 /// Checks a document as the router would, and that its durable group is
-/// not already another resource's. `Ok(Err(message))` means invalid.
-async fn admit(resource: &Resource, ctx: &Context) -> Result<Result<(), String>> {
+/// not already another resource's. `Ok(Err(_))` means not admitted.
+async fn admit(resource: &Resource, ctx: &Context) -> Result<Result<(), Rejection>> {
     if let Err(e) = crate::router::validate(std::slice::from_ref(resource)) {
-        return Ok(Err(e.to_string()));
+        return Ok(Err(Rejection {
+            reason: "InvalidSpec",
+            message: e.to_string(),
+        }));
     }
     let Resource::Subscription(sub) = resource else {
         return Ok(Ok(()));
@@ -142,9 +164,12 @@ async fn admit(resource: &Resource, ctx: &Context) -> Result<Result<(), String>>
         *k != key && matches!(r, Resource::Subscription(other) if group_of(other) == group)
     });
     Ok(match taken {
-        Some((other, _)) => Err(format!(
-            "durable group {group:?} is already used by {other}; set spec.delivery.group to another name"
-        )),
+        Some((other, _)) => Err(Rejection {
+            reason: "GroupConflict",
+            message: format!(
+                "durable group {group:?} is already used by {other}; set spec.delivery.group to another name"
+            ),
+        }),
         None => Ok(()),
     })
 }
@@ -165,23 +190,24 @@ async fn apply_subscription(
     let resource = obj.to_resource();
     let generation = obj.metadata.generation;
     let old = obj.status.clone().unwrap_or_default();
-    if let Err(message) = admit(&resource, ctx).await? {
+    if let Err(rejected) = admit(&resource, ctx).await? {
         let status = SubscriptionStatus {
             conditions: vec![status::not_ready(
                 &old.conditions,
-                "InvalidSpec",
-                &message,
+                rejected.reason,
+                &rejected.message,
                 generation,
             )],
             observed_generation: generation,
             ..old.clone()
         };
-        patch_status(api, obj, &old, &status).await?;
-        warn(ctx, obj, "InvalidSpec", &message).await;
-        return Ok(Action::await_change());
+        if patch_status(api, obj, &old, &status).await? {
+            warn(ctx, obj, rejected.reason, &rejected.message).await;
+        }
+        return Ok(rejected.retry(ctx));
     }
     let Resource::Subscription(sub) = &resource else {
-        unreachable!("to_resource of a Subscription is a Subscription")
+        return Ok(Action::await_change());
     };
     let info = match write_subscription(&resource, sub, ctx).await {
         Ok(info) => info,
@@ -246,19 +272,20 @@ async fn apply_route(obj: &EventRoute, ctx: &Context, api: &Api<EventRoute>) -> 
     let generation = obj.metadata.generation;
     let old = obj.status.clone().unwrap_or_default();
     let status = match admit(&resource, ctx).await? {
-        Err(message) => {
+        Err(rejected) => {
             let status = EventRouteStatus {
                 conditions: vec![status::not_ready(
                     &old.conditions,
-                    "InvalidSpec",
-                    &message,
+                    rejected.reason,
+                    &rejected.message,
                     generation,
                 )],
                 observed_generation: generation,
             };
-            patch_status(api, obj, &old, &status).await?;
-            warn(ctx, obj, "InvalidSpec", &message).await;
-            return Ok(Action::await_change());
+            if patch_status(api, obj, &old, &status).await? {
+                warn(ctx, obj, rejected.reason, &rejected.message).await;
+            }
+            return Ok(rejected.retry(ctx));
         }
         Ok(()) => {
             if let Err(e) = ctx.store.put(&resource).await {
@@ -280,20 +307,21 @@ async fn apply_route(obj: &EventRoute, ctx: &Context, api: &Api<EventRoute>) -> 
     Ok(Action::await_change())
 }
 
-/// Merge-patches `status` unless it equals `old`.
-async fn patch_status<K, S>(api: &Api<K>, obj: &K, old: &S, status: &S) -> Result<()>
+/// Merge-patches `status` unless it equals `old`; returns whether it did
+/// (a rejection repeated unchanged emits no new event).
+async fn patch_status<K, S>(api: &Api<K>, obj: &K, old: &S, status: &S) -> Result<bool>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if old == status {
-        return Ok(());
+        return Ok(false);
     }
     let patch = Patch::Merge(json!({ "status": status }));
     api.patch_status(&obj.name_any(), &PatchParams::default(), &patch)
         .await
         .map_err(Error::Kube)?;
-    Ok(())
+    Ok(true)
 }
 
 /// Emits a Warning event on `obj`; a failure to emit is only logged.
