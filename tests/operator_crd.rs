@@ -212,3 +212,33 @@ fn rbac_grants_every_call_the_operator_makes_and_nothing_broader() {
         );
     }
 }
+
+#[test]
+fn documents_as_kubectl_writes_them_are_accepted() {
+    // What `kubectl get subscription workers -o yaml` prints: extra metadata
+    // and a status, which the standalone paths ignore.
+    let yaml = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: Subscription
+metadata:
+  name: workers
+  namespace: agents
+  labels: {team: a}
+  annotations: {note: "x"}
+  generation: 3
+  finalizers: [eventrouter.dev/subscription-cleanup]
+spec:
+  topics: ["task.*"]
+status:
+  conditions: []
+  pending: 4
+"#;
+    let docs = resources::parse_documents(yaml).unwrap();
+    event_router::router::validate(&docs).unwrap();
+    let Resource::Subscription(sub) = &docs[0] else {
+        panic!("{docs:?}")
+    };
+    assert_eq!(sub.metadata.namespace.as_deref(), Some("agents"));
+    let doc = documents(yaml).remove(0);
+    assert!(schema_errors(&doc).is_empty(), "{:?}", schema_errors(&doc));
+}
