@@ -7,8 +7,11 @@
 //!
 //! Each test prints its counts (`cargo test --test redis_cluster --
 //! --nocapture` shows them). Leases, reclaim and command timeouts are
-//! shortened by flags so that takeovers happen within seconds. The tests
-//! run one at a time (a lock), since each starts four processes.
+//! shortened by flags so that takeovers happen within seconds, and the
+//! producer dedup window is on, so that publishers can retry a batch on
+//! another replica under the same event ids: the subscription's `routed`
+//! counter then shows whether anything was routed twice. The tests run one
+//! at a time (a lock), since each starts four processes.
 
 mod common;
 
@@ -199,6 +202,10 @@ fn start_replica(redis_url: &str, i: usize) -> RouterProcess {
             "1s",
             "--redis-command-timeout",
             "1s",
+            // A batch half stored by a replica that died before answering
+            // is retried elsewhere under the same ids: stored once.
+            "--redis-dedup-window",
+            "60s",
             "--shutdown-grace",
             "1s",
         ],
