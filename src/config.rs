@@ -156,6 +156,11 @@ pub struct Config {
     /// The Redis broker; without `redis.url` the embedded in-memory broker
     /// runs.
     pub redis: RedisSection,
+    /// Authentication, ACL and per-principal limits (the same document as
+    /// `serve --auth FILE`, which takes precedence). Default none: no
+    /// authentication, everything allowed (logged as a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 impl Default for Config {
@@ -168,6 +173,7 @@ impl Default for Config {
             server: ServerSection::default(),
             broker: BrokerSection::default(),
             redis: RedisSection::default(),
+            auth: None,
         }
     }
 }
@@ -221,6 +227,13 @@ pub struct ServerSection {
     /// `0s` sends none.
     #[serde(with = "duration")]
     pub sse_keepalive: Duration,
+    /// PEM certificate chain: serve HTTPS/WSS (reloaded when it changes).
+    /// Needs `tls_key`. Default none: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -231,6 +244,8 @@ impl Default for ServerSection {
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -375,6 +390,12 @@ impl Config {
                 ),
             );
         }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return invalid(
+                "server.tls_cert",
+                "tls_cert and tls_key must be set together".into(),
+            );
+        }
         let r = &self.redis;
         if r.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
             return invalid("redis.url", "must not be empty".into());
@@ -419,6 +440,7 @@ impl Config {
             max_subscriptions_per_connection: s.max_subscriptions_per_connection.get(),
             shutdown_grace: s.shutdown_grace,
             sse_keepalive: s.sse_keepalive,
+            ..ServerConfig::default()
         }
     }
 

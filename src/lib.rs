@@ -21,12 +21,14 @@
 //! - [`operator`]: the custom resources, their reconciler and leader
 //!   election, and the Redis config store replicas hot-reload from.
 //! - [`sink`]: push sinks (HTTP POST of CloudEvents per delivery).
+//! - [`auth`]: API keys, JWT, ACL, per-principal limits.
 //! - [`server`]: WebSocket (v2 and seed v1), HTTP, SSE over one session core.
 //! - [`config`]: configuration and duration parsing.
 //! - [`shutdown`]: signal handling.
 //! - [`telemetry`]: logs, OpenTelemetry traces, Prometheus metrics.
 //! - `cli`: one module per subcommand of the `event-router` binary.
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -39,6 +39,7 @@ enum Command {
     Status(cli::status::StatusArgs),
     Dlq(cli::dlq::DlqArgs),
     Apply(cli::apply::ApplyArgs),
+    Auth(cli::auth::AuthArgs),
     Crd(cli::crd::CrdArgs),
     Operator(cli::operator::OperatorArgs),
 }
@@ -53,6 +54,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(args).await,
         Command::Dlq(args) => cli::dlq::run(args).await,
         Command::Apply(args) => cli::apply::run(args).await,
+        Command::Auth(args) => cli::auth::run(args),
         Command::Crd(args) => cli::crd::run(args).await,
         Command::Operator(args) => cli::operator::run(args).await,
     };

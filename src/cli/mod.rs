@@ -5,6 +5,7 @@
 //! reached through [`ApiClient`] at `--url`.
 
 pub mod apply;
+pub mod auth;
 pub mod crd;
 pub mod dlq;
 pub mod operator;

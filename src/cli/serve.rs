@@ -74,6 +74,19 @@ pub struct ServeArgs {
     #[arg(long)]
     pub print_config: bool,
 
+    /// Auth file: API keys, JWT, ACL, per-principal limits (docs/security.md).
+    /// Without it (and without an `auth:` config section) everything is allowed.
+    #[arg(long, env = "EVENT_ROUTER_AUTH", value_name = "FILE", help_heading = "Security")]
+    pub auth: Option<PathBuf>,
+
+    /// PEM certificate chain: serve HTTPS/WSS (reloaded when the file changes).
+    #[arg(long, env = "EVENT_ROUTER_TLS_CERT", value_name = "FILE", requires = "tls_key", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EVENT_ROUTER_TLS_KEY", value_name = "FILE", requires = "tls_cert", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+
     /// Largest event payload in bytes [default: 1048576].
     #[arg(
         long,
@@ -269,6 +282,9 @@ impl ServeArgs {
             None => Config::default(),
         };
         self.overlay(&mut config);
+        if let Some(path) = &self.auth {
+            config.auth = Some(event_router::auth::AuthConfig::load(path)?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -293,6 +309,10 @@ impl ServeArgs {
         );
         set(&mut c.server.shutdown_grace, &self.shutdown_grace);
         set(&mut c.server.sse_keepalive, &self.sse_keepalive);
+        if self.tls_cert.is_some() {
+            c.server.tls_cert.clone_from(&self.tls_cert);
+            c.server.tls_key.clone_from(&self.tls_key);
+        }
         set(&mut c.broker.history_max_events, &self.history_max_events);
         set(&mut c.broker.history_max_age, &self.history_max_age);
         set(
@@ -358,7 +378,7 @@ async fn serve_until_signal(
     let tracker = TaskTracker::new();
     let mut server = tracker.spawn(server::run(
         listener,
-        config.server_config(),
+        event_router::auth::server_config(config)?,
         router.clone(),
         token.clone(),
     ));

@@ -30,6 +30,9 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong, naming the offending field or value.
     pub message: String,
+    /// When to retry (`rate_limited`): a `Retry-After` header over HTTP,
+    /// `retry_after_ms` in WebSocket error frames.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -39,6 +42,7 @@ impl ApiError {
             code,
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -105,7 +109,15 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        response
     }
 }
 

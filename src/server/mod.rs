@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod protocol;
 pub mod session;
 pub mod sse;
+pub mod tls;
 pub mod ws;
 pub mod ws_v1;
 
@@ -72,6 +73,12 @@ pub struct ServerConfig {
     /// Interval of SSE keep-alive comments. Default 15 s
     /// ([`DEFAULT_SSE_KEEPALIVE`]). Zero disables them.
     pub sse_keepalive: Duration,
+    /// Authentication, ACL and per-principal limits. Default
+    /// [`Auth::open`](crate::auth::Auth::open): everything allowed.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Serve HTTPS/WSS with this certificate and key (PEM files, reloaded
+    /// when they change). Default none: plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +89,8 @@ impl Default for ServerConfig {
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            auth: Arc::default(),
+            tls: None,
         }
     }
 }
@@ -209,6 +218,10 @@ pub fn app(state: AppState) -> axum::Router {
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.auth.clone(),
+            crate::auth::middleware,
+        ))
         .layer(axum::middleware::from_fn(
             crate::telemetry::http::request_span,
         ))
@@ -228,20 +241,34 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let grace = config.shutdown_grace;
+    let tls_files = config.tls.clone();
     let state = AppState::new(router, config, shutdown.clone());
     let tasks = state.tasks.clone();
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving HTTP, WebSocket and SSE");
-    }
-    // Frames are small and latency matters more than packet count: no Nagle.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
+    let mut server = match tls_files {
+        None => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving HTTP, WebSocket and SSE");
+            }
+            // Frames are small and latency matters more than packet count: no Nagle.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY");
+                }
+            });
+            let server = axum::serve(listener, app(state))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::spawn(server.into_future())
         }
-    });
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+        Some(files) => {
+            let listener = tls::TlsListener::new(listener, files, shutdown.clone())?;
+            if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
+                tracing::info!(%addr, "serving HTTPS, WSS and SSE over TLS");
+            }
+            let server = axum::serve(listener, app(state))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            tokio::spawn(server.into_future())
+        }
+    };
     tokio::select! {
         result = &mut server => return flatten(result),
         () = shutdown.cancelled() => {}

@@ -338,6 +338,9 @@ pub enum ServerFrame<'a> {
         /// The subscription that ended, for errors not caused by a request.
         #[serde(skip_serializing_if = "Option::is_none")]
         subscription_id: Option<&'a str>,
+        /// `rate_limited`: milliseconds to wait before retrying.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -361,6 +364,7 @@ impl ServerFrame<'_> {
             code: error.code,
             message: &error.message,
             subscription_id: None,
+            retry_after_ms: error.retry_after.map(|d| d.as_millis().max(1) as u64),
         }
         .to_text()
     }

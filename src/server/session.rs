@@ -171,6 +171,7 @@ pub struct Session {
     subscriptions: HashMap<String, SubscriptionHandle>,
     in_flight: InFlight,
     requests: JoinSet<()>,
+    access: crate::auth::Access,
 }
 
 impl std::fmt::Debug for Session {
@@ -192,7 +193,14 @@ impl Session {
             subscriptions: HashMap::new(),
             in_flight: Arc::default(),
             requests: JoinSet::new(),
+            access: crate::auth::Access::unrestricted(),
         }
+    }
+
+    /// Restricts what this session may publish and subscribe to (the
+    /// connection's principal); unrestricted by default.
+    pub fn set_access(&mut self, access: crate::auth::Access) {
+        self.access = access;
     }
 
     /// The router this session works on.
@@ -305,6 +313,7 @@ impl Session {
     /// Validation errors naming the field; broker errors.
     pub async fn publish(&self, raw: Value) -> Result<Receipt, ApiError> {
         let event = self.router.parse_event(raw)?;
+        self.access.check_publish(&event.topic)?;
         Ok(self.router.publish(event).await?)
     }
 
@@ -319,6 +328,8 @@ impl Session {
         atomic: bool,
     ) -> Result<Vec<Receipt>, ApiError> {
         let events = parse_batch(&self.router, raws)?;
+        self.access
+            .check_publish_all(events.iter().map(|e| e.topic.as_str()))?;
         Ok(self.router.publish_batch(events, atomic).await?)
     }
 
@@ -356,6 +367,10 @@ impl Session {
         &mut self,
         options: SubscribeOptions,
     ) -> Result<Arc<SubscriptionTag>, ApiError> {
+        self.access.check_subscribe(options.selector.patterns())?;
+        if let Some(group) = &options.group {
+            self.access.check_group(group)?;
+        }
         if self.subscriptions.len() >= self.config.max_subscriptions {
             return Err(ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -584,6 +599,7 @@ impl Session {
             ));
         }
         let event = self.router.parse_event(raw)?;
+        self.access.check_publish(&event.topic)?;
         let timeout = timeout_ms.map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);
         let router = self.router.clone();
         let out = self.out.clone();

@@ -121,6 +121,7 @@ impl StreamQuery {
 )]
 pub async fn stream(
     State(state): State<AppState>,
+    access: crate::auth::Access,
     headers: HeaderMap,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
@@ -133,7 +134,9 @@ pub async fn stream(
         .map(str::to_string)
         .or(query.last_event_id);
     let (tx, rx) = mpsc::channel(SSE_QUEUE_EVENTS);
+    let permit = access.connect()?;
     let mut session = Session::new(state.router.clone(), state.session_config(), tx);
+    session.set_access(access);
     let resume_after = if query.group.is_none() {
         last_event_id
     } else {
@@ -149,6 +152,7 @@ pub async fn stream(
         })
         .await?;
     let open = Open {
+        _permit: permit,
         _session: session,
         rx,
         shutdown: state.shutdown.clone(),
@@ -169,6 +173,7 @@ pub async fn stream(
 
 /// What a stream holds while open: its session (and so its subscription).
 struct Open {
+    _permit: crate::auth::ConnectionPermit,
     _session: Session,
     rx: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,

@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::auth::{Access, ConnectionPermit, MaybeAccess};
+use axum::response::IntoResponse;
 use super::error::ApiError;
 use super::protocol::{self, Parsed, RequestId, ServerFrame};
 use super::session::{Dialect, Outgoing, Session};
@@ -54,7 +56,20 @@ pub fn transport_limit(max_frame_bytes: usize) -> usize {
     tag = "websocket",
     responses((status = 101, description = "Switching to the WebSocket protocol (DESIGN §5 frames)"))
 )]
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    MaybeAccess(access): MaybeAccess,
+) -> Response {
+    // With credentials on the upgrade request, the connection limit is
+    // checked before upgrading (a plain 429); otherwise after the auth frame.
+    let permit = match &access {
+        Some(access) => match access.connect() {
+            Ok(permit) => Some(permit),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
     let limit = transport_limit(state.config.max_frame_bytes);
     let tasks = state.tasks.clone();
     ws.max_message_size(limit)
@@ -62,15 +77,33 @@ pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Res
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
                 let (sink, stream) = socket.split();
-                serve(sink, stream, state).await;
+                serve_as(sink, stream, state, access, permit).await;
             })
         })
 }
 
 /// Runs one WebSocket connection until the client leaves, the transport
-/// fails, or the server shuts down.
-pub async fn serve<W, R, E>(sink: W, mut stream: R, state: AppState)
+/// fails, or the server shuts down, with unrestricted access.
+pub async fn serve<W, R, E>(sink: W, stream: R, state: AppState)
 where
+    W: Sink<Message> + Unpin + Send + 'static,
+    W::Error: std::fmt::Display,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    serve_as(sink, stream, state, Some(Access::unrestricted()), None).await;
+}
+
+/// [`serve`] for a principal: `access` is `None` when the connection must
+/// authenticate with its first frame (within [`AUTH_FRAME_TIMEOUT`]);
+/// without one it is closed with 1008 and the reason.
+pub async fn serve_as<W, R, E>(
+    sink: W,
+    mut stream: R,
+    state: AppState,
+    access: Option<Access>,
+    permit: Option<ConnectionPermit>,
+) where
     W: Sink<Message> + Unpin + Send + 'static,
     W::Error: std::fmt::Display,
     R: Stream<Item = Result<Message, E>> + Unpin,
@@ -81,10 +114,33 @@ where
     let (close_tx, close_rx) = oneshot::channel();
     let broken = CancellationToken::new();
     let writer = tokio::spawn(write_loop(sink, rx, close_rx, broken.clone()));
+    let mut session = Session::new(state.router.clone(), state.session_config(), tx);
+    let (access, _permit, v1) = match access {
+        Some(access) => (access, permit, false),
+        None => match first_frame_auth(&mut stream, &state, &session).await {
+            Ok(authenticated) => authenticated,
+            Err(reason) => {
+                drop(session);
+                let _ = close_tx.send(CloseFrame {
+                    code: close_code::POLICY,
+                    reason: reason.into(),
+                });
+                let mut writer = writer;
+                if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+                    .await
+                    .is_err()
+                {
+                    writer.abort();
+                }
+                return;
+            }
+        },
+    };
+    session.set_access(access);
     let mut reader = Reader {
-        session: Session::new(state.router.clone(), state.session_config(), tx),
+        session,
         max_frame_bytes: state.config.max_frame_bytes,
-        v1: false,
+        v1,
     };
     let going_away = loop {
         let message = tokio::select! {
@@ -129,6 +185,60 @@ where
     {
         writer.abort();
     }
+}
+
+/// How long an unauthenticated connection has to send its auth frame.
+pub const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for the first frame, which must carry credentials; replies `ok`
+/// with the principal. `Err` is the close reason (kept under the 123-byte
+/// limit of close frames).
+async fn first_frame_auth<R, E>(
+    stream: &mut R,
+    state: &AppState,
+    session: &Session,
+) -> Result<(Access, Option<ConnectionPermit>, bool), String>
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let auth = &state.config.auth;
+    let first = tokio::select! {
+        () = state.shutdown.cancelled() => return Err("server shutting down".into()),
+        next = tokio::time::timeout(AUTH_FRAME_TIMEOUT, stream.next()) => next,
+    };
+    let text = match first {
+        Err(_) => return Err(short(&auth.unauthorized("no auth frame in time").message)),
+        Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+        Ok(Some(Ok(Message::Binary(bytes)))) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(_) => return Err("unauthorized: no auth frame".into()),
+    };
+    let frame = crate::auth::parse_auth_frame(&text)
+        .map_err(|reason| short(&auth.unauthorized(&reason).message))?;
+    let access = auth
+        .authenticate(&frame.token)
+        .map_err(|e| short(&e.message))?;
+    let permit = access.connect().map_err(|e| short(&e.message))?;
+    let reply = if frame.v1 {
+        serde_json::json!({"type": "authenticated", "principal": access.principal()})
+    } else {
+        let mut reply = serde_json::json!({"op": "ok", "principal": access.principal()});
+        if let Some(id) = frame.id {
+            reply["id"] = id;
+        }
+        reply
+    };
+    session.send_reply(reply.to_string()).await;
+    Ok((access, Some(permit), frame.v1))
+}
+
+/// A close reason within the 123 bytes a close frame allows.
+fn short(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 struct Reader {
@@ -218,6 +328,7 @@ pub fn encode(item: Outgoing) -> Option<Message> {
                     code: e.code,
                     message: &e.message,
                     subscription_id: Some(&subscription.id),
+                    retry_after_ms: None,
                 }
                 .to_text(),
             }

@@ -198,11 +198,11 @@ fn with_id(mut reply: Value, id: &RequestId) -> Value {
 
 /// A v1 `error` frame as text.
 pub fn error_frame(id: &RequestId, error: &ApiError) -> String {
-    with_id(
-        json!({"type": "error", "error": error.message, "code": error.code}),
-        id,
-    )
-    .to_string()
+    let mut frame = json!({"type": "error", "error": error.message, "code": error.code});
+    if let Some(wait) = error.retry_after {
+        frame["retry_after_ms"] = json!(wait.as_millis().max(1) as u64);
+    }
+    with_id(frame, id).to_string()
 }
 
 /// Maps a v1 event to our envelope: `timestamp` is an alias of `time`.
