@@ -23,6 +23,8 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Spec of the `Subscription` custom resource: topics, filter, delivery
 /// policy and an optional push sink.
+// Several `printcolumn(type_ = ..)` read as duplicated attributes to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "eventrouter.dev",
@@ -60,6 +62,8 @@ pub struct SubscriptionResourceSpec(pub resources::SubscriptionSpec);
 
 /// Spec of the `EventRoute` custom resource: match topics/filter, then
 /// actions at publish time.
+// Several `printcolumn(type_ = ..)` read as duplicated attributes to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "eventrouter.dev",
