@@ -24,15 +24,18 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 60;
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// API keys by principal name; only the SHA-256 of each key is stored.
+    #[serde(deserialize_with = "null_is_default")]
     pub api_keys: Vec<ApiKeyEntry>,
     /// JWT verification; absent means JWTs are not accepted.
     pub jwt: Option<JwtConfig>,
     /// Who may publish, subscribe, join groups and administer.
+    #[serde(deserialize_with = "null_is_default")]
     pub acl: Vec<AclEntry>,
     /// Whether requests without a token are served as principal
     /// `anonymous` (with the ACL entries naming `anonymous`). Default false.
     pub anonymous: bool,
     /// Per-principal limits.
+    #[serde(deserialize_with = "null_is_default")]
     pub limits: LimitsConfig,
 }
 
@@ -161,6 +164,15 @@ impl AuthConfig {
         }
         serde_saphyr::from_str(text).map_err(|e| AuthConfigError::Parse(e.to_string()))
     }
+}
+
+/// An empty YAML value (`limits:`) means the default.
+fn null_is_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Reads a small key or secret file.
