@@ -139,7 +139,13 @@ async fn a_bad_stored_document_keeps_the_previous_config() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(watcher.applied(), 1, "the bad version is not applied");
     assert_eq!(router.route_names(), vec!["good"], "the old routes stay");
+    // A replica starting now still starts, with nothing from Redis yet.
+    let (fresh, late) = self::watcher(redis, &prefix, Duration::from_millis(100)).await;
+    assert_eq!(late.applied(), 0);
+    assert!(fresh.route_names().is_empty());
     store.remove("EventRoute/default/bad").await.unwrap();
     wait_applied(&watcher, 3).await;
     assert_eq!(router.route_names(), vec!["good"]);
+    wait_applied(&late, 3).await;
+    assert_eq!(fresh.route_names(), vec!["good"]);
 }

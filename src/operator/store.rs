@@ -393,7 +393,18 @@ impl Target {
         if *seen == Some(version) {
             return Ok(());
         }
-        let snapshot = self.store.load().await?;
+        let snapshot = match self.store.load().await {
+            Ok(s) => s,
+            // A document nobody can read must not stop a replica (or every
+            // replica, at their next start): keep the config in force and
+            // try again at the next change.
+            Err(e @ StoreError::Corrupt { .. }) => {
+                *seen = Some(version);
+                tracing::error!(version, error = %e, "routing config unreadable; previous config stays in force");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let mut docs = self.local.clone();
         docs.extend(snapshot.resources.into_iter().map(|(_, r)| r));
         // Mark the version seen even when it fails to apply: the same
