@@ -407,11 +407,9 @@ impl Target {
         };
         let mut docs = self.local.clone();
         docs.extend(snapshot.resources.into_iter().map(|(_, r)| r));
-        // Mark the version seen even when it fails to apply: the same
-        // documents would fail again, and the next change is retried.
-        *seen = Some(snapshot.version);
         match self.router.apply_all(&docs).await {
             Ok(()) => {
+                *seen = Some(snapshot.version);
                 tracing::info!(
                     version = snapshot.version,
                     resources = docs.len(),
@@ -419,7 +417,14 @@ impl Target {
                 );
                 self.applied.send_replace(snapshot.version);
             }
+            // The broker failed (creating a durable group): retried at the
+            // next poll.
+            Err(e @ crate::RouterError::Broker(_)) => {
+                tracing::warn!(version = snapshot.version, error = %e, "routing config not applied yet; retrying");
+            }
+            // The same documents would fail again: wait for the next change.
             Err(e) => {
+                *seen = Some(snapshot.version);
                 tracing::error!(version = snapshot.version, error = %e, "routing config rejected; previous config stays in force");
             }
         }
