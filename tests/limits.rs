@@ -220,3 +220,74 @@ async fn subscriptions_per_connection_stay_limited_with_auth_on() {
     assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
     server.token.cancel();
 }
+
+/// A live subscription with `slow_consumer: disconnect` asks its
+/// connection to close once it falls behind; the default drops the oldest
+/// events and keeps the connection.
+#[tokio::test]
+async fn a_slow_consumer_with_the_disconnect_policy_is_disconnected() {
+    use event_router::server::protocol::SlowConsumer;
+    use event_router::server::session::{Dialect, SubscribeOptions};
+    use event_router::server::{Session, SessionConfig};
+    use event_router::{Event, MemoryBroker, Router, RouterConfig, Selector};
+
+    for policy in [SlowConsumer::Disconnect, SlowConsumer::DropOldest] {
+        let router = Router::new(Arc::new(MemoryBroker::default()), RouterConfig::default());
+        // The client never reads: a one-frame outgoing queue and a tiny
+        // live queue fill at once.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let config = SessionConfig {
+            live_queue_capacity: 2,
+            max_subscriptions: 10,
+        };
+        let mut session = Session::new(router.clone(), config, tx);
+        session
+            .subscribe(SubscribeOptions {
+                selector: Selector::parse(&["o.#"], None).unwrap(),
+                group: None,
+                max_in_flight: None,
+                dialect: Dialect::V2,
+                resume_after: None,
+                slow_consumer: policy,
+            })
+            .await
+            .unwrap();
+        for n in 0..20 {
+            router
+                .publish(Event::new("o.x", json!(n)).unwrap())
+                .await
+                .unwrap();
+        }
+        let token = session.disconnect_token();
+        let disconnected = tokio::time::timeout(Duration::from_secs(1), token.cancelled())
+            .await
+            .is_ok();
+        assert_eq!(
+            disconnected,
+            policy == SlowConsumer::Disconnect,
+            "policy {policy:?}"
+        );
+    }
+}
+
+/// Over a real WebSocket the subscribe frame carries the policy and an
+/// unknown policy is refused by name.
+#[tokio::test]
+async fn the_slow_consumer_policy_is_part_of_the_subscribe_frame() {
+    let (server, key) = server("", ServerConfig::default()).await;
+    let mut socket = ws(server.addr, &key).await.unwrap();
+    let ok = call(
+        &mut socket,
+        json!({"op": "subscribe", "id": 1, "topics": ["task.x"], "slow_consumer": "disconnect"}),
+    )
+    .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let bad = call(
+        &mut socket,
+        json!({"op": "subscribe", "id": 2, "topics": ["task.x"], "slow_consumer": "block"}),
+    )
+    .await;
+    assert_eq!(bad["code"], "invalid_frame", "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("block"), "{bad}");
+    server.token.cancel();
+}

@@ -130,6 +130,20 @@ pub struct SubscribeFrame {
     /// Durable only: most un-acked deliveries at once (default 100).
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Live only: what happens when this subscriber falls behind.
+    #[serde(default)]
+    pub slow_consumer: SlowConsumer,
+}
+
+/// What a live subscription does when its queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Drop the oldest queued events and send an `overflow` notice (default).
+    #[default]
+    DropOldest,
+    /// Close the connection (WebSocket 1008, reason `slow consumer`).
+    Disconnect,
 }
 
 impl ClientFrame {

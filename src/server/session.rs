@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::error::ApiError;
-use super::protocol::{ClientFrame, Reply, RequestId, ServerFrame, SubscribeFrame};
+use super::protocol::{ClientFrame, Reply, RequestId, ServerFrame, SlowConsumer, SubscribeFrame};
 use crate::broker::{
     BrokerError, ConsumeOptions, Consumer, GroupSpec, HistoryQuery, LiveItem, LiveStream,
     LiveSubscription, NackOptions,
@@ -143,6 +143,9 @@ pub struct SubscribeOptions {
     /// Live only: first replay from history the events that followed the
     /// event with this id (SSE `Last-Event-ID`).
     pub resume_after: Option<String>,
+    /// Live only: drop the oldest events (default) or disconnect when the
+    /// subscriber falls behind.
+    pub slow_consumer: SlowConsumer,
 }
 
 /// What an ack or nack did.
@@ -172,6 +175,7 @@ pub struct Session {
     in_flight: InFlight,
     requests: JoinSet<()>,
     access: crate::auth::Access,
+    disconnect: CancellationToken,
 }
 
 impl std::fmt::Debug for Session {
@@ -194,7 +198,14 @@ impl Session {
             in_flight: Arc::default(),
             requests: JoinSet::new(),
             access: crate::auth::Access::unrestricted(),
+            disconnect: CancellationToken::new(),
         }
+    }
+
+    /// Cancelled when a subscription with the `disconnect` slow-consumer
+    /// policy fell behind: the transport should close the connection.
+    pub fn disconnect_token(&self) -> CancellationToken {
+        self.disconnect.clone()
     }
 
     /// Restricts what this session may publish and subscribe to (the
@@ -346,6 +357,7 @@ impl Session {
                 max_in_flight: frame.max_in_flight,
                 dialect: Dialect::V2,
                 resume_after: None,
+                slow_consumer: frame.slow_consumer,
             })
             .await?;
         Ok(Reply::Subscribed {
@@ -429,7 +441,9 @@ impl Session {
             selector: options.selector,
             after_event_id: after,
         });
-        let task = forward_live(stream, tag.clone(), self.out.clone(), resume);
+        let disconnect =
+            (options.slow_consumer == SlowConsumer::Disconnect).then(|| self.disconnect.clone());
+        let task = forward_live(stream, tag.clone(), self.out.clone(), resume, disconnect);
         spawn_until(stop, task);
         Ok(tag)
     }
@@ -802,6 +816,7 @@ async fn forward_live(
     tag: Arc<SubscriptionTag>,
     out: mpsc::Sender<Outgoing>,
     resume: Option<Resume>,
+    disconnect: Option<CancellationToken>,
 ) {
     let mut replayed = match resume {
         Some(resume) => match replay(resume, &tag, &out).await {
@@ -827,10 +842,21 @@ async fn forward_live(
                         event,
                     }
                 }
-                LiveItem::Overflow { dropped } => Outgoing::Overflow {
-                    subscription: tag.clone(),
-                    dropped,
-                },
+                LiveItem::Overflow { dropped } => {
+                    if let Some(disconnect) = &disconnect {
+                        tracing::info!(
+                            subscription = %tag.id,
+                            dropped,
+                            "slow consumer: closing the connection (policy disconnect)"
+                        );
+                        disconnect.cancel();
+                        return;
+                    }
+                    Outgoing::Overflow {
+                        subscription: tag.clone(),
+                        dropped,
+                    }
+                }
             };
             if out.send(out_item).await.is_err() {
                 return;
@@ -1212,6 +1238,7 @@ mod tests {
             max_in_flight: None,
             dialect: Dialect::Sse,
             resume_after: Some(first),
+            slow_consumer: Default::default(),
         })
         .await
         .unwrap();
@@ -1276,6 +1303,7 @@ mod tests {
             max_in_flight: None,
             dialect: Dialect::V2,
             resume_after: None,
+            slow_consumer: Default::default(),
         })
         .await
         .unwrap();

@@ -149,6 +149,7 @@ pub async fn stream(
             max_in_flight: query.max_in_flight,
             dialect: Dialect::Sse,
             resume_after,
+            slow_consumer: Default::default(),
         })
         .await?;
     let open = Open {

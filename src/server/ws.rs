@@ -27,12 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::auth::{Access, ConnectionPermit, MaybeAccess};
-use axum::response::IntoResponse;
 use super::error::ApiError;
 use super::protocol::{self, Parsed, RequestId, ServerFrame};
 use super::session::{Dialect, Outgoing, Session};
 use super::ws_v1;
+use crate::auth::{Access, ConnectionPermit, MaybeAccess};
+use axum::response::IntoResponse;
 
 /// Bound of a connection's outgoing channel, in frames.
 pub const OUTGOING_QUEUE_FRAMES: usize = 1024;
@@ -142,11 +142,20 @@ pub async fn serve_as<W, R, E>(
         max_frame_bytes: state.config.max_frame_bytes,
         v1,
     };
-    let going_away = loop {
+    let slow = reader.session.disconnect_token();
+    let close = loop {
         let message = tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => break true,
-            () = broken.cancelled() => break false,
+            () = state.shutdown.cancelled() => break Some(CloseFrame {
+                code: close_code::AWAY,
+                reason: "server shutting down".into(),
+            }),
+            () = broken.cancelled() => break None,
+            () = slow.cancelled() => break Some(CloseFrame {
+                code: close_code::POLICY,
+                reason: "slow consumer: a subscription with slow_consumer=disconnect fell behind"
+                    .into(),
+            }),
             message = stream.next() => message,
         };
         match message {
@@ -159,10 +168,10 @@ pub async fn serve_as<W, R, E>(
                     reader.error(&None, &e).await;
                 }
             },
-            Some(Ok(Message::Close(_))) | None => break false,
+            Some(Ok(Message::Close(_))) | None => break None,
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "websocket read failed");
-                break false;
+                break None;
             }
             Some(Ok(_)) => {}
         }
@@ -170,13 +179,11 @@ pub async fn serve_as<W, R, E>(
     // Stop subscriptions first: durable consumers return their in-flight
     // deliveries to their groups before the socket closes.
     drop(reader);
-    if going_away {
-        let _ = close_tx.send(CloseFrame {
-            code: close_code::AWAY,
-            reason: "server shutting down".into(),
-        });
-    } else {
-        drop(close_tx);
+    match close {
+        Some(frame) => {
+            let _ = close_tx.send(frame);
+        }
+        None => drop(close_tx),
     }
     let mut writer = writer;
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)

@@ -142,6 +142,7 @@ pub async fn handle(session: &mut Session, frame: Value) {
                             max_in_flight: None,
                             dialect: Dialect::V1,
                             resume_after: None,
+                            slow_consumer: Default::default(),
                         })
                         .await
                 }
@@ -173,6 +174,25 @@ pub async fn handle(session: &mut Session, frame: Value) {
         Err(e) => error_frame(&id, &e),
     };
     session.send_reply(text).await;
+}
+
+/// Everything [`handle`] does to a frame short of touching a session:
+/// parse it, translate and validate a published event, build a
+/// subscription's selector. For fuzzing and tests.
+///
+/// # Errors
+/// The error [`handle`] would reply with.
+pub fn check(frame: Value, max_payload_bytes: usize) -> Result<(), ApiError> {
+    match parse(frame)? {
+        V1Frame::PublishEvent { event, .. } => {
+            let event = translate_event(event)?;
+            crate::event::Event::from_json(event, max_payload_bytes)
+                .map(drop)
+                .map_err(ApiError::from)
+        }
+        V1Frame::Subscribe { subscription, .. } => selector(subscription).map(drop),
+        V1Frame::Unsubscribe { .. } | V1Frame::Ping { .. } => Ok(()),
+    }
 }
 
 fn parse(frame: Value) -> Result<V1Frame, ApiError> {
