@@ -88,6 +88,11 @@ if ! cargo test --locked --no-fail-fast; then
     failed+=("cargo test")
 fi
 
+section "fuzz: parsers, short seeded run (./scripts/fuzz.sh for the long runs)"
+if ! ./scripts/fuzz.sh --short; then
+    failed+=("fuzz")
+fi
+
 # --- Python end-to-end tests --------------------------------------------------
 section "pytest tests/python"
 export EVENT_ROUTER_BIN=$TARGET_DIR/debug/event-router
