@@ -207,6 +207,32 @@ async fn generation_bump_rewrites_the_config_and_observed_generation() {
 }
 
 #[tokio::test]
+async fn renaming_the_group_moves_the_subscription_and_deletes_the_old_group() {
+    let redis = RedisServer::shared();
+    let prefix = prefix("rename");
+    let (ctx, mut handle, broker) = context(&redis.url(), &prefix).await;
+    let first = subscription(&Meta::new("workers", "agents"), spec(), None);
+    let status1 = reconcile_expecting_status(first, &ctx, &mut handle).await;
+    let mut renamed = spec();
+    renamed["delivery"]["group"] = json!("workers-v2");
+    let meta2 = Meta {
+        generation: 2,
+        ..Meta::new("workers", "agents")
+    };
+    let second = subscription(&meta2, renamed, Some(status1));
+    let status2 = reconcile_expecting_status(second, &ctx, &mut handle).await;
+    drop(ctx);
+    no_more_calls(handle).await;
+    assert_eq!(status2["group"], "workers-v2");
+    assert!(broker.subscription("workers-v2").await.is_ok());
+    assert!(matches!(
+        broker.subscription("workers").await,
+        Err(BrokerError::UnknownSubscription(_))
+    ));
+    close(broker).await;
+}
+
+#[tokio::test]
 async fn invalid_filter_sets_ready_false_with_the_reason_and_a_warning_event() {
     let redis = RedisServer::shared();
     let prefix = prefix("invalid");

@@ -31,7 +31,7 @@ use crate::resources::Resource;
 pub const SUBSCRIPTION_FINALIZER: &str = "eventrouter.dev/subscription-cleanup";
 /// Finalizer that removes a deleted route from the routing config.
 pub const ROUTE_FINALIZER: &str = "eventrouter.dev/route-cleanup";
-/// Field manager and event reporter name.
+/// Reporting controller name of the operator's events.
 pub const MANAGER: &str = "event-router-operator";
 /// Default interval between status updates of a healthy resource.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(15);
@@ -235,28 +235,41 @@ async fn write_subscription(
         }
     })?;
     let name = spec.name.clone();
+    let previous = stored_group(ctx, &key_of(resource)).await?;
     let change = ctx.store.put(resource).await?;
     if change != super::store::Change::Unchanged {
         tracing::info!(resource = %key_of(resource), ?change, "subscription written to the routing config");
     }
     ctx.broker.ensure_subscription(spec).await?;
+    // `spec.delivery.group` was renamed: the old group is this resource's
+    // and nobody else's, so it goes with its keys.
+    if let Some(old) = previous.filter(|old| *old != name) {
+        let existed = ctx.broker.delete_subscription(&old).await?;
+        tracing::info!(resource = %key_of(resource), group = %old, existed, "renamed away durable group deleted");
+    }
     Ok(ctx.broker.subscription(&name).await?)
+}
+
+/// The durable group of the Subscription document stored under `key`.
+async fn stored_group(ctx: &Context, key: &str) -> Result<Option<String>> {
+    let Some(json) = ctx.store.raw(key).await? else {
+        return Ok(None);
+    };
+    Ok(crate::resources::parse_documents(&json)
+        .ok()
+        .into_iter()
+        .flatten()
+        .find_map(|d| match d {
+            Resource::Subscription(s) => Some(group_of(&s)),
+            Resource::EventRoute(_) => None,
+        }))
 }
 
 async fn cleanup_subscription(obj: &Subscription, ctx: &Context) -> Result<Action> {
     let key = key_of(&obj.to_resource());
     // Only a document this resource wrote names a group it owns; an
     // invalid or conflicting resource never owned one.
-    let owned = match ctx.store.raw(&key).await? {
-        Some(json) => match crate::resources::parse_documents(&json) {
-            Ok(docs) => docs.into_iter().find_map(|d| match d {
-                Resource::Subscription(s) => Some(group_of(&s)),
-                Resource::EventRoute(_) => None,
-            }),
-            Err(_) => None,
-        },
-        None => None,
-    };
+    let owned = stored_group(ctx, &key).await?;
     // The document goes first, so that no replica re-creates the group
     // from it after the keys are gone.
     ctx.store.remove(&key).await?;
