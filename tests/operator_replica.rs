@@ -25,6 +25,20 @@ use common::process::{RouterProcess, run};
 use common::redis::RedisServer;
 use support::{Meta, close, context, next_call, path, prefix, route, subscription};
 
+/// An EventRoute validating `order.#` payloads against an inline schema.
+const SCHEMA_ROUTE: &str = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: EventRoute
+metadata: {name: orders-schema}
+spec:
+  match: {topics: ["order.#"]}
+  actions:
+    - validateSchema:
+        type: object
+        required: [amount]
+        properties: {amount: {type: integer}}
+"#;
+
 /// Bound of every wait for the replica to pick a change up.
 const RELOAD_WAIT: Duration = Duration::from_secs(15);
 
@@ -283,6 +297,54 @@ async fn apply_cli_writes_config_that_a_running_replica_picks_up() {
         refused.stderr.contains("Subscription/w") && refused.stderr.contains("$nope"),
         "{}",
         refused.stderr
+    );
+
+    // A route with an inline JSON Schema: a payload that fails it is
+    // rejected at publish with a clear error, one that passes is stored.
+    let schema = dir.join("schema.yaml");
+    std::fs::write(&schema, SCHEMA_ROUTE).unwrap();
+    let schema_path = schema.to_string_lossy().to_string();
+    let applied = run(
+        &[
+            "apply",
+            "--redis",
+            url.as_str(),
+            "--redis-key-prefix",
+            prefix.as_str(),
+            "-f",
+            schema_path.as_str(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(applied.success(), "{}", applied.stderr);
+    let deadline = Instant::now() + RELOAD_WAIT;
+    let rejection = loop {
+        let response = http
+            .post(format!("{base}/api/v1/events"))
+            .json(&json!({"type": "order.created", "payload": {"amount": "ten"}}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == reqwest::StatusCode::BAD_REQUEST {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the schema route never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rejection["error"]["code"], "invalid_event");
+    let message = rejection["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("orders-schema") && message.contains("/amount"),
+        "{message}"
+    );
+    assert_eq!(
+        publish(
+            &http,
+            &base,
+            json!({"type": "order.created", "payload": {"amount": 10}})
+        )
+        .await,
+        "published"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
