@@ -346,5 +346,31 @@ async fn apply_cli_writes_config_that_a_running_replica_picks_up() {
         .await,
         "published"
     );
+
+    // `--delete` removes the route; the replica stops applying it.
+    let deleted = run(
+        &[
+            "apply",
+            "--redis",
+            url.as_str(),
+            "--redis-key-prefix",
+            prefix.as_str(),
+            "-f",
+            schema_path.as_str(),
+            "--delete",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        deleted.stdout.trim(),
+        "eventroute.eventrouter.dev/orders-schema deleted"
+    );
+    publish_until(
+        &http,
+        &base,
+        json!({"type": "order.created", "payload": {"amount": "ten"}}),
+        "published",
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
 }

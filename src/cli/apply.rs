@@ -16,11 +16,13 @@ use event_router::resources::{self, Resource};
 /// document is checked first (patterns, regexes and filters compile,
 /// policies are in range, a durable group belongs to one Subscription);
 /// nothing is written unless all pass. Running replicas reload within a
-/// moment (pub/sub notification, or their periodic poll).
+/// moment (pub/sub notification, or their periodic poll). `--delete`
+/// removes the documents instead.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     event-router apply --redis redis://127.0.0.1:6379/ -f deploy/examples/subscription.yaml\n  \
-    event-router apply --redis redis://127.0.0.1:6379/ -f routes.yaml -f subs.yaml --dry-run")]
+    event-router apply --redis redis://127.0.0.1:6379/ -f routes.yaml -f subs.yaml --dry-run\n  \
+    event-router apply --redis redis://127.0.0.1:6379/ -f routes.yaml --delete")]
 pub struct ApplyArgs {
     /// Subscription/EventRoute YAML file (repeatable).
     #[arg(short = 'f', long = "file", value_name = "FILE", required = true)]
@@ -51,6 +53,12 @@ pub struct ApplyArgs {
     /// Only check the documents; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Remove the documents from the routing config instead (like
+    /// `kubectl delete -f`). A Subscription's durable group and its queued
+    /// events stay until `DELETE /api/v1/subscriptions/{name}`.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub delete: bool,
 }
 
 /// Validates and writes the documents; prints one line per document.
@@ -60,6 +68,9 @@ pub struct ApplyArgs {
 pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     super::init_client_logging();
     let docs = load(&args)?;
+    if args.delete {
+        return delete(&args, &docs).await;
+    }
     event_router::router::validate(&docs).map_err(|e| anyhow!("{e}"))?;
     check_groups(&docs, &[])?;
     if args.dry_run {
@@ -68,13 +79,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let url = args
-        .redis
-        .as_deref()
-        .ok_or_else(|| anyhow!("--redis URL is required (or EVENT_ROUTER_REDIS)"))?;
-    let store = ConfigStore::connect(url, &args.redis_key_prefix)
-        .await
-        .with_context(|| format!("cannot connect to redis at {}", redact(url)))?;
+    let store = connect(&args).await?;
     let stored = store
         .load()
         .await
@@ -89,6 +94,35 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             Change::Created => "created",
             Change::Configured => "configured",
             Change::Unchanged | Change::Deleted => "unchanged",
+        };
+        super::print_line(&format!("{} {word}", describe(doc)))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(args: &ApplyArgs) -> anyhow::Result<ConfigStore> {
+    let url = args
+        .redis
+        .as_deref()
+        .ok_or_else(|| anyhow!("--redis URL is required (or EVENT_ROUTER_REDIS)"))?;
+    ConfigStore::connect(url, &args.redis_key_prefix)
+        .await
+        .with_context(|| format!("cannot connect to redis at {}", redact(url)))
+}
+
+/// Removes the documents' keys from the config (the specs need not be
+/// valid: only kind, namespace and name count).
+async fn delete(args: &ApplyArgs, docs: &[Resource]) -> anyhow::Result<ExitCode> {
+    let store = connect(args).await?;
+    for doc in docs {
+        let change = store
+            .remove(&store::key_of(doc))
+            .await
+            .with_context(|| format!("cannot delete {}", describe(doc)))?;
+        let word = if change == Change::Deleted {
+            "deleted"
+        } else {
+            "not found"
         };
         super::print_line(&format!("{} {word}", describe(doc)))?;
     }
