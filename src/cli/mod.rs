@@ -23,6 +23,9 @@ use anyhow::{Context, anyhow, bail};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
+/// Environment variable holding the API key or JWT the client commands send
+/// (`Authorization: Bearer`, or `?token=` on WebSocket URLs).
+pub const TOKEN_ENV: &str = "EVENT_ROUTER_TOKEN";
 /// Default `--url` of the client commands.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// How long a client waits for a TCP connection to the router.
@@ -53,6 +56,8 @@ pub struct Response {
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
+    /// Bearer token from `EVENT_ROUTER_TOKEN` (docs/security.md).
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -74,7 +79,8 @@ impl ApiClient {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(ApiClient { http, base })
+        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+        Ok(ApiClient { http, base, token })
     }
 
     /// The base URL.
@@ -90,9 +96,14 @@ impl ApiClient {
         url
     }
 
-    /// The WebSocket URL of `path` (`ws://` for `http://`).
+    /// The WebSocket URL of `path` (`ws://` for `http://`), with the
+    /// bearer token as the `token` query parameter when one is set.
     pub fn ws_url(&self, path: &str) -> String {
-        let url = self.url(path).to_string();
+        let mut url = self.url(path);
+        if let Some(token) = &self.token {
+            url.query_pairs_mut().append_pair("token", token);
+        }
+        let url = url.to_string();
         match url.strip_prefix("http") {
             Some(rest) => format!("ws{rest}"),
             None => url,
@@ -109,7 +120,11 @@ impl ApiClient {
         url: Url,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<Response> {
-        let request = build(self.http.request(method.clone(), url.clone()));
+        let mut request = self.http.request(method.clone(), url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let request = build(request);
         let response = request
             .send()
             .await
