@@ -688,3 +688,93 @@ async fn anonymous_access_only_when_enabled_and_then_only_its_acl() {
     );
     open.token.cancel();
 }
+
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_jwks_file_picks_the_key_by_kid() {
+    let scratch = Scratch::new();
+    let pairs: Vec<rcgen::KeyPair> = (0..2)
+        .map(|_| rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+        .collect();
+    let keys: Vec<Value> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            // Uncompressed point: 0x04 || x || y.
+            let raw = pair.public_key_raw();
+            json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": format!("k{i}"),
+                   "x": base64url(&raw[1..33]), "y": base64url(&raw[33..65])})
+        })
+        .collect();
+    let jwks = scratch.write("jwks.json", json!({"keys": keys}).to_string().as_bytes());
+    let yaml = format!(
+        "jwt:\n  jwks_file: {}\nacl:\n  - principal: w\n    publish: [\"task.*\"]\n",
+        jwks.display()
+    );
+    let auth = Auth::from_config(&AuthConfig::from_yaml(&yaml).unwrap()).unwrap();
+    let server = start_with(ServerConfig {
+        auth: Arc::new(auth),
+        ..ServerConfig::default()
+    })
+    .await;
+    let sign = |pair: &rcgen::KeyPair, kid: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &header,
+            &json!({"sub": "w", "exp": now() + 60}),
+            &EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    for (i, pair) in pairs.iter().enumerate() {
+        let token = sign(pair, &format!("k{i}"));
+        let status = post(server.addr, "/api/v1/events", Some(&token), event("task.x"))
+            .await
+            .0;
+        assert_eq!(status, 202, "key k{i}");
+    }
+    // The right key under the wrong kid, and an unknown kid, are refused.
+    let swapped = sign(&pairs[0], "k1");
+    assert_eq!(
+        post(
+            server.addr,
+            "/api/v1/events",
+            Some(&swapped),
+            event("task.x")
+        )
+        .await
+        .0,
+        401
+    );
+    let unknown = sign(&pairs[0], "k9");
+    let (status, body, _) = post(
+        server.addr,
+        "/api/v1/events",
+        Some(&unknown),
+        event("task.x"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("kid"),
+        "{body}"
+    );
+    server.token.cancel();
+}
