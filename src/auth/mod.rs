@@ -725,6 +725,44 @@ pub fn parse_auth_frame(text: &str) -> Result<AuthFrame, String> {
     }
 }
 
+/// The server configuration of `config` with its auth and TLS settings
+/// loaded. Without auth configured it logs a loud warning: everything is
+/// allowed then.
+///
+/// # Errors
+/// An auth file or key file that does not load, named.
+pub fn server_config(
+    config: &crate::config::Config,
+) -> Result<crate::server::ServerConfig, AuthConfigError> {
+    let mut server = config.server_config();
+    server.auth = match &config.auth {
+        Some(auth) => {
+            let auth = Auth::from_config(auth)?;
+            tracing::info!(
+                target: "audit",
+                anonymous = auth.allows_anonymous(),
+                "authentication enforced"
+            );
+            Arc::new(auth)
+        }
+        None => {
+            tracing::warn!(
+                target: "audit",
+                "NO AUTHENTICATION CONFIGURED: every client may publish, subscribe and administer \
+                 as an anonymous principal. Use --auth FILE (docs/security.md) on a shared network."
+            );
+            Arc::new(Auth::open())
+        }
+    };
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        server.tls = Some(crate::server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    Ok(server)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,42 +835,4 @@ mod tests {
         let e = Auth::from_config(&AuthConfig::default()).unwrap_err();
         assert!(e.to_string().contains("nobody could connect"), "{e}");
     }
-}
-
-/// The server configuration of `config` with its auth and TLS settings
-/// loaded. Without auth configured it logs a loud warning: everything is
-/// allowed then.
-///
-/// # Errors
-/// An auth file or key file that does not load, named.
-pub fn server_config(
-    config: &crate::config::Config,
-) -> Result<crate::server::ServerConfig, AuthConfigError> {
-    let mut server = config.server_config();
-    server.auth = match &config.auth {
-        Some(auth) => {
-            let auth = Auth::from_config(auth)?;
-            tracing::info!(
-                target: "audit",
-                anonymous = auth.allows_anonymous(),
-                "authentication enforced"
-            );
-            Arc::new(auth)
-        }
-        None => {
-            tracing::warn!(
-                target: "audit",
-                "NO AUTHENTICATION CONFIGURED: every client may publish, subscribe and administer \
-                 as an anonymous principal. Use --auth FILE (docs/security.md) on a shared network."
-            );
-            Arc::new(Auth::open())
-        }
-    };
-    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
-        server.tls = Some(crate::server::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
-    }
-    Ok(server)
 }
