@@ -10,6 +10,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: events are many small,
+/// short-lived allocations freed on other threads than the ones that made
+/// them, where glibc's malloc spent about a third of the router's CPU time
+/// (`event-router bench`, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Routes events between AI agents and services: topic patterns, content
 /// filters, priorities, live and durable (acked, retried, dead-lettered)
 /// delivery over WebSocket, HTTP, SSE and CloudEvents.
@@ -38,6 +45,7 @@ enum Command {
     Tail(cli::tail::TailArgs),
     Status(cli::status::StatusArgs),
     Dlq(cli::dlq::DlqArgs),
+    Bench(cli::bench::BenchArgs),
     Apply(cli::apply::ApplyArgs),
     Auth(cli::auth::AuthArgs),
     Crd(cli::crd::CrdArgs),
@@ -53,6 +61,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => cli::tail::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
         Command::Dlq(args) => cli::dlq::run(args).await,
+        Command::Bench(args) => cli::bench::run(args).await,
         Command::Apply(args) => cli::apply::run(args).await,
         Command::Auth(args) => cli::auth::run(args),
         Command::Crd(args) => cli::crd::run(args).await,

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod bench;
 pub mod crd;
 pub mod dlq;
 pub mod operator;

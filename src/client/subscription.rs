@@ -160,7 +160,11 @@ impl Inbox {
         if self.durable {
             match state.recent.admit(&received.settle.key) {
                 Admit::Deliver => {}
-                Admit::Drop => return,
+                Admit::Drop => {
+                    // A repeat: its drop must not forget the original.
+                    received.settle.done.store(true, Ordering::Relaxed);
+                    return;
+                }
                 Admit::AckAgain => {
                     drop(state);
                     received.settle.done.store(true, Ordering::Relaxed);
@@ -174,6 +178,8 @@ impl Inbox {
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             state.recent.forget(&old.settle.key);
+            // Forgotten here, under the lock its drop would take again.
+            old.settle.done.store(true, Ordering::Relaxed);
             tracing::warn!(
                 subscription = %old.subscription_id,
                 "subscription queue full; dropped the oldest delivery"
@@ -274,6 +280,18 @@ pub(crate) struct Settle {
     subscription_id: String,
     path: AckPath,
     inbox: Arc<Inbox>,
+}
+
+impl Drop for Settle {
+    /// A durable delivery given up without an ack or a nack (its handler
+    /// task was aborted, the [`Received`] dropped) is forgotten, so that the
+    /// server's redelivery of it, which may carry the same delivery id, is
+    /// handed out again instead of being taken for a repeat.
+    fn drop(&mut self) {
+        if self.inbox.durable && !self.done.load(Ordering::Relaxed) {
+            self.inbox.state.lock().recent.forget(&self.key);
+        }
+    }
 }
 
 impl Settle {
@@ -579,10 +597,7 @@ mod tests {
         inbox.push(received(&inbox, "7", &event));
         inbox.push(received(&inbox, "8", &event));
         inbox.end(None);
-        let ids: Vec<String> = subscription(&inbox)
-            .map(|r| r.delivery_id)
-            .collect()
-            .await;
+        let ids: Vec<String> = subscription(&inbox).map(|r| r.delivery_id).collect().await;
         assert_eq!(ids, vec!["7", "8"]);
     }
 
@@ -604,6 +619,25 @@ mod tests {
         assert_eq!(again.event.id, b.id);
         inbox.end(None);
         assert!(sub.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_delivery_dropped_without_an_ack_is_handed_out_again_when_redelivered() {
+        let inbox = Inbox::new(10, true, 100);
+        let mut sub = subscription(&inbox);
+        let event = Event::new("a", json!(1)).unwrap();
+        inbox.push(received(&inbox, "1", &event));
+        let held = sub.recv().await.unwrap();
+        inbox.push(received(&inbox, "1", &event));
+        drop(held);
+        inbox.push(received(&inbox, "1", &event));
+        inbox.end(None);
+        let again: Vec<_> = (&mut sub).map(|r| r.delivery_id).collect().await;
+        assert_eq!(
+            again,
+            vec!["1"],
+            "the repeat while held was dropped, the later one kept"
+        );
     }
 
     #[test]

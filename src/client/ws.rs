@@ -135,41 +135,67 @@ pub(crate) enum Command {
 }
 
 /// A frame from the server, as far as the client cares.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Incoming {
-    Ok {
-        #[serde(default)]
-        id: Option<Value>,
-        #[serde(flatten)]
-        fields: Map<String, Value>,
-    },
-    Pong {},
-    Event {
-        subscription_id: String,
-        delivery_id: String,
-        #[serde(default = "first_attempt")]
-        attempt: u32,
-        event: Event,
-    },
-    Overflow {
-        subscription_id: String,
-        #[serde(default)]
-        dropped: u64,
-    },
-    Error {
-        #[serde(default)]
-        id: Option<Value>,
-        code: String,
-        #[serde(default)]
-        message: String,
-        #[serde(default)]
-        subscription_id: Option<String>,
-    },
+///
+/// One flat struct rather than an enum tagged by `op`: serde reads a
+/// tagged enum by first buffering the whole frame (event included) and
+/// then reading it again, which cost more than anything else the client
+/// does per delivery.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Incoming {
+    op: Op,
+    id: Option<Value>,
+    subscription_id: Option<String>,
+    delivery_id: Option<String>,
+    attempt: Option<u32>,
+    event: Option<Event>,
+    /// A count in `overflow` frames, event ids in `publish_batch` replies.
+    dropped: Option<Value>,
+    code: Option<String>,
+    message: Option<String>,
+    // The fields of `ok` replies that callers read.
+    event_id: Option<Value>,
+    event_ids: Option<Value>,
+    status: Option<Value>,
+    ignored: Option<Value>,
+    response: Option<Value>,
 }
 
-fn first_attempt() -> u32 {
-    1
+/// The `op` of a server frame.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Ok,
+    Pong,
+    Event,
+    Overflow,
+    Error,
+    /// Anything else (or no `op`): ignored.
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+impl Incoming {
+    /// The fields of an `ok` reply, as callers read them.
+    fn into_fields(self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        let named = [
+            ("subscription_id", self.subscription_id.map(Value::String)),
+            ("event_id", self.event_id),
+            ("event_ids", self.event_ids),
+            ("dropped", self.dropped),
+            ("status", self.status),
+            ("ignored", self.ignored),
+            ("response", self.response),
+        ];
+        for (name, value) in named {
+            if let Some(value) = value {
+                fields.insert(name.to_string(), value);
+            }
+        }
+        fields
+    }
 }
 
 /// The numeric request id of a reply, if it is one of ours.
@@ -273,7 +299,9 @@ impl Driver {
                     if !self.config.reconnect.allows(0) {
                         break ClientError::Connection {
                             url: self.config.url.clone(),
-                            reason: format!("connection lost ({reason}) and reconnecting is disabled"),
+                            reason: format!(
+                                "connection lost ({reason}) and reconnecting is disabled"
+                            ),
                         };
                     }
                     self.set_state(ConnectionState::Connecting {
@@ -302,7 +330,8 @@ impl Driver {
         loop {
             let attempt = tokio::time::timeout(
                 config.connect_timeout,
-                tokio_tungstenite::connect_async(config.url.as_str()),
+                // Frames are small and latency matters: no Nagle delay.
+                tokio_tungstenite::connect_async_with_config(config.url.as_str(), None, true),
             );
             let reason = match self.offline(attempt).await? {
                 Ok(Ok((socket, _))) => return Ok(socket),
@@ -357,7 +386,10 @@ impl Driver {
         if matches!(exit, Exit::Stop) {
             let _ = conn.frames.send(Message::Close(None));
             drop(conn);
-            if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await.is_err() {
+            if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+            {
                 writer.abort();
             }
         } else {
@@ -538,42 +570,45 @@ impl Driver {
                 return;
             }
         };
-        match frame {
-            Incoming::Ok { id, fields } => {
-                if let Some(id) = request_id(id.as_ref()) {
-                    self.answered(id, Ok(fields));
+        match frame.op {
+            Op::Ok => {
+                if let Some(id) = request_id(frame.id.as_ref()) {
+                    self.answered(id, Ok(frame.into_fields()));
                 }
             }
-            Incoming::Error {
-                id,
-                code,
-                message,
-                subscription_id,
-            } => match request_id(id.as_ref()) {
-                Some(id) => self.answered(id, Err(ClientError::server(code, message))),
-                None => self.unsolicited_error(subscription_id, code, message),
+            Op::Error => {
+                let code = frame.code.unwrap_or_else(|| "unknown".into());
+                let message = frame.message.unwrap_or_default();
+                match request_id(frame.id.as_ref()) {
+                    Some(id) => self.answered(id, Err(ClientError::server(code, message))),
+                    None => self.unsolicited_error(frame.subscription_id, code, message),
+                }
+            }
+            Op::Event => match (frame.subscription_id, frame.delivery_id, frame.event) {
+                (Some(subscription_id), Some(delivery_id), Some(event)) => {
+                    let attempt = frame.attempt.unwrap_or(1);
+                    self.event(subscription_id, delivery_id, attempt, event);
+                }
+                _ => tracing::debug!("ignoring an event frame without its ids or event"),
             },
-            Incoming::Event {
-                subscription_id,
-                delivery_id,
-                attempt,
-                event,
-            } => self.event(subscription_id, delivery_id, attempt, event),
-            Incoming::Overflow {
-                subscription_id,
-                dropped,
-            } => {
+            Op::Overflow => {
+                let Some(subscription_id) = frame.subscription_id else {
+                    return;
+                };
+                let dropped = frame.dropped.as_ref().and_then(Value::as_u64).unwrap_or(0);
                 if let Some(entry) = self.entry_of(&subscription_id) {
                     entry.inbox.overflowed(dropped);
                 }
                 tracing::warn!(subscription = %subscription_id, dropped, "subscriber fell behind");
             }
-            Incoming::Pong {} => {}
+            Op::Pong | Op::Other => {}
         }
     }
 
     fn entry_of(&self, server_id: &str) -> Option<&SubEntry> {
-        self.by_server.get(server_id).and_then(|id| self.subs.get(id))
+        self.by_server
+            .get(server_id)
+            .and_then(|id| self.subs.get(id))
     }
 
     fn answered(&mut self, id: u64, reply: Reply) {
@@ -638,7 +673,12 @@ impl Driver {
         }
     }
 
-    fn unsolicited_error(&mut self, subscription_id: Option<String>, code: String, message: String) {
+    fn unsolicited_error(
+        &mut self,
+        subscription_id: Option<String>,
+        code: String,
+        message: String,
+    ) {
         let Some(server_id) = subscription_id else {
             // Acks and nacks are answered only when they fail; nothing waits.
             tracing::debug!(%code, %message, "server error without a request id");
@@ -722,28 +762,35 @@ mod tests {
 
     #[test]
     fn server_frames_parse_into_what_the_client_needs() {
-        let ok: Incoming =
-            serde_json::from_str(r#"{"op":"ok","id":"4","event_id":"e","status":"published"}"#)
-                .unwrap();
-        let Incoming::Ok { id, fields } = ok else {
-            panic!("{ok:?}")
-        };
-        assert_eq!(request_id(id.as_ref()), Some(4));
-        assert_eq!(fields["event_id"], "e");
+        let parse = |text: &str| serde_json::from_str::<Incoming>(text).unwrap();
+        let ok = parse(r#"{"op":"ok","id":"4","event_id":"e","status":"published"}"#);
+        assert_eq!((ok.op, request_id(ok.id.as_ref())), (Op::Ok, Some(4)));
+        let fields = ok.into_fields();
+        assert_eq!(
+            (&fields["event_id"], &fields["status"]),
+            (&json!("e"), &json!("published"))
+        );
+        let batch = parse(r#"{"op":"ok","id":5,"event_ids":["a","b"],"dropped":["b"]}"#);
+        assert_eq!(request_id(batch.id.as_ref()), Some(5));
+        assert_eq!(batch.into_fields()["event_ids"], json!(["a", "b"]));
         let event = Event::new("a.b", json!({"n": 1})).unwrap();
-        let text = json!({"op":"event","subscription_id":"s","delivery_id":"d","attempt":2,"event":event})
-            .to_string();
-        let Ok(Incoming::Event { attempt, event: got, .. }) = serde_json::from_str(&text) else {
-            panic!("{text}")
-        };
-        assert_eq!((attempt, got), (2, event));
-        let err: Incoming =
-            serde_json::from_str(r#"{"op":"error","code":"invalid_filter","message":"m"}"#).unwrap();
-        assert!(matches!(err, Incoming::Error { id: None, .. }));
-        assert!(matches!(
-            serde_json::from_str::<Incoming>(r#"{"op":"pong"}"#),
-            Ok(Incoming::Pong {})
-        ));
+        let text =
+            json!({"op":"event","subscription_id":"s","delivery_id":"d","attempt":2,"event":event})
+                .to_string();
+        let got = parse(&text);
+        assert_eq!(
+            (got.op, got.attempt, got.event),
+            (Op::Event, Some(2), Some(event))
+        );
+        let err = parse(r#"{"op":"error","code":"invalid_filter","message":"m"}"#);
+        assert_eq!(
+            (err.op, err.id, err.code.as_deref()),
+            (Op::Error, None, Some("invalid_filter"))
+        );
+        let overflow = parse(r#"{"op":"overflow","subscription_id":"s","dropped":7}"#);
+        assert_eq!(overflow.dropped.and_then(|d| d.as_u64()), Some(7));
+        assert_eq!(parse(r#"{"op":"pong"}"#).op, Op::Pong);
+        assert_eq!(parse(r#"{"op":"novel","x":1}"#).op, Op::Other);
     }
 
     #[test]
