@@ -1,0 +1,291 @@
+//! Durable end-to-end throughput and latency of the Redis broker against one
+//! local `redis-server`, next to the raw Redis ceiling measured in the same
+//! run.
+//!
+//! - Ceiling: `redis-benchmark -P 16 -c 4` of `XADD` with a 256-byte field
+//!   (pipelined, no scripts, nothing read back).
+//! - Router: one in-process `RedisBroker` (the library under
+//!   `serve --redis`), 16 partitions; 4 publishers (`publish_batch` of
+//!   `--batch` events, 256-byte payloads), 4 consumers of one durable
+//!   subscription (`max_in_flight` 256), each delivery acked (the acks of
+//!   one fetch concurrently). An event
+//!   counts when its ack returns: publish → route → deliver → ack.
+//!   Latency is from the event's creation (its `time`) to its delivery.
+//! - Then the same at a fixed `--rate` (default 5,000 events/s) for
+//!   `--seconds`, open loop, for latency percentiles under a steady load.
+//!
+//! Run: `cargo bench --bench redis_durable -- [--events N] [--batch B] [--rate R] [--seconds S]`
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use event_router::broker::{
+    Broker, ConsumeOptions, GroupSpec, PublishOptions, RedisBroker, RedisBrokerConfig,
+};
+use event_router::{Event, Selector};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::json;
+
+const PUBLISHERS: usize = 4;
+const CONSUMERS: usize = 4;
+const PAYLOAD_BYTES: usize = 256;
+
+struct Args {
+    events: u64,
+    batch: usize,
+    rate: f64,
+    seconds: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        events: 100_000,
+        batch: 16,
+        rate: 5_000.0,
+        seconds: 10,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    for pair in argv.windows(2) {
+        let v = pair[1].as_str();
+        match pair[0].as_str() {
+            "--events" => a.events = v.parse().unwrap_or(a.events),
+            "--batch" => a.batch = v.parse().unwrap_or(a.batch).max(1),
+            "--rate" => a.rate = v.parse().unwrap_or(a.rate),
+            "--seconds" => a.seconds = v.parse().unwrap_or(a.seconds),
+            _ => {}
+        }
+    }
+    a
+}
+
+/// `redis-benchmark` pipelined XADD: requests per second.
+fn raw_ceiling(port: u16) -> Option<f64> {
+    let payload = "x".repeat(PAYLOAD_BYTES);
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-n", "300000", "-P", "16", "-c", "4", "-q"])
+        .args(["XADD", "raw:bench", "*", "p", &payload])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.rsplit_once(": ")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .next_back()
+}
+
+fn event(n: u64, payload: &str) -> Event {
+    let mut e = Event::new("bench.job", json!({ "n": n, "p": payload })).expect("valid topic");
+    e.key = Some(format!("k{}", n % 256));
+    e
+}
+
+fn micros_since(e: &Event) -> u64 {
+    let now = jiff::Timestamp::now().as_microsecond();
+    u64::try_from(now - e.time.as_microsecond()).unwrap_or(0)
+}
+
+struct Run {
+    acked: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+/// Starts the consumers; they count acks until `total` is reached.
+fn start_consumers(
+    broker: &Arc<RedisBroker>,
+    run: &Arc<Run>,
+    total: u64,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CONSUMERS)
+        .map(|_| {
+            let (broker, run) = (broker.clone(), run.clone());
+            tokio::spawn(async move {
+                let options = ConsumeOptions {
+                    max_in_flight: 256,
+                    ..ConsumeOptions::default()
+                };
+                let mut consumer = broker.consume("bench", options).await.expect("consume");
+                while run.acked.load(Ordering::Relaxed) < total {
+                    let next =
+                        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
+                    let Ok(Ok(deliveries)) = next else { continue };
+                    // Acks of one fetch go out together, as a consumer
+                    // with several workers would send them.
+                    let acks = deliveries.iter().map(|d| {
+                        let us = micros_since(&d.event);
+                        let _ = run.latency.lock().record(us.max(1));
+                        broker.ack("bench", &d.delivery_id)
+                    });
+                    let done = futures::future::join_all(acks).await;
+                    let ok = done.iter().filter(|r| r.is_ok()).count() as u64;
+                    run.acked.fetch_add(ok, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_acked(run: &Run, total: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while run.acked.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn report(label: &str, run: &Run, elapsed: Duration) -> f64 {
+    let acked = run.acked.load(Ordering::Relaxed);
+    let rate = acked as f64 / elapsed.as_secs_f64();
+    let h = run.latency.lock();
+    println!(
+        "{label}: {acked} events acked in {:.2}s = {rate:.0} events/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        elapsed.as_secs_f64(),
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+    rate
+}
+
+async fn fresh(server: &redis_server::RedisServer, prefix: &str) -> Arc<RedisBroker> {
+    let config = RedisBrokerConfig {
+        key_prefix: prefix.to_string(),
+        ..RedisBrokerConfig::new(server.url())
+    };
+    let broker = Arc::new(RedisBroker::connect(config).await.expect("connect"));
+    let spec = GroupSpec::new(
+        "bench",
+        Selector::parse(&["bench.#".to_string()], None).expect("selector"),
+    );
+    broker
+        .ensure_subscription(spec)
+        .await
+        .expect("subscription");
+    broker
+}
+
+fn new_run() -> Arc<Run> {
+    Arc::new(Run {
+        acked: AtomicU64::new(0),
+        latency: Mutex::new(Histogram::new(3).expect("histogram")),
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let server = redis_server::RedisServer::start();
+    let payload = "x".repeat(PAYLOAD_BYTES - 20);
+
+    let ceiling = raw_ceiling(server.port());
+    match ceiling {
+        Some(c) => println!(
+            "raw ceiling: redis-benchmark XADD pipelined (-P 16 -c 4), 256-byte field: {c:.0} requests/s"
+        ),
+        None => println!("raw ceiling: redis-benchmark not available"),
+    }
+
+    // Closed loop: as fast as it goes.
+    let broker = fresh(&server, "b1").await;
+    let run = new_run();
+    let consumers = start_consumers(&broker, &run, a.events);
+    let started = Instant::now();
+    let per = a.events / PUBLISHERS as u64;
+    let publishers: Vec<_> = (0..PUBLISHERS as u64)
+        .map(|p| {
+            let (broker, payload, batch) = (broker.clone(), payload.clone(), a.batch as u64);
+            tokio::spawn(async move {
+                let mut n = p * per;
+                let end = n + per;
+                while n < end {
+                    let events = (n..(n + batch).min(end))
+                        .map(|i| event(i, &payload))
+                        .collect();
+                    n += batch;
+                    broker
+                        .publish_batch(events, PublishOptions::default())
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        let _ = p.await;
+    }
+    let total = per * PUBLISHERS as u64;
+    wait_acked(&run, total, Duration::from_secs(300)).await;
+    let rate = report(
+        &format!(
+            "router durable, closed loop ({PUBLISHERS} publishers x batch {}, {CONSUMERS} consumers)",
+            a.batch
+        ),
+        &run,
+        started.elapsed(),
+    );
+    if let Some(c) = ceiling {
+        println!("router / raw ceiling: {:.1}%", 100.0 * rate / c);
+    }
+    for c in consumers {
+        c.abort();
+    }
+    broker.close().await;
+
+    // Open loop at a fixed rate.
+    let broker = fresh(&server, "b2").await;
+    let run = new_run();
+    let total = (a.rate * a.seconds as f64) as u64;
+    let consumers = start_consumers(&broker, &run, total);
+    let started = Instant::now();
+    let per_publisher = a.rate / PUBLISHERS as f64;
+    let tick = Duration::from_millis(10);
+    let per_tick = (per_publisher * tick.as_secs_f64()).max(1.0);
+    let publishers: Vec<_> = (0..PUBLISHERS as u64)
+        .map(|p| {
+            let (broker, payload) = (broker.clone(), payload.clone());
+            let mine = total / PUBLISHERS as u64;
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                let (mut sent, mut due) = (0u64, 0f64);
+                while sent < mine {
+                    interval.tick().await;
+                    due += per_tick;
+                    let n = (due as u64).min(mine) - sent;
+                    if n == 0 {
+                        continue;
+                    }
+                    let events = (sent..sent + n)
+                        .map(|i| event(p * mine + i, &payload))
+                        .collect();
+                    sent += n;
+                    broker
+                        .publish_batch(events, PublishOptions::default())
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        let _ = p.await;
+    }
+    let total = (total / PUBLISHERS as u64) * PUBLISHERS as u64;
+    wait_acked(&run, total, Duration::from_secs(120)).await;
+    report(
+        &format!("router durable, open loop at {:.0} events/s", a.rate),
+        &run,
+        started.elapsed(),
+    );
+    for c in consumers {
+        c.abort();
+    }
+    broker.close().await;
+}
