@@ -19,10 +19,12 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::broker::{BrokerError, ConsumeOptions, NackOptions, SharedBroker};
 use crate::event::Delivery;
 use crate::resources::{DeliverySpec, SinkSpec};
+use crate::telemetry::trace;
 
 /// Default number of POSTs one sink worker has outstanding at once.
 pub const DEFAULT_SINK_IN_FLIGHT: usize = 16;
@@ -230,12 +232,15 @@ async fn deliver(
     target: &SinkTarget,
     delivery: Delivery,
 ) {
-    let (headers, body) = binary_cloudevent(&delivery);
+    let (mut headers, body) = binary_cloudevent(&delivery);
+    let span = trace::push_span(&delivery.subscription, target.uri.as_str(), &delivery.event);
+    trace::inject_http(&span, &mut headers);
     let outcome = http
         .post(target.uri.clone())
         .headers(headers)
         .body(body)
         .send()
+        .instrument(span)
         .await;
     let failure = match outcome {
         Ok(r) if r.status().is_success() => None,

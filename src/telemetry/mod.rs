@@ -212,11 +212,9 @@ pub fn json_logs(format: LogFormat) -> bool {
 /// [`TelemetryError`] when `OTEL_*` is set to something unusable.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider_from_env()?;
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(DEFAULT_SERVICE_NAME))
-            .with_filter(span_filter())
-    });
+    let otel = provider
+        .as_ref()
+        .map(|p| otel_layer(p).with_filter(span_filter()));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -237,6 +235,22 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     Ok(TelemetryGuard { provider })
 }
 
+/// The OpenTelemetry layer over `provider`, as `serve` installs it: no
+/// source-location, thread or busy/idle attributes (each costs allocations
+/// on every span and says nothing about an event's path).
+pub fn otel_layer<S>(
+    provider: &SdkTracerProvider,
+) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(DEFAULT_SERVICE_NAME))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+}
+
 /// Which spans are exported: the router's own, at INFO and above,
 /// whatever `RUST_LOG` says about log lines.
 pub fn span_filter() -> Targets {
@@ -252,10 +266,9 @@ pub fn span_filter() -> Targets {
 pub fn init_spans_only(
     provider: &SdkTracerProvider,
 ) -> Result<(), tracing_subscriber::util::TryInitError> {
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(DEFAULT_SERVICE_NAME))
-        .with_filter(span_filter());
-    Registry::default().with(layer).try_init()
+    Registry::default()
+        .with(otel_layer(provider).with_filter(span_filter()))
+        .try_init()
 }
 
 #[cfg(test)]

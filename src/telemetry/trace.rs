@@ -314,6 +314,23 @@ pub fn push_span(subscription: &str, url: &str, event: &Event) -> Span {
     span
 }
 
+/// Writes `span`'s context as `traceparent`/`tracestate` HTTP headers
+/// (replacing any), so that the receiver of an outgoing request (a push
+/// sink's POST) continues the trace under `span`. Does nothing when the
+/// span is not exported.
+pub fn inject_http(span: &Span, headers: &mut http::HeaderMap) {
+    let mut map = BTreeMap::new();
+    inject(span, &mut map);
+    for (name, value) in map {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(name),
+            http::HeaderValue::try_from(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// Most deliveries whose span is remembered for their ack or nack; past it
 /// the table is cleared (later acks then start their own span tree).
 const MAX_TRACKED_DELIVERIES: usize = 100_000;
