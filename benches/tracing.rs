@@ -4,7 +4,9 @@
 //! exporting every span over OTLP/HTTP to a receiver in this process that
 //! decodes nothing and answers 200.
 //!
-//! Run: `cargo bench --bench tracing` (add `-- --events N --rounds R`).
+//! Run: `cargo bench --bench tracing` (add `-- --events N --rounds R`,
+//! `--export none` to discard spans instead of sending them, and
+//! `--sampler-ratio 0.1` for parent-based ratio sampling).
 //! Rounds alternate off/on so that machine noise hits both; the line
 //! `ratio` is median(on) / median(off) events per second (target >= 0.85).
 
@@ -37,6 +39,8 @@ struct Args {
     /// `none`: hand spans to a batch exporter that discards them, which
     /// isolates the instrumentation cost from the export's CPU.
     export: String,
+    /// Sampling ratio of the "on" rounds (1.0 = every trace).
+    ratio: f64,
 }
 
 fn args() -> Args {
@@ -44,6 +48,7 @@ fn args() -> Args {
         events: 20_000,
         rounds: 5,
         export: "otlp".to_string(),
+        ratio: 1.0,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -52,6 +57,9 @@ fn args() -> Args {
         match (argv[i].as_str(), next) {
             ("--events", Some(n)) => a.events = n,
             ("--rounds", Some(n)) => a.rounds = n,
+            ("--sampler-ratio", _) => {
+                a.ratio = argv.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1.0);
+            }
             ("--export", _) => a.export = argv.get(i + 1).cloned().unwrap_or_default(),
             _ => {}
         }
@@ -169,7 +177,12 @@ fn main() {
         .build()
         .expect("runtime");
     let receiver = start_receiver();
-    let builder = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOn);
+    let sampler = if args.ratio >= 1.0 {
+        Sampler::AlwaysOn
+    } else {
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(args.ratio)))
+    };
+    let builder = SdkTracerProvider::builder().with_sampler(sampler);
     let provider = if args.export == "none" {
         builder.with_batch_exporter(Discard).build()
     } else {
@@ -217,7 +230,8 @@ fn main() {
         let rate_on = runtime.block_on(run_round(&router, "bench", args.events));
         TRACING.store(false, Ordering::Relaxed);
         println!(
-            "round {round}: off {rate_off:.0} events/s, on (sampler 1.0) {rate_on:.0} events/s"
+            "round {round}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
+            args.ratio
         );
         off.push(rate_off);
         on.push(rate_on);
@@ -232,8 +246,9 @@ fn main() {
     );
     let (off, on) = (median(off), median(on));
     println!(
-        "tracing overhead (export {}): {} events x {} rounds; median off {off:.0}/s, on {on:.0}/s; ratio {:.3} (target >= 0.85)",
+        "tracing overhead (export {}, sampler {}): {} events x {} rounds; median off {off:.0}/s, on {on:.0}/s; ratio {:.3} (target >= 0.85 at sampler 1.0)",
         args.export,
+        args.ratio,
         args.events,
         args.rounds,
         on / off

@@ -52,7 +52,12 @@ struct HeaderMapMut<'a>(&'a mut BTreeMap<String, String>);
 
 impl Injector for HeaderMapMut<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_string(), value);
+        // An empty `tracestate` is no state: drop it rather than store "".
+        if value.is_empty() {
+            self.0.remove(key);
+        } else {
+            self.0.insert(key.to_string(), value);
+        }
     }
 }
 
