@@ -305,6 +305,33 @@ async fn one_event_is_one_trace_from_publish_through_retry_to_dead_letter() {
     let json_line: Value = serde_json::from_str(line.trim_start_matches("[stderr] ")).unwrap();
     assert_eq!(json_line["request_id"], "req-42", "{line}");
     assert_eq!(json_line["trace_id"], caller_trace, "{line}");
+
+    // A structured CloudEvent's `traceparent` attribute is the parent too.
+    let ce_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/events", router.http_url()))
+        .header("content-type", "application/cloudevents+json")
+        .body(
+            json!({
+                "specversion": "1.0", "id": "ce-1", "source": "test", "type": "otel.ce",
+                "traceparent": format!("00-{ce_trace}-b7ad6b7169203331-01")
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let delivered = worker.recv().await;
+    assert_eq!(delivered["event"]["id"], "ce-1");
+    let (delivered_trace, _) = traceparent(&delivered["event"]["headers"]["traceparent"]);
+    assert_eq!(delivered_trace, ce_trace);
+    let spans = wait_for(&sink, "the CloudEvent's receive span", |s| {
+        s.iter()
+            .any(|s| s.trace_id == ce_trace && s.name == "receive")
+    })
+    .await;
+    assert_eq!(one(&spans, ce_trace, "validate").parent, "b7ad6b7169203331");
     drop(router);
     let _ = std::fs::remove_dir_all(dir);
 }
