@@ -51,7 +51,7 @@ pub(super) struct ConsumerState {
     /// Subscription name and key id.
     pub(super) sub_name: String,
     pub(super) sid: String,
-    max_in_flight: usize,
+    pub(super) max_in_flight: usize,
     /// Delivery id → held delivery.
     pub(super) held: Mutex<HashMap<String, Held>>,
     notify: Arc<Notify>,

@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use redis::streams::{StreamPendingReply, StreamRangeReply};
 use serde::Deserialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::consumer::{ConsumerState, RedisConsumer};
@@ -42,7 +42,21 @@ use crate::event::Event;
 pub(super) struct Local {
     consumers: Mutex<HashMap<u64, Arc<ConsumerState>>>,
     notifies: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Acks waiting to go out, per subscription key id (see [`ack`]).
+    acks: Mutex<HashMap<String, AckQueue>>,
 }
+
+/// Acks of one subscription queued while another batch is in flight.
+#[derive(Default)]
+struct AckQueue {
+    /// (band, entry id, where the outcome goes).
+    waiting: Vec<(usize, String, oneshot::Sender<Result<bool>>)>,
+    /// A flush task is running and will take `waiting`.
+    flushing: bool,
+}
+
+/// Acks sent in one `ack_many.lua` call at most.
+const ACK_BATCH: usize = 512;
 
 impl Local {
     /// The wake-up of a subscription's local consumers.
@@ -88,13 +102,19 @@ impl Local {
     }
 
     /// Forgets a delivery held by a local consumer (acked or failed here);
-    /// returns the consumer's deadline if it held it.
-    fn forget(&self, sid: &str, delivery_id: &str) -> Option<Instant> {
+    /// returns whether local consumers should be woken: the holder was at
+    /// its `max_in_flight` (a slot opened), or no local consumer held it.
+    fn forget(&self, sid: &str, delivery_id: &str) -> bool {
         self.consumers
             .lock()
             .values()
             .filter(|c| c.sid == sid)
-            .find_map(|c| c.held.lock().remove(delivery_id).map(|h| h.deadline))
+            .find_map(|c| {
+                let mut held = c.held.lock();
+                let full = held.len() >= c.max_in_flight;
+                held.remove(delivery_id).map(|_| full)
+            })
+            .unwrap_or(true)
     }
 
     /// A locally held delivery whose ack deadline has passed.
@@ -206,7 +226,7 @@ pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
 }
 
 /// Acknowledges a delivery from any replica.
-pub(super) async fn ack(shared: &Shared, sub: &Sub, delivery_id: &str) -> Result<()> {
+pub(super) async fn ack(shared: &Arc<Shared>, sub: &Arc<Sub>, delivery_id: &str) -> Result<()> {
     let (band, id) = parse_delivery(delivery_id)?;
     let sid = &sub.record.sid;
     if let Some(holder) = shared.deliver.overdue(sid, delivery_id) {
@@ -215,19 +235,76 @@ pub(super) async fn ack(shared: &Shared, sub: &Sub, delivery_id: &str) -> Result
         expire_one(shared, &holder, delivery_id).await;
         return Err(BrokerError::UnknownDelivery(delivery_id.to_string()));
     }
-    let mut conn = shared.conn();
-    let mut inv = shared.scripts.ack.prepare_invoke();
-    inv.key(sub.keys.info())
-        .key(sub.keys.band(band))
-        .arg(id)
-        .arg("acked");
-    let done: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
-    shared.deliver.forget(sid, delivery_id);
-    shared.deliver.notify(sid);
-    if done == 1 {
+    // Concurrent acks of one subscription share one script call: the
+    // first starts a flush task, the others join its queue.
+    let (tx, rx) = oneshot::channel();
+    let start = {
+        let mut queues = shared.deliver.acks.lock();
+        let queue = queues.entry(sid.clone()).or_default();
+        queue.waiting.push((band, id.to_string(), tx));
+        !std::mem::replace(&mut queue.flushing, true)
+    };
+    if start {
+        tokio::spawn(flush_acks(shared.clone(), sub.clone()));
+    }
+    let done = rx
+        .await
+        .map_err(|_| BrokerError::Internal("ack batch dropped".into()))??;
+    if shared.deliver.forget(sid, delivery_id) {
+        shared.deliver.notify(sid);
+    }
+    if done {
         Ok(())
     } else {
         Err(BrokerError::UnknownDelivery(delivery_id.to_string()))
+    }
+}
+
+/// Sends the queued acks of `sub` in batches until its queue is empty.
+async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
+    let sid = &sub.record.sid;
+    loop {
+        let batch: Vec<_> = {
+            let mut queues = shared.deliver.acks.lock();
+            let Some(queue) = queues.get_mut(sid) else {
+                return;
+            };
+            if queue.waiting.is_empty() {
+                queues.remove(sid);
+                return;
+            }
+            let n = queue.waiting.len().min(ACK_BATCH);
+            queue.waiting.drain(..n).collect()
+        };
+        let mut inv = shared.scripts.ack_many.prepare_invoke();
+        inv.key(sub.keys.info());
+        for band in sub.keys.bands() {
+            inv.key(band);
+        }
+        for (band, id, _) in &batch {
+            inv.arg(*band).arg(id);
+        }
+        let mut conn = shared.conn();
+        let outcome: Result<Vec<i64>> = shared.call(inv.invoke_async(&mut conn)).await;
+        match outcome {
+            Ok(done) if done.len() == batch.len() => {
+                for ((_, _, tx), n) in batch.into_iter().zip(done) {
+                    let _ = tx.send(Ok(n == 1));
+                }
+            }
+            Ok(_) => {
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(BrokerError::Internal(
+                        "ack script returned the wrong number of results".into(),
+                    )));
+                }
+            }
+            Err(e) => {
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -311,6 +388,7 @@ pub(super) async fn nack(
     };
     let pending = fail(shared, sub, band, id, failure).await?;
     shared.deliver.forget(sid, delivery_id);
+    // A nack can queue a retry: wake every local consumer.
     shared.deliver.notify(sid);
     if pending {
         Ok(())

@@ -55,9 +55,14 @@ pub(super) async fn publish(
             }
         }
     }
+    // One script per partition, all in flight at once (pipelined on the
+    // shared connection); each partition's events stay in order.
+    let stores = groups
+        .iter()
+        .map(|(p, idx)| store(shared, *p, idx.iter().map(|&i| &events[i])));
+    let stored = futures::future::try_join_all(stores).await?;
     let mut out: Vec<Option<Published>> = vec![None; events.len()];
-    for (p, idx) in groups {
-        let stored = store(shared, p, idx.iter().map(|&i| &events[i])).await?;
+    for ((p, idx), stored) in groups.into_iter().zip(stored) {
         for (&i, (id, _seq)) in idx.iter().zip(stored) {
             out[i] = Some(Published {
                 id: events[i].id.clone(),

@@ -286,7 +286,16 @@ pub(super) async fn barrier(shared: &Shared) -> Result<()> {
                 .arg(shared.keys.ingest(*p))
                 .arg(ROUTER_GROUP);
         }
-        let replies: Vec<redis::Value> = shared.call(pipe.query_async(&mut conn)).await?;
+        let replies: Vec<redis::Value> = match shared.call(pipe.query_async(&mut conn)).await {
+            Ok(replies) => replies,
+            // The group is being recreated after a Redis restart: its
+            // entries are not routed yet.
+            Err(e) if is_nogroup(&e) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut still = Vec::new();
         for ((p, tail), pair) in waiting.iter().zip(replies.chunks(2)) {
             let groups: Option<redis::streams::StreamInfoGroupsReply> =

@@ -22,27 +22,31 @@ local out = {}
 for b = 10, 1, -1 do
   if want <= 0 then break end
   local key = KEYS[2 + b]
-  local ret = redis.call('XPENDING', key, 'g', '-', '+', want, ARGV[3])
-  if #ret > 0 then
-    local ids, counts = {}, {}
-    for _, p in ipairs(ret) do
-      ids[#ids + 1] = p[1]
-      counts[p[1]] = p[4]
-    end
-    local claimed = redis.call('XCLAIM', key, 'g', ARGV[1], 0, unpack(ids))
-    for _, e in ipairs(claimed) do
-      if e and e[2] then
-        out[#out + 1] = {b, e[1], counts[e[1]] + 1, e[2]}
-        want = want - 1
+  -- An empty band holds neither returned nor new entries (delivered
+  -- entries stay in the stream until acked).
+  if redis.call('XLEN', key) > 0 then
+    local ret = redis.call('XPENDING', key, 'g', '-', '+', want, ARGV[3])
+    if #ret > 0 then
+      local ids, counts = {}, {}
+      for _, p in ipairs(ret) do
+        ids[#ids + 1] = p[1]
+        counts[p[1]] = p[4]
+      end
+      local claimed = redis.call('XCLAIM', key, 'g', ARGV[1], 0, unpack(ids))
+      for _, e in ipairs(claimed) do
+        if e and e[2] then
+          out[#out + 1] = {b, e[1], counts[e[1]] + 1, e[2]}
+          want = want - 1
+        end
       end
     end
-  end
-  if want > 0 then
-    local r = redis.call('XREADGROUP', 'GROUP', 'g', ARGV[1], 'COUNT', want, 'STREAMS', key, '>')
-    if r then
-      for _, e in ipairs(r[1][2]) do
-        out[#out + 1] = {b, e[1], 1, e[2]}
-        want = want - 1
+    if want > 0 then
+      local r = redis.call('XREADGROUP', 'GROUP', 'g', ARGV[1], 'COUNT', want, 'STREAMS', key, '>')
+      if r then
+        for _, e in ipairs(r[1][2]) do
+          out[#out + 1] = {b, e[1], 1, e[2]}
+          want = want - 1
+        end
       end
     end
   end
