@@ -494,6 +494,24 @@ async fn http_sse_and_admin_endpoints_follow_the_acl() {
         .0,
         200
     );
+    // Replaying history into a subscription is an admin action.
+    assert_eq!(
+        post(addr, "/api/v1/subscriptions/planners/replay", p, json!({}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        post(
+            addr,
+            "/api/v1/subscriptions/planners/replay",
+            Some(&keys.admin),
+            json!({})
+        )
+        .await
+        .0,
+        200
+    );
     assert_eq!(get(addr, "/api/v1/stats", p).await.0, 403);
     let delete = http()
         .delete(format!("http://{addr}/api/v1/subscriptions/planners"))

@@ -75,7 +75,10 @@ fn start_tail(router: &RouterProcess, args: &[&str]) -> Child {
 #[test]
 fn help_of_every_subcommand_exits_zero_and_names_its_flags() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--help"], &["serve", "publish", "tail", "status", "dlq"]),
+        (
+            &["--help"],
+            &["serve", "publish", "tail", "status", "dlq", "replay"],
+        ),
         (
             &["serve", "--help"],
             &[
@@ -117,6 +120,18 @@ fn help_of_every_subcommand_exits_zero_and_names_its_flags() {
         (&["dlq", "list", "--help"], &["SUBSCRIPTION", "--url"]),
         (&["dlq", "redrive", "--help"], &["--ids", "--url"]),
         (&["dlq", "purge", "--help"], &["--ids", "--all", "--url"]),
+        (
+            &["replay", "--help"],
+            &[
+                "SUBSCRIPTION",
+                "--topic",
+                "--filter",
+                "--from",
+                "--to",
+                "--limit",
+                "Examples:",
+            ],
+        ),
     ];
     for (args, wanted) in cases {
         let out = run(args, COMMAND);
@@ -545,5 +560,76 @@ fn tail_exits_zero_on_ctrl_c_and_fails_clearly_when_the_router_goes_away() {
     assert!(
         stderr.contains("closed the connection") || stderr.contains("dropped"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn replay_queues_matching_history_into_a_subscription() {
+    let router = RouterProcess::start(&["-f", &example("subscription.yaml")]);
+    let url = router.http_url();
+    for (topic, priority) in [("task.a", "6"), ("task.b", "9"), ("note.c", "9")] {
+        let out = run(
+            &[
+                "publish",
+                topic,
+                "{}",
+                "--priority",
+                priority,
+                "--url",
+                &url,
+            ],
+            COMMAND,
+        );
+        assert!(out.success(), "{out:?}");
+    }
+    let pending = |router: &RouterProcess| {
+        subscription(&status_json(router), "workers").expect("workers listed")["pending"].clone()
+    };
+    assert_eq!(pending(&router), 2, "task.a and task.b routed on publish");
+
+    let out = run(
+        &[
+            "replay",
+            "workers",
+            "--topic",
+            "task.*",
+            "--filter",
+            "priority:gte:8",
+            "--url",
+            &url,
+        ],
+        COMMAND,
+    );
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("queued 1 events into workers"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(pending(&router), 3);
+    // The subscription's own filter is not applied again: the selection decides.
+    let out = run(
+        &["replay", "workers", "--topic", "note.*", "--url", &url],
+        COMMAND,
+    );
+    assert!(out.stdout.contains("queued 1 events"), "{out:?}");
+    assert_eq!(pending(&router), 4);
+
+    let out = run(
+        &["replay", "workers", "--from", "soon", "--url", &url],
+        COMMAND,
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("400") && out.stderr.contains("from"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["replay", "nobody", "--url", &url], COMMAND);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("404") && out.stderr.contains("nobody"),
+        "{}",
+        out.stderr
     );
 }

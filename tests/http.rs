@@ -624,6 +624,7 @@ async fn openapi_json_lists_every_http_path() {
         "/api/v1/subscriptions/{name}/dlq",
         "/api/v1/subscriptions/{name}/dlq/redrive",
         "/api/v1/subscriptions/{name}/dlq/purge",
+        "/api/v1/subscriptions/{name}/replay",
         "/health",
         "/ready",
     ] {
@@ -632,4 +633,68 @@ async fn openapi_json_lists_every_http_path() {
     assert!(paths["/api/v1/subscriptions/{name}"].get("put").is_some());
     assert!(paths["/api/v1/events"].get("get").is_some());
     let _ = &a.router;
+}
+
+#[tokio::test]
+async fn replay_queues_retained_events_into_a_subscription_by_topic_filter_and_time() {
+    let a = app();
+    let (status, _) = a
+        .json(
+            "PUT",
+            "/api/v1/subscriptions/audit",
+            json!({"topics":["audit.none"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (topic, priority) in [("task.a", 3), ("task.b", 8), ("other.c", 9)] {
+        let (status, body) = a
+            .json(
+                "POST",
+                "/api/v1/events",
+                json!({"type": topic, "priority": priority, "data": {}}),
+            )
+            .await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    let replay = |body: Value| a.json("POST", "/api/v1/subscriptions/audit/replay", body);
+
+    let (status, body) = replay(json!({"topics":["task.*"],"filter":"priority:gte:5"})).await;
+    assert_eq!(
+        (status, &body["count"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    let (_, body) = replay(json!({"topics":["task.*"]})).await;
+    assert_eq!(body["count"], 2, "{body}");
+    let (_, body) = replay(json!({"from":"2100-01-01T00:00:00Z"})).await;
+    assert_eq!(body["count"], 0, "nothing retained after 2100: {body}");
+    let (_, body) = replay(json!({"limit": 1})).await;
+    assert_eq!(body["count"], 1, "{body}");
+    let (status, body) = a
+        .call(
+            Request::post("/api/v1/subscriptions/audit/replay")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["count"]),
+        (StatusCode::OK, &json!(3)),
+        "{body}"
+    );
+    let (_, info) = a.get("/api/v1/subscriptions/audit").await;
+    assert_eq!(info["pending"], 1 + 2 + 1 + 3, "{info}");
+
+    let (status, body) = replay(json!({"from":"yesterday"})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+    let (status, body) = replay(json!({"topics":["task.*"],"filter":"priority:zz:1"})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_filter");
+    let (status, body) = replay(json!({"limit": 0})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_body");
+    let (status, body) = replay(json!({"topic":"misspelt"})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_body");
+    let (status, body) = a
+        .json("POST", "/api/v1/subscriptions/nobody/replay", json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "unknown_subscription");
 }

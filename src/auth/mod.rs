@@ -681,6 +681,7 @@ fn authorize_path(
         (_, [_, "dlq", "purge"]) => access
             .check_admin("purge dead letters")
             .map(|()| Some("dlq_purge")),
+        (_, [_, "replay"]) => access.check_admin("replay events").map(|()| Some("replay")),
         _ => access.check_admin("this request").map(|()| None),
     }
 }

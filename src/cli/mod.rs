@@ -11,6 +11,7 @@ pub mod crd;
 pub mod dlq;
 pub mod operator;
 pub mod publish;
+pub mod replay;
 pub mod serve;
 pub mod status;
 pub mod tail;
@@ -80,7 +81,9 @@ impl ApiClient {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
-        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+        let token = std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         Ok(ApiClient { http, base, token })
     }
 

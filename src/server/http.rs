@@ -557,7 +557,7 @@ pub struct DeadLetterIds {
 /// How many dead letters an operation touched.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CountResponse {
-    /// Entries moved back (redrive) or deleted (purge).
+    /// Entries moved back (redrive), deleted (purge) or queued (replay).
     pub count: u64,
 }
 
@@ -613,6 +613,91 @@ pub async fn purge(
         .broker()
         .purge(&name, selection(&body)?)
         .await?;
+    Ok(axum::Json(CountResponse { count }))
+}
+
+/// Which retained events to replay into a subscription.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Topic patterns; every topic when absent.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A filter the events must match: a JSON document, a `field:op:value`
+    /// shorthand string, or an array of such strings (all must hold).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// RFC 3339: events whose `time` is at or after this.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// RFC 3339: events whose `time` is before this.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Most events to queue, oldest first; every matching retained event
+    /// (up to the broker's safety cap) when absent.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `POST /api/v1/subscriptions/{name}/replay`: queue retained events from
+/// history into a durable subscription for redelivery.
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscriptions/{name}/replay",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "Subscription name")),
+    request_body(content = Option<ReplayRequest>, description = "Optional selection; all retained events when absent"),
+    responses(
+        (status = 200, body = CountResponse),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    )
+)]
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<CountResponse>, ApiError> {
+    let req = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice::<ReplayRequest>(&body)
+            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
+    };
+    let selector = if req.topics.is_empty() && req.filter.is_none() {
+        None
+    } else if req.topics.is_empty() {
+        Some(build_selector(
+            &["#".to_string()],
+            None,
+            req.filter.as_ref(),
+        )?)
+    } else {
+        Some(build_selector(&req.topics, None, req.filter.as_ref())?)
+    };
+    let limit = match req.limit {
+        None => 0,
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "`limit` must be at least 1 (leave it out to replay everything retained)",
+            ));
+        }
+        Some(n) => n,
+    };
+    let query = HistoryQuery {
+        selector,
+        from: req
+            .from
+            .as_deref()
+            .map(|v| timestamp("from", v))
+            .transpose()?,
+        to: req.to.as_deref().map(|v| timestamp("to", v)).transpose()?,
+        after: None,
+        limit,
+    };
+    let count = state.router.broker().replay(&name, query).await?;
     Ok(axum::Json(CountResponse { count }))
 }
 

@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -215,6 +215,7 @@ pub fn app(state: AppState) -> axum::Router {
             post(http::redrive),
         )
         .route("/api/v1/subscriptions/{name}/dlq/purge", post(http::purge))
+        .route("/api/v1/subscriptions/{name}/replay", post(http::replay))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -29,6 +29,7 @@ use super::{error, http, sse, ws};
         http::nack,
         http::dead_letters,
         http::redrive,
+        http::replay,
         http::purge,
         http::health,
         http::ready,
