@@ -33,6 +33,11 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;
 
+/// The allocator of the `event-router` binary, so the library runs as it
+/// does under `serve --redis`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PUBLISHERS: usize = 4;
 const CONSUMERS: usize = 4;
 const PAYLOAD_BYTES: usize = 256;
@@ -81,6 +86,89 @@ fn raw_ceiling(port: u16) -> Option<f64> {
             rest.split_whitespace().next()?.parse::<f64>().ok()
         })
         .next_back()
+}
+
+/// Redis `INFO` sections as `key -> value` (`cmdstat_*` lines kept whole).
+fn redis_info(port: u16) -> std::collections::HashMap<String, String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["INFO", "everything"])
+        .output();
+    let Ok(out) = out else {
+        return Default::default();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// CPU seconds (user + system) of this process so far.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name `(…)`: utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// Where the time of a run went: Redis CPU and commands per event, router
+/// (this process) CPU per event.
+struct Profile {
+    redis: std::collections::HashMap<String, String>,
+    cpu: f64,
+}
+
+impl Profile {
+    fn start(port: u16) -> Profile {
+        Profile {
+            redis: redis_info(port),
+            cpu: own_cpu(),
+        }
+    }
+
+    fn print(&self, port: u16, events: u64) {
+        let now = redis_info(port);
+        let cpu = own_cpu() - self.cpu;
+        let num = |m: &std::collections::HashMap<String, String>, k: &str| {
+            m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let redis_cpu = |m| num(m, "used_cpu_sys") + num(m, "used_cpu_user");
+        let n = events.max(1) as f64;
+        println!(
+            "  cpu per event: redis {:.1} us, router process {:.1} us",
+            (redis_cpu(&now) - redis_cpu(&self.redis)) * 1e6 / n,
+            cpu * 1e6 / n
+        );
+        let stat = |m: &std::collections::HashMap<String, String>, k: &str, f: &str| {
+            m.get(k)
+                .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix(f)))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let mut rows: Vec<(String, f64, f64)> = now
+            .keys()
+            .filter(|k| k.starts_with("cmdstat_"))
+            .map(|k| {
+                let calls = stat(&now, k, "calls=") - stat(&self.redis, k, "calls=");
+                let usec = stat(&now, k, "usec=") - stat(&self.redis, k, "usec=");
+                (k["cmdstat_".len()..].to_string(), calls, usec)
+            })
+            .filter(|r| r.1 > 0.0)
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (cmd, calls, usec) in rows.iter().take(12) {
+            println!(
+                "  {cmd:<16} {:>7.3} calls/event {:>6.2} us/event",
+                calls / n,
+                usec / n
+            );
+        }
+    }
 }
 
 fn event(n: u64, payload: &str) -> Event {
@@ -197,6 +285,7 @@ async fn main() {
     let broker = fresh(&server, "b1").await;
     let run = new_run();
     let consumers = start_consumers(&broker, &run, a.events);
+    let profile = Profile::start(server.port());
     let started = Instant::now();
     let per = a.events / PUBLISHERS as u64;
     let publishers: Vec<_> = (0..PUBLISHERS as u64)
@@ -231,6 +320,7 @@ async fn main() {
         &run,
         started.elapsed(),
     );
+    profile.print(server.port(), total);
     if let Some(c) = ceiling {
         println!("router / raw ceiling: {:.1}%", 100.0 * rate / c);
     }
@@ -244,6 +334,7 @@ async fn main() {
     let run = new_run();
     let total = (a.rate * a.seconds as f64) as u64;
     let consumers = start_consumers(&broker, &run, total);
+    let profile = Profile::start(server.port());
     let started = Instant::now();
     let per_publisher = a.rate / PUBLISHERS as f64;
     let tick = Duration::from_millis(10);
@@ -284,6 +375,7 @@ async fn main() {
         &run,
         started.elapsed(),
     );
+    profile.print(server.port(), total);
     for c in consumers {
         c.abort();
     }

@@ -4,7 +4,8 @@
 //!
 //! A band entry holds `ev` (the event JSON), `dl` (deliveries made before
 //! this entry was written), `nf` (failed attempts so far) and `hist` (the
-//! failed attempts as JSON). A delivery's attempt number is `dl` plus the
+//! failed attempts as JSON); a first attempt's entry holds only `ev`, the
+//! others read as 0, 0 and `[]`. A delivery's attempt number is `dl` plus the
 //! entry's delivery count in the band's PEL. A delivery id is
 //! `<band>-<stream id>`, so any replica can ack or nack it.
 //!

@@ -58,7 +58,8 @@ impl Keys {
         format!("{}:in:{{{}}}", self.prefix, self.tag(partition))
     }
 
-    /// `er:meta:{p}`: `epoch` and `seq` of a partition.
+    /// `er:meta:{p}`: `epoch` and `seq` of a partition, and when its age
+    /// trim was last checked (`agecheck`).
     pub(super) fn meta(&self, partition: u32) -> String {
         format!("{}:meta:{{{}}}", self.prefix, self.tag(partition))
     }

@@ -367,6 +367,11 @@ impl Listener {
             seq,
             id: id.to_string(),
         };
+        // Every message also wakes the partition's router; only parse the
+        // event when someone here listens live.
+        if shared.live.len() == 0 {
+            return;
+        }
         if let Ok(event) = serde_json::from_str::<Event>(json) {
             shared.live.dispatch(shared, event);
         }

@@ -6,7 +6,8 @@
 //! before an event was published is always in the index that routes it),
 //! matches the topic trie and filters, runs one `route.lua` per matching
 //! subscription for the whole batch (deduplicated by the subscription's
-//! high-water mark for the partition), and then `XACK`s the batch.
+//! high-water mark for the partition, all subscriptions in flight at once),
+//! and `XACK`s the batch in the script of its next read.
 //!
 //! Every read and claim runs in `ingest_read.lua`, which checks the lease
 //! token first: a replica that lost its lease (stalled past `lease_ttl`,
@@ -26,9 +27,10 @@ use redis::streams::{StreamId, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::keys::ROUTER_GROUP;
-use super::publish::{entry_event, parse_id};
+use super::publish::parse_id;
 use super::{Shared, is_nogroup, subs};
 use crate::broker::{BrokerError, Result};
+use crate::event::Event;
 
 /// Entries routed per batch.
 const BATCH: usize = 100;
@@ -71,12 +73,15 @@ pub(super) async fn run(shared: Arc<Shared>, p: u32, lease: String, token: Cance
     let mut claimed = false;
     let mut pending_phase = true;
     let idle_poll = shared.config.poll_interval * 5;
+    // Ids of the last routed batch, acked by the next read.
+    let mut routed: Vec<String> = Vec::new();
     loop {
         if token.is_cancelled() {
             return;
         }
         let outcome = if claimed {
-            step(&shared, p, &lease, if pending_phase { "0" } else { ">" }).await
+            let from = if pending_phase { "0" } else { ">" };
+            step(&shared, p, &lease, from, &mut routed).await
         } else {
             match claim_pending(&shared, p, &lease).await {
                 Ok(true) => {
@@ -109,6 +114,9 @@ pub(super) async fn run(shared: Arc<Shared>, p: u32, lease: String, token: Cance
                 }
                 claimed = false;
                 pending_phase = true;
+                // Still pending: routed again (and deduplicated) after the
+                // claim.
+                routed.clear();
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 backoff
             }
@@ -121,15 +129,18 @@ pub(super) async fn run(shared: Arc<Shared>, p: u32, lease: String, token: Cance
     }
 }
 
-/// Runs `ingest_read.lua`: reads (`from` = `>` or `0`) or claims (`claim`
-/// from `cursor`) as the lease holder.
+/// Runs `ingest_read.lua`: acks `routed` and reads (`from` = `>` or `0`),
+/// or claims (`claim` from `cursor`), as the lease holder. With
+/// `version`, the config version is read in the same pipeline, after the
+/// entries.
 async fn read(
     shared: &Shared,
     p: u32,
     lease: &str,
-    from: &str,
-    cursor: &str,
-) -> Result<Option<redis::Value>> {
+    (from, cursor): (&str, &str),
+    routed: &[String],
+    version: bool,
+) -> Result<Option<(redis::Value, i64)>> {
     let mut inv = shared.scripts.ingest_read.prepare_invoke();
     inv.key(shared.keys.lease(p))
         .key(shared.keys.ingest(p))
@@ -137,12 +148,40 @@ async fn read(
         .arg(&shared.node_id)
         .arg(BATCH)
         .arg(from)
-        .arg(cursor);
+        .arg(cursor)
+        .arg(routed);
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(&inv);
+    if version {
+        pipe.cmd("GET").arg(shared.keys.cfg_version());
+    }
     let mut conn = shared.conn();
-    let value: redis::Value = shared.call(inv.invoke_async(&mut conn)).await?;
+    let query = async {
+        match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
+            // A pipeline does not load scripts (Redis restarted): load it
+            // and run the pipeline again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                inv.load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        }
+    };
+    let mut values = shared.call(query).await?;
+    let version = match values.get(1) {
+        Some(v) => redis::from_redis_value_ref::<Option<i64>>(v)
+            .ok()
+            .flatten()
+            .unwrap_or(0),
+        None => 0,
+    };
+    if values.is_empty() {
+        return Err(BrokerError::Internal("empty ingest read reply".into()));
+    }
+    let value = values.swap_remove(0);
     Ok(match value {
         redis::Value::Int(-1) => None,
-        other => Some(other),
+        other => Some((other, version)),
     })
 }
 
@@ -151,7 +190,7 @@ async fn read(
 async fn claim_pending(shared: &Shared, p: u32, lease: &str) -> Result<bool> {
     let mut cursor = "0-0".to_string();
     for _ in 0..10_000 {
-        let Some(reply) = read(shared, p, lease, "claim", &cursor).await? else {
+        let Some((reply, _)) = read(shared, p, lease, ("claim", &cursor), &[], false).await? else {
             return Ok(false);
         };
         cursor = redis::from_redis_value(reply)
@@ -163,12 +202,28 @@ async fn claim_pending(shared: &Shared, p: u32, lease: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Reads and routes one batch; returns how many entries it read, or
+/// Acks the previous batch (`routed`), reads and routes one batch, and
+/// leaves its ids in `routed`; returns how many entries it read, or
 /// `usize::MAX` if the lease is no longer ours.
-async fn step(shared: &Shared, p: u32, lease: &str, from: &str) -> Result<usize> {
-    let Some(reply) = read(shared, p, lease, from, "").await? else {
+///
+/// The ack of a batch rides on the next read (one round trip less per
+/// batch): a batch is acked one read later, and the loop reads again at
+/// once after a non-empty batch. A crash in between leaves the batch
+/// pending, and the next owner's routing of it is dropped by the
+/// high-water marks.
+async fn step(
+    shared: &Shared,
+    p: u32,
+    lease: &str,
+    from: &str,
+    routed: &mut Vec<String>,
+) -> Result<usize> {
+    // The version is read after the entries, so the index is at least as
+    // new as every subscription created before they were published.
+    let Some((reply, version)) = read(shared, p, lease, (from, ""), routed, true).await? else {
         return Ok(usize::MAX);
     };
+    routed.clear();
     let reply: Option<StreamReadReply> = redis::from_redis_value(reply)
         .map_err(|e| BrokerError::Internal(format!("ingest read reply: {e}")))?;
     let entries: Vec<StreamId> = reply
@@ -177,64 +232,99 @@ async fn step(shared: &Shared, p: u32, lease: &str, from: &str) -> Result<usize>
     if entries.is_empty() {
         return Ok(0);
     }
-    // Read after the entries, so the index is at least as new as every
-    // subscription created before they were published.
-    let version = subs::version(shared).await?;
     if version != shared.subs.routes().version {
         subs::reload(shared).await?;
     }
     route_batch(shared, p, &entries).await?;
-    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    let mut conn = shared.conn();
-    shared
-        .call(
-            redis::cmd("XACK")
-                .arg(shared.keys.ingest(p))
-                .arg(ROUTER_GROUP)
-                .arg(&ids)
-                .query_async::<i64>(&mut conn),
-        )
-        .await?;
+    routed.extend(entries.iter().map(|e| e.id.clone()));
     Ok(entries.len())
 }
 
+/// What routing needs of an ingest entry. The event JSON is only parsed
+/// when a filter or a TTL needs it: the topic and priority are fields of
+/// their own.
+struct Entry<'a> {
+    id: &'a str,
+    topic: String,
+    priority: u8,
+    json: String,
+    event: Option<Event>,
+}
+
+impl<'a> Entry<'a> {
+    fn read(entry: &'a StreamId) -> Option<Entry<'a>> {
+        let json: String = entry.get("ev")?;
+        let fields = entry
+            .get::<String>("topic")
+            .zip(entry.get::<u8>("prio"))
+            .filter(|(_, prio)| (1..=10).contains(prio));
+        let (topic, priority, event) = match fields {
+            // Serialized events carry `"ttl":` only when they have one.
+            Some((topic, prio)) if !json.contains("\"ttl\":") => (topic, prio, None),
+            _ => {
+                let event: Event = serde_json::from_str(&json).ok()?;
+                (event.topic.clone(), event.priority.get(), Some(event))
+            }
+        };
+        Some(Entry {
+            id: &entry.id,
+            topic,
+            priority,
+            json,
+            event,
+        })
+    }
+
+    /// The event, parsed on first use; `None` if unreadable.
+    fn event(&mut self) -> Option<&Event> {
+        if self.event.is_none() {
+            self.event = serde_json::from_str(&self.json).ok();
+        }
+        self.event.as_ref()
+    }
+}
+
 /// Copies a batch into every matching subscription, one script per
-/// subscription, in ingest order.
+/// subscription (all in flight at once), in ingest order.
 async fn route_batch(shared: &Shared, p: u32, entries: &[StreamId]) -> Result<()> {
     let routes = shared.subs.routes();
     if routes.subs.is_empty() {
         return Ok(());
     }
     let now = jiff::Timestamp::now();
-    // Subscription index → (ingest id, priority, event JSON), in order.
-    let mut per_sub: BTreeMap<usize, Vec<(&str, u8, String)>> = BTreeMap::new();
+    // Subscription index → indices into `read`, in order.
+    let mut per_sub: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut read: Vec<Entry<'_>> = Vec::with_capacity(entries.len());
     let mut matched = Vec::new();
     for entry in entries {
-        let Some(event) = entry_event(entry) else {
+        let Some(mut e) = Entry::read(entry) else {
             tracing::warn!(partition = p, id = %entry.id, "unreadable ingest entry skipped");
             continue;
         };
-        if event.ttl.is_some() && event.is_expired_at(now) {
+        if e.event
+            .as_ref()
+            .is_some_and(|ev| ev.ttl.is_some() && ev.is_expired_at(now))
+        {
             shared.counters.expired.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         matched.clear();
-        routes.trie.matches_into(&event.topic, &mut matched);
-        if matched.is_empty() {
-            continue;
-        }
-        let json: String = entry.get("ev").unwrap_or_default();
+        routes.trie.matches_into(&e.topic, &mut matched);
+        let mut any = false;
         for &i in &matched {
-            if routes.subs[i].spec().selector.matches_filter(&event) {
-                per_sub.entry(i).or_default().push((
-                    entry.id.as_str(),
-                    event.priority.get(),
-                    json.clone(),
-                ));
+            let selector = &routes.subs[i].spec().selector;
+            let pass = selector.filter().is_none()
+                || e.event().is_some_and(|ev| selector.matches_filter(ev));
+            if pass {
+                per_sub.entry(i).or_default().push(read.len());
+                any = true;
             }
         }
+        if any {
+            read.push(e);
+        }
     }
-    for (i, batch) in per_sub {
+    let scripts = per_sub.into_iter().map(|(i, batch)| {
         let sub = &routes.subs[i];
         let mut inv = shared.scripts.route.prepare_invoke();
         inv.key(sub.keys.info()).key(sub.keys.hwm());
@@ -242,15 +332,20 @@ async fn route_batch(shared: &Shared, p: u32, entries: &[StreamId]) -> Result<()
             inv.key(band);
         }
         inv.arg(p);
-        for (id, prio, json) in &batch {
-            inv.arg(*id).arg(*prio).arg(json);
+        for &k in &batch {
+            let e = &read[k];
+            inv.arg(e.id).arg(e.priority).arg(&e.json);
         }
-        let mut conn = shared.conn();
-        let added: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
-        if added > 0 {
-            shared.deliver.notify(&sub.record.sid);
+        async move {
+            let mut conn = shared.conn();
+            let added: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
+            if added > 0 {
+                shared.deliver.notify(&sub.record.sid);
+            }
+            Ok::<(), BrokerError>(())
         }
-    }
+    });
+    futures::future::try_join_all(scripts).await?;
     Ok(())
 }
 

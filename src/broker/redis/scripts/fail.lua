@@ -22,8 +22,10 @@ redis.call('XDEL', KEYS[2], ARGV[1])
 local f = {}
 local fl = e[1][2]
 for i = 1, #fl, 2 do f[fl[i]] = fl[i + 1] end
-local dl = tonumber(f.dl) + count
-local nf = tonumber(f.nf) + 1
+-- A first attempt's entry holds only `ev` (route.lua).
+local dl = tonumber(f.dl or 0) + count
+local nf = tonumber(f.nf or 0) + 1
+f.hist = f.hist or '[]'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local item = '{"attempt":' .. dl .. ',"at_ms":' .. now .. ',"reason":' .. cjson.encode(ARGV[3]) .. '}'

@@ -2,7 +2,8 @@
 -- KEYS[1] lease, KEYS[2] ingest stream.
 -- ARGV[1] lease token, ARGV[2] consumer, ARGV[3] count, ARGV[4] '>' (new
 -- entries), '0' (entries pending to us) or 'claim' (take over every pending
--- entry, continuing at cursor ARGV[5]).
+-- entry, continuing at cursor ARGV[5]); ARGV[6..] ids of the previous
+-- batch, routed now, to XACK first.
 -- Returns -1 when the lease is not ours (expired, or taken by another
 -- replica after a stall): a stale owner can then neither read new entries
 -- nor steal pending ones, so only the high-water mark has to guard the
@@ -10,6 +11,9 @@
 -- empty), or for 'claim' the next XAUTOCLAIM cursor ('0-0' when done, after
 -- deleting the previous owners' consumers, which then hold nothing).
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if #ARGV > 5 then
+  redis.call('XACK', KEYS[2], 'router', unpack(ARGV, 6))
+end
 if ARGV[4] == 'claim' then
   local r = redis.call('XAUTOCLAIM', KEYS[2], 'router', ARGV[2], 0, ARGV[5], 'COUNT', ARGV[3], 'JUSTID')
   if r[1] == '0-0' then

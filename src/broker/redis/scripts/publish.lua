@@ -1,5 +1,6 @@
 -- Appends events to one ingest partition and fans them out live.
--- KEYS[1] ingest stream, KEYS[2] meta hash, KEYS[3] live shard channel,
+-- KEYS[1] ingest stream, KEYS[2] meta hash (epoch, seq, agecheck), KEYS[3]
+-- live shard channel,
 -- then, when the dedup window is on, one dedup key per event.
 -- ARGV[1] epoch candidate, ARGV[2] MINID threshold in ms ('0' = none),
 -- ARGV[3] MAXLEN cap ('0' = none), ARGV[4] n, ARGV[5] dedup window in ms
@@ -31,8 +32,14 @@ if window > 0 then
     end
   end
 end
-redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+-- One read of the meta hash: the epoch, and when the age trim was last
+-- checked (see Retention).
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'agecheck')
+local epoch = meta[1]
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
 local out = {}
 local ids = {}
 for i = 1, n do
@@ -90,7 +97,11 @@ local cap = tonumber(ARGV[3])
 local over = cap > 0 and redis.call('XLEN', KEYS[1]) > cap
 local old = false
 local minid = ARGV[2] .. '-0'
-if ARGV[2] ~= '0' then
+-- The age check reads the oldest entry (whole, into Lua): at most once per
+-- second of the threshold's clock per partition, not on every publish.
+local threshold = tonumber(ARGV[2])
+if threshold ~= 0 and threshold >= (tonumber(meta[2]) or 0) + 1000 then
+  redis.call('HSET', KEYS[2], 'agecheck', threshold)
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
   old = #first > 0 and before(first[1][1], minid)
 end

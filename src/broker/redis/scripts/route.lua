@@ -24,7 +24,9 @@ for i = 2, #ARGV, 3 do
   local id = ARGV[i]
   if (not hwm) or newer(id, hwm) then
     local band = tonumber(ARGV[i + 1])
-    redis.call('XADD', KEYS[2 + band], '*', 'ev', ARGV[i + 2], 'dl', 0, 'nf', 0, 'hist', '[]')
+    -- A first attempt stores only the event: dl, nf and hist default to
+    -- 0, 0 and [] (fetch.lua and fail.lua read them that way).
+    redis.call('XADD', KEYS[2 + band], '*', 'ev', ARGV[i + 2])
     added = added + 1
     hwm = id
     moved = true
