@@ -11,22 +11,17 @@
 //! `ratio` is median(on) / median(off) events per second (target >= 0.85).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use event_router::broker::{ConsumeOptions, GroupSpec, MemoryBroker, MemoryBrokerConfig};
 use event_router::selector::Selector;
-use event_router::telemetry::{otel_layer, span_filter};
+use event_router::telemetry::{Pipeline, PipelineConfig, Sampler, trace};
 use event_router::{Router, RouterConfig, SharedBroker};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use prost::Message;
 use serde_json::json;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::dynamic_filter_fn;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// The allocator the `event-router` binary uses (src/main.rs).
 #[global_allocator]
@@ -67,9 +62,6 @@ fn args() -> Args {
     }
     a
 }
-
-/// Whether the OpenTelemetry layer records spans (the "on" rounds).
-static TRACING: AtomicBool = AtomicBool::new(false);
 
 /// Spans the receiver decoded.
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
@@ -177,14 +169,14 @@ fn main() {
         .build()
         .expect("runtime");
     let receiver = start_receiver();
-    let sampler = if args.ratio >= 1.0 {
+    let mut config = PipelineConfig::from_env();
+    config.sampler = if args.ratio >= 1.0 {
         Sampler::AlwaysOn
     } else {
-        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(args.ratio)))
+        Sampler::ParentBased(Box::new(Sampler::Ratio(args.ratio)))
     };
-    let builder = SdkTracerProvider::builder().with_sampler(sampler);
-    let provider = if args.export == "none" {
-        builder.with_batch_exporter(Discard).build()
+    let pipeline = if args.export == "none" {
+        Pipeline::start(Discard, config)
     } else {
         let exporter = runtime.block_on(async {
             SpanExporter::builder()
@@ -194,19 +186,13 @@ fn main() {
                 .build()
                 .expect("exporter")
         });
-        builder.with_batch_exporter(exporter).build()
-    };
-    // One global subscriber whose only layer is switched by `TRACING`: a
-    // scoped dispatcher would miss callsites whose interest was cached
-    // while no subscriber was set.
-    let targets = span_filter();
-    let layer = otel_layer(&provider).with_filter(dynamic_filter_fn(move |meta, _| {
-        TRACING.load(Ordering::Relaxed) && targets.would_enable(meta.target(), meta.level())
-    }));
-    tracing_subscriber::registry()
-        .with(layer)
-        .try_init()
-        .expect("the only subscriber");
+        Pipeline::start(exporter, config)
+    }
+    .expect("span export thread");
+    let pipeline = Arc::new(pipeline);
+    // The event spans' pipeline, switched off for the "off" rounds.
+    trace::install(pipeline.clone());
+    trace::set_enabled(false);
 
     let broker: SharedBroker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
     let router = Router::new(broker, RouterConfig::default());
@@ -226,9 +212,9 @@ fn main() {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let rate_off = runtime.block_on(run_round(&router, "bench", args.events));
-        TRACING.store(true, Ordering::Relaxed);
+        trace::set_enabled(true);
         let rate_on = runtime.block_on(run_round(&router, "bench", args.events));
-        TRACING.store(false, Ordering::Relaxed);
+        trace::set_enabled(false);
         println!(
             "round {round}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
             args.ratio
@@ -236,13 +222,13 @@ fn main() {
         off.push(rate_off);
         on.push(rate_on);
     }
-    let _ = provider.force_flush();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    pipeline.shutdown();
     let traced_events = (args.events * args.rounds) as u64;
     println!(
-        "spans exported: {} for {traced_events} traced events (the rest were dropped by the \
-         bounded export queue, which never blocks publishing)",
-        EXPORTED.load(Ordering::Relaxed)
+        "spans received: {} for {traced_events} traced events; {} dropped by the bounded \
+         export buffer (which never blocks publishing)",
+        EXPORTED.load(Ordering::Relaxed),
+        pipeline.dropped()
     );
     let (off, on) = (median(off), median(on));
     println!(
@@ -253,5 +239,4 @@ fn main() {
         args.rounds,
         on / off
     );
-    let _ = provider.shutdown();
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
-use tracing::Instrument;
 
 use crate::broker::{
     BrokerError, LiveItem, LiveSubscription, PublishOptions, Published, SharedBroker,
@@ -332,7 +331,7 @@ impl Router {
     /// [`RouterError::Broker`] when the broker fails; nothing was published then.
     pub async fn publish(&self, mut event: Event) -> Result<Receipt, RouterError> {
         let span = telemetry::trace::receive_span(&mut event);
-        self.publish_routed(event).instrument(span).await
+        span.scope(Box::pin(self.publish_routed(event))).await
     }
 
     async fn publish_routed(&self, event: Event) -> Result<Receipt, RouterError> {
@@ -383,8 +382,7 @@ impl Router {
         atomic: bool,
     ) -> Result<Vec<Receipt>, RouterError> {
         let span = telemetry::trace::receive_batch_span(&mut events);
-        self.publish_batch_routed(events, atomic)
-            .instrument(span)
+        span.scope(Box::pin(self.publish_batch_routed(events, atomic)))
             .await
     }
 

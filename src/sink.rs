@@ -19,7 +19,6 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::broker::{BrokerError, ConsumeOptions, NackOptions, SharedBroker};
 use crate::event::Delivery;
@@ -235,13 +234,8 @@ async fn deliver(
     let (mut headers, body) = binary_cloudevent(&delivery);
     let span = trace::push_span(&delivery.subscription, target.uri.as_str(), &delivery.event);
     trace::inject_http(&span, &mut headers);
-    let outcome = http
-        .post(target.uri.clone())
-        .headers(headers)
-        .body(body)
-        .send()
-        .instrument(span)
-        .await;
+    let post = http.post(target.uri.clone()).headers(headers).body(body);
+    let outcome = span.scope(post.send()).await;
     let failure = match outcome {
         Ok(r) if r.status().is_success() => None,
         Ok(r) => Some(format!("sink answered {}", r.status())),

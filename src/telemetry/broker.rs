@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use tracing::Instrument;
 
 use super::metrics::metrics;
 use super::trace::{self, InFlightSpans};
@@ -83,10 +82,8 @@ impl Broker for InstrumentedBroker {
 
     async fn publish(&self, event: Event, options: PublishOptions) -> Result<Published> {
         let started = Instant::now();
-        let result = self
-            .inner
-            .publish(event, options)
-            .instrument(trace::store_span(1))
+        let result = trace::store_span(1)
+            .scope(self.inner.publish(event, options))
             .await;
         if result.is_ok() {
             let m = metrics();
@@ -102,10 +99,9 @@ impl Broker for InstrumentedBroker {
         options: PublishOptions,
     ) -> Result<Vec<Published>> {
         let started = Instant::now();
-        let result = self
-            .inner
-            .publish_batch(events, options)
-            .instrument(trace::store_span(0))
+        let events_len = events.len();
+        let result = trace::store_span(events_len)
+            .scope(self.inner.publish_batch(events, options))
             .await;
         if let Ok(published) = &result {
             let m = metrics();
@@ -146,11 +142,7 @@ impl Broker for InstrumentedBroker {
     async fn ack(&self, subscription: &str, delivery_id: &str) -> Result<()> {
         let parent = self.in_flight.take(subscription, delivery_id);
         let span = trace::ack_span(subscription, delivery_id, parent);
-        let result = self
-            .inner
-            .ack(subscription, delivery_id)
-            .instrument(span)
-            .await;
+        let result = span.scope(self.inner.ack(subscription, delivery_id)).await;
         if result.is_ok() {
             metrics().acked(subscription);
         }
@@ -165,10 +157,8 @@ impl Broker for InstrumentedBroker {
     ) -> Result<()> {
         let parent = self.in_flight.take(subscription, delivery_id);
         let span = trace::nack_span(subscription, delivery_id, options.reason.as_deref(), parent);
-        let result = self
-            .inner
-            .nack(subscription, delivery_id, options)
-            .instrument(span)
+        let result = span
+            .scope(self.inner.nack(subscription, delivery_id, options))
             .await;
         if result.is_ok() {
             metrics().nacked(subscription);
@@ -185,10 +175,8 @@ impl Broker for InstrumentedBroker {
     }
 
     async fn redrive(&self, subscription: &str, selection: DeadLetterSelection) -> Result<u64> {
-        let span = tracing::info_span!("redrive", subscription);
-        self.inner
-            .redrive(subscription, selection)
-            .instrument(span)
+        trace::redrive_span(subscription)
+            .scope(self.inner.redrive(subscription, selection))
             .await
     }
 

@@ -6,7 +6,6 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
 
 use super::trace;
 
@@ -37,18 +36,18 @@ pub async fn request_span(request: Request, next: Next) -> Response {
         // Probes and scrapes: no span, so no trace per probe.
         return next.run(request).await;
     }
-    let span = tracing::info_span!(
+    let log = tracing::info_span!(
         "request",
-        otel.kind = "server",
         request_id = %id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %path,
         trace_id = tracing::field::Empty,
     );
-    trace::attach(&span, trace::extract_http(request.headers()));
+    let span = trace::request_span(request.headers(), request.method(), path, log);
+    let log = span.log().clone();
     let started = std::time::Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
+    let mut response = span.scope(Box::pin(next.run(request))).await;
+    log.in_scope(|| {
         tracing::debug!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -4,9 +4,11 @@
 //!   (JSON when stderr is not a terminal or `--log-format json`, readable
 //!   text otherwise; levels from `RUST_LOG`), and — only when the standard
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set — an
-//!   OpenTelemetry layer exporting spans over OTLP (gRPC or HTTP/protobuf,
-//!   chosen by `OTEL_EXPORTER_OTLP_PROTOCOL`). It returns a
-//!   [`TelemetryGuard`] that flushes spans on shutdown.
+//!   OpenTelemetry tracer exporting spans over OTLP (gRPC or HTTP/protobuf,
+//!   chosen by `OTEL_EXPORTER_OTLP_PROTOCOL`), installed with
+//!   [`trace::install`]. It returns a [`TelemetryGuard`] that flushes spans
+//!   on shutdown. `tracing` spans are for log lines only; they are not
+//!   bridged to OpenTelemetry (see [`trace`] on why).
 //! - [`trace`]: W3C `traceparent` propagation through event headers, and the
 //!   spans of an event's life (receive, validate, route, store, deliver, ack,
 //!   nack, dead-letter, push).
@@ -15,24 +17,27 @@
 //! - [`InstrumentedBroker`]: the broker wrapper the router uses to measure
 //!   every broker the same way.
 //!
-//! Export never blocks event flow: spans go to a bounded in-memory queue
-//! drained by a background thread, and are dropped when the collector is
-//! slow or down (an error is logged by the OpenTelemetry SDK).
+//! - [`pipeline`]: sampling, and the bounded buffer and thread that export
+//!   finished spans.
+//!
+//! Export never blocks event flow: spans go to a bounded in-memory buffer
+//! drained by a background thread, and are dropped (and counted) when the
+//! collector is slow or down.
 
 mod broker;
 pub mod http;
 mod log;
 pub mod metrics;
+pub mod pipeline;
 pub mod trace;
+mod traceparent;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -40,6 +45,7 @@ use tracing_subscriber::{Layer, Registry};
 
 pub use broker::InstrumentedBroker;
 pub use log::JsonLines;
+pub use pipeline::{Pipeline, PipelineConfig, Sampler};
 
 use crate::config::LogFormat;
 
@@ -71,44 +77,59 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built.
     #[error("cannot build the OTLP span exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    /// The span export thread could not be started.
+    #[error("cannot start the span export thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Keeps the span pipeline alive; [`TelemetryGuard::shutdown`] flushes it.
-/// Dropping it without `shutdown` flushes too, blocking for at most
+/// Dropping it without `shutdown` flushes too, blocking for at most about
 /// [`EXPORT_TIMEOUT`].
 #[derive(Debug)]
 pub struct TelemetryGuard {
-    provider: Option<SdkTracerProvider>,
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl TelemetryGuard {
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.pipeline.is_some()
     }
 
     /// Flushes pending spans and stops the exporter, waiting at most about
     /// [`EXPORT_TIMEOUT`]. Errors are logged, never returned: a collector
     /// that is down must not fail a shutdown.
     pub async fn shutdown(mut self) {
-        let Some(provider) = self.provider.take() else {
+        let Some(pipeline) = self.pipeline.take() else {
             return;
         };
-        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        let flush = tokio::task::spawn_blocking(move || stop(&pipeline));
         match tokio::time::timeout(EXPORT_TIMEOUT + Duration::from_secs(1), flush).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "flushing spans failed"),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "flushing spans failed"),
             Err(_) => tracing::warn!("flushing spans timed out"),
         }
     }
 }
 
+/// Stops `pipeline`, logging how many spans it had to drop.
+fn stop(pipeline: &Pipeline) {
+    pipeline.shutdown();
+    let dropped = pipeline.dropped();
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            exported = pipeline.exported(),
+            "spans were dropped because the export buffer was full"
+        );
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // The SDK bounds this by the exporter timeout.
-            let _ = std::thread::spawn(move || provider.shutdown()).join();
+        if let Some(pipeline) = self.pipeline.take() {
+            // Each export call is bounded by the exporter's timeout.
+            let _ = std::thread::spawn(move || stop(&pipeline)).join();
         }
     }
 }
@@ -159,40 +180,41 @@ pub fn protocol_from_env() -> Result<OtlpProtocol, TelemetryError> {
     }
 }
 
-/// The tracer provider configured from `OTEL_*`, or `None` when export is
-/// not requested. Endpoint, headers, timeout, sampler
-/// (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`) and resource
-/// (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) are read by the
-/// OpenTelemetry SDK itself. Must run inside a Tokio runtime (gRPC).
+/// The span pipeline configured from `OTEL_*`, or `None` when export is
+/// not requested. Endpoint, headers and timeout are read by the OTLP
+/// exporter, resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) by
+/// the OpenTelemetry SDK, sampler and buffer (`OTEL_TRACES_SAMPLER*`,
+/// `OTEL_BSP_*`) by [`PipelineConfig::from_env`]. Must run inside a Tokio
+/// runtime (gRPC).
 ///
 /// # Errors
-/// A bad protocol value or an exporter that cannot be built.
-pub fn tracer_provider_from_env() -> Result<Option<SdkTracerProvider>, TelemetryError> {
+/// A bad protocol value, an exporter that cannot be built, or no thread
+/// for it.
+pub fn pipeline_from_env() -> Result<Option<Arc<Pipeline>>, TelemetryError> {
     if !export_requested() {
         return Ok(None);
     }
-    let exporter = match protocol_from_env()? {
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-    }
-    .map_err(TelemetryError::Exporter)?;
-    let mut resource = Resource::builder();
-    if env("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
-    }
-    Ok(Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource.build())
-            .build(),
-    ))
+    let config = PipelineConfig::from_env();
+    let pipeline = match protocol_from_env()? {
+        OtlpProtocol::Grpc => Pipeline::start(
+            SpanExporter::builder()
+                .with_tonic()
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(TelemetryError::Exporter)?,
+            config,
+        ),
+        OtlpProtocol::HttpProtobuf => Pipeline::start(
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(TelemetryError::Exporter)?,
+            config,
+        ),
+    };
+    Ok(Some(Arc::new(pipeline.map_err(TelemetryError::Thread)?)))
 }
 
 /// Whether log lines are JSON for this format and stderr.
@@ -211,10 +233,7 @@ pub fn json_logs(format: LogFormat) -> bool {
 /// # Errors
 /// [`TelemetryError`] when `OTEL_*` is set to something unusable.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let provider = tracer_provider_from_env()?;
-    let otel = provider
-        .as_ref()
-        .map(|p| otel_layer(p).with_filter(span_filter()));
+    let pipeline = pipeline_from_env()?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -228,47 +247,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .with_filter(filter)
             .boxed()
     };
-    let installed = Registry::default().with(otel).with(fmt).try_init().is_ok();
-    if installed && provider.is_some() {
+    let installed = Registry::default().with(fmt).try_init().is_ok();
+    if let Some(pipeline) = &pipeline
+        && trace::install(pipeline.clone())
+        && installed
+    {
         tracing::info!(protocol = ?protocol_from_env().ok(), "exporting spans over OTLP");
     }
-    Ok(TelemetryGuard { provider })
-}
-
-/// The OpenTelemetry layer over `provider`, as `serve` installs it: no
-/// source-location, thread or busy/idle attributes (each costs allocations
-/// on every span and says nothing about an event's path).
-pub fn otel_layer<S>(
-    provider: &SdkTracerProvider,
-) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(DEFAULT_SERVICE_NAME))
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-}
-
-/// Which spans are exported: the router's own, at INFO and above,
-/// whatever `RUST_LOG` says about log lines.
-pub fn span_filter() -> Targets {
-    Targets::new().with_target("event_router", tracing::Level::INFO)
-}
-
-/// Installs only the OpenTelemetry layer over `provider` as the global
-/// subscriber (no log lines): for benchmarks and tests that measure or
-/// inspect spans.
-///
-/// # Errors
-/// When a global subscriber is already installed.
-pub fn init_spans_only(
-    provider: &SdkTracerProvider,
-) -> Result<(), tracing_subscriber::util::TryInitError> {
-    Registry::default()
-        .with(otel_layer(provider).with_filter(span_filter()))
-        .try_init()
+    Ok(TelemetryGuard { pipeline })
 }
 
 #[cfg(test)]
@@ -282,7 +268,7 @@ mod tests {
             && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
         {
             assert!(!export_requested());
-            assert!(tracer_provider_from_env().unwrap().is_none());
+            assert!(pipeline_from_env().unwrap().is_none());
         }
     }
 }

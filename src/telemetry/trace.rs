@@ -1,11 +1,10 @@
 //! W3C trace-context propagation and the spans of an event's life.
 //!
-//! An event carries its trace in `headers.traceparent` (and
-//! `headers.tracestate`). The router continues that trace, or starts one when
-//! the event has none, and writes its own span's context back into the
-//! headers before the event is stored; every later step — delivery on any
-//! replica, ack, nack, dead-letter — parents its span on what it finds there.
-//! One event's life is therefore one trace:
+//! An event carries its trace in `headers.traceparent`. The router continues
+//! that trace, or starts one when the event has none, and writes its own
+//! span's context back into the headers before the event is stored; every
+//! later step — delivery on any replica, ack, nack, dead-letter — parents its
+//! span on what it finds there. One event's life is therefore one trace:
 //!
 //! ```text
 //! validate ─▶ receive ─┬─ route
@@ -14,21 +13,45 @@
 //!                                                └─ nack ─ dead_letter
 //! ```
 //!
-//! Spans are ordinary `tracing` spans at INFO with target `event_router::…`;
-//! they become OpenTelemetry spans only when [`super::init`] installed an
-//! exporter. Without one, nothing is written into events' headers, and a
-//! `traceparent` a publisher sent passes through untouched.
+//! # Cost
+//! Several spans per event make this the hottest code of a traced router,
+//! so a step is not a `tracing` span bridged to OpenTelemetry (that bridge
+//! costs a registry lookup, an extension map, a builder and a channel send
+//! per span, several times the work being traced). A step is an
+//! [`EventSpan`]: ids from a thread-local generator, the sampling decision
+//! taken before anything is built, and — only when sampled — a plain record
+//! pushed into the [`Pipeline`]'s buffer when it ends. Parents are passed
+//! explicitly (the event's headers, the delivery's remembered context) or,
+//! inside an [`EventSpan::scope`], found in a thread-local.
+//!
+//! With a parent-based sampler (the default), a step whose parent is not
+//! sampled makes no span and leaves the event's `traceparent` as it is: an
+//! unsampled trace costs one sampler decision (at `validate`) and a few
+//! header parses per event, and still propagates a valid `traceparent`.
+//!
+//! Each step also has a `tracing` span for log lines (DEBUG on the
+//! per-event steps, so free at the default `info` level; INFO on the rare
+//! ones) carrying `trace_id` when it is enabled.
+//!
+//! Without [`install`] (no exporter), nothing is written into events'
+//! headers, and a `traceparent` a publisher sent passes through untouched.
+//! A publisher's `tracestate` header is carried along untouched.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::SystemTime;
 
-use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use parking_lot::Mutex;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::pipeline::{self, Pipeline, SpanRecord};
+use super::traceparent::{self, Parsed};
 use crate::event::Event;
 
 /// The W3C header carrying the parent span.
@@ -36,164 +59,366 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The W3C header carrying vendor trace state.
 pub const TRACESTATE: &str = "tracestate";
 
-struct HeaderMapRef<'a>(&'a BTreeMap<String, String>);
+static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
-impl Extractor for HeaderMapRef<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+/// Makes `pipeline` record every event span, once per process. Returns
+/// `false` when one was already installed (which stays).
+pub fn install(pipeline: Arc<Pipeline>) -> bool {
+    let installed = PIPELINE.set(pipeline).is_ok();
+    if installed {
+        ENABLED.store(true, Ordering::Release);
     }
+    installed
+}
 
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+/// Switches span recording off and on again after [`install`], for
+/// benchmarks that compare both in one process.
+#[doc(hidden)]
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Release);
+}
+
+fn pipeline() -> Option<&'static Pipeline> {
+    if ENABLED.load(Ordering::Acquire) {
+        PIPELINE.get().map(Arc::as_ref)
+    } else {
+        None
     }
 }
 
-struct HeaderMapMut<'a>(&'a mut BTreeMap<String, String>);
+/// A position in a trace: what a `traceparent` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepContext {
+    trace_id: u128,
+    span_id: u64,
+    sampled: bool,
+    /// Whether it came from a header (another process, or the event).
+    remote: bool,
+}
 
-impl Injector for HeaderMapMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` is no state: drop it rather than store "".
-        if value.is_empty() {
-            self.0.remove(key);
-        } else {
-            self.0.insert(key.to_string(), value);
+impl StepContext {
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        TraceId::from(self.trace_id)
+    }
+
+    /// The span id.
+    pub fn span_id(&self) -> SpanId {
+        SpanId::from(self.span_id)
+    }
+
+    /// Whether the trace is sampled.
+    pub fn is_sampled(&self) -> bool {
+        self.sampled
+    }
+
+    fn from_header(value: &str) -> Option<StepContext> {
+        let p = traceparent::parse(value)?;
+        Some(StepContext {
+            trace_id: p.trace_id,
+            span_id: p.span_id,
+            sampled: p.sampled,
+            remote: true,
+        })
+    }
+
+    fn write_header(&self, out: &mut String) {
+        let parsed = Parsed {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            sampled: self.sampled,
+        };
+        traceparent::write(parsed, out);
+    }
+}
+
+/// The parent in string headers (an event's `headers`), if they hold a
+/// valid `traceparent`.
+pub fn extract(headers: &BTreeMap<String, String>) -> Option<StepContext> {
+    StepContext::from_header(headers.get(TRACEPARENT)?)
+}
+
+/// The parent in HTTP request headers, if they hold a valid `traceparent`.
+pub fn extract_http(headers: &http::HeaderMap) -> Option<StepContext> {
+    StepContext::from_header(headers.get(TRACEPARENT)?.to_str().ok()?)
+}
+
+thread_local! {
+    /// The step whose [`EventSpan::scope`] is being polled on this thread.
+    static CURRENT: Cell<Option<StepContext>> = const { Cell::new(None) };
+}
+
+fn current() -> Option<StepContext> {
+    CURRENT.get()
+}
+
+/// A sampled step's span until it ends.
+#[derive(Debug)]
+struct Pending {
+    pipeline: &'static Pipeline,
+    name: &'static str,
+    kind: SpanKind,
+    parent: Option<StepContext>,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+}
+
+/// One step of an event's life: an OpenTelemetry span when the trace is
+/// sampled (ended when this is dropped, or when its [`EventSpan::scope`]
+/// future is), and a `tracing` span for log lines.
+#[derive(Debug)]
+pub struct EventSpan {
+    pending: Option<Pending>,
+    /// This step's context, or its parent's when the step made no span
+    /// (unsampled, or tracing off).
+    cx: Option<StepContext>,
+    /// Whether `cx` is a new span of this step (so [`inject`] writes it).
+    own: bool,
+    /// Whether tracing is on (so [`EventSpan::scope`] sets the context).
+    on: bool,
+    log: tracing::Span,
+}
+
+impl EventSpan {
+    /// Starts step `name` under `parent` (else the current step), with `log`
+    /// as its log span; `start` back-dates it.
+    fn start(
+        name: &'static str,
+        kind: SpanKind,
+        parent: impl FnOnce() -> Option<StepContext>,
+        start: Option<SystemTime>,
+        log: tracing::Span,
+    ) -> EventSpan {
+        let Some(pipeline) = pipeline() else {
+            // Only log lines want the trace id then.
+            let cx = if log.is_disabled() { None } else { parent() };
+            return EventSpan::passed(cx, false, log);
+        };
+        let parent = parent().or_else(current);
+        let sampler = pipeline.sampler();
+        if let Some(p) = parent
+            && !p.sampled
+            && sampler.parent_based()
+        {
+            return EventSpan::passed(parent, true, log);
+        }
+        let trace_id = parent.map_or_else(pipeline::new_trace_id, |p| p.trace_id);
+        let sampled = sampler.sampled(parent.map(|p| p.sampled), trace_id);
+        let cx = StepContext {
+            trace_id,
+            span_id: pipeline::new_span_id(),
+            sampled,
+            remote: false,
+        };
+        record_trace_id(&log, Some(cx));
+        let pending = sampled.then(|| Pending {
+            pipeline,
+            name,
+            kind,
+            parent,
+            start: start.unwrap_or_else(SystemTime::now),
+            attributes: Vec::new(),
+        });
+        EventSpan {
+            pending,
+            cx: Some(cx),
+            own: true,
+            on: true,
+            log,
+        }
+    }
+
+    /// A step with no span of its own: `cx` is its parent's.
+    fn passed(cx: Option<StepContext>, on: bool, log: tracing::Span) -> EventSpan {
+        record_trace_id(&log, cx);
+        EventSpan {
+            pending: None,
+            cx,
+            own: false,
+            on,
+            log,
+        }
+    }
+
+    /// A step that makes no span, only its log span.
+    fn log_only(log: tracing::Span) -> EventSpan {
+        EventSpan::passed(None, false, log)
+    }
+
+    /// Sets the attributes `attributes` builds, only when the span records.
+    fn set_attributes(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        if let Some(pending) = &mut self.pending {
+            pending.attributes = attributes();
+        }
+    }
+
+    /// The trace context this step's children see, if any.
+    pub fn span_context(&self) -> Option<StepContext> {
+        self.cx
+    }
+
+    /// Whether this step's span is recorded and exported.
+    pub fn is_recording(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The `tracing` span for log lines of this step.
+    pub fn log(&self) -> &tracing::Span {
+        &self.log
+    }
+
+    /// Runs `future` as this step: the step is the current span (of log
+    /// lines, and the parent of steps started inside it) while it is
+    /// polled, and the step's span ends when the future is dropped.
+    pub fn scope<F: Future + Unpin>(self, future: F) -> Scoped<F> {
+        Scoped { span: self, future }
+    }
+
+    /// Runs `f` inside this step's log span and ends the step. Steps started
+    /// inside `f` do not become its children.
+    pub fn in_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        self.log.in_scope(f)
+    }
+
+    fn finish(&mut self) {
+        let (Some(p), Some(cx)) = (self.pending.take(), self.cx) else {
+            return;
+        };
+        p.pipeline.record(SpanRecord {
+            name: p.name,
+            kind: p.kind,
+            trace_id: cx.trace_id,
+            span_id: cx.span_id,
+            parent_id: p.parent.map_or(0, |p| p.span_id),
+            parent_remote: p.parent.is_some_and(|p| p.remote),
+            start: p.start,
+            end: SystemTime::now(),
+            attributes: p.attributes,
+        });
+    }
+}
+
+impl Drop for EventSpan {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The future of [`EventSpan::scope`].
+#[derive(Debug)]
+pub struct Scoped<F> {
+    span: EventSpan,
+    future: F,
+}
+
+impl<F: Future + Unpin> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.span.log.enter();
+        let step = if this.span.on { this.span.cx } else { None };
+        let previous = step.map(|step| CURRENT.replace(Some(step)));
+        let result = Pin::new(&mut this.future).poll(cx);
+        if let Some(previous) = previous {
+            CURRENT.set(previous);
+        }
+        result
+    }
+}
+
+fn record_trace_id(log: &tracing::Span, cx: Option<StepContext>) {
+    if let Some(cx) = cx
+        && !log.is_disabled()
+    {
+        log.record("trace_id", tracing::field::display(cx.trace_id()));
+    }
+}
+
+/// Writes `span`'s context as `traceparent` into `headers`. Does nothing
+/// when the step made no span (tracing off, or the trace is not sampled and
+/// the headers already hold the parent), so headers are never filled with
+/// made-up ids.
+pub fn inject(span: &EventSpan, headers: &mut BTreeMap<String, String>) {
+    if let (true, Some(cx)) = (span.own, span.cx) {
+        // Overwrite in place when present: no key or value allocation.
+        match headers.get_mut(TRACEPARENT) {
+            Some(value) => cx.write_header(value),
+            None => {
+                let mut value = String::new();
+                cx.write_header(&mut value);
+                headers.insert(TRACEPARENT.to_string(), value);
+            }
         }
     }
 }
 
-struct HttpHeaders<'a>(&'a http::HeaderMap);
-
-impl Extractor for HttpHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
-/// Whether `value` has the W3C shape `vv-<32 hex>-<16 hex>-ff[-...]`
-/// (the SDK's parser alone accepts short ids such as `abc`).
-fn well_formed(value: &str) -> bool {
-    let mut parts = value.trim().split('-');
-    let lens = [2, 32, 16, 2];
-    lens.iter().all(|len| {
-        parts
-            .next()
-            .is_some_and(|p| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    })
-}
-
-/// The remote parent in string headers (an event's `headers`), if they
-/// hold a valid `traceparent`.
-pub fn extract(headers: &BTreeMap<String, String>) -> Option<Context> {
-    if !well_formed(headers.get(TRACEPARENT)?) {
-        return None;
-    }
-    let cx =
-        TraceContextPropagator::new().extract_with_context(&Context::new(), &HeaderMapRef(headers));
-    cx.span().span_context().is_valid().then_some(cx)
-}
-
-/// The remote parent in HTTP request headers, if they hold a valid `traceparent`.
-pub fn extract_http(headers: &http::HeaderMap) -> Option<Context> {
-    if !well_formed(headers.get(TRACEPARENT)?.to_str().ok()?) {
-        return None;
-    }
-    let cx =
-        TraceContextPropagator::new().extract_with_context(&Context::new(), &HttpHeaders(headers));
-    cx.span().span_context().is_valid().then_some(cx)
-}
-
-/// Writes `span`'s context as `traceparent`/`tracestate` into `headers`.
-/// Does nothing when `span` is not exported (no OpenTelemetry layer, or not
-/// sampled-and-recorded), so headers are never filled with made-up ids.
-pub fn inject(span: &Span, headers: &mut BTreeMap<String, String>) {
-    if span.is_disabled() {
-        return;
-    }
-    let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return;
-    }
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderMapMut(headers));
-}
-
-/// Makes `parent` (when given) the parent of `span`, and records the trace
-/// id in the span's `trace_id` field so that log lines carry it. Call before
-/// the span is first entered.
-pub fn attach(span: &Span, parent: Option<Context>) {
-    if span.is_disabled() {
-        return;
-    }
-    let remote = parent
-        .as_ref()
-        .map(|cx| cx.span().span_context().trace_id());
-    if let Some(parent) = parent {
-        // Fails only without an OpenTelemetry layer; the span is then a
-        // plain `tracing` span and the id comes from the remote parent.
-        let _ = span.set_parent(parent);
-    }
-    let own = span.context().span().span_context().clone();
-    let trace_id = if own.is_valid() {
-        Some(own.trace_id())
-    } else {
-        remote
-    };
-    if let Some(id) = trace_id {
-        span.record("trace_id", tracing::field::display(id));
-    }
-}
+/// The start of a `validate` step, taken before parsing; the span itself is
+/// made by [`validated`] once the event's own `traceparent` is known.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateSpan(Option<SystemTime>);
 
 /// The `validate` span of a publish; its parent is set by [`validated`].
-pub fn validate_span() -> Span {
-    tracing::info_span!(
-        "validate",
-        otel.kind = "server",
-        event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty
-    )
+pub fn validate_span() -> ValidateSpan {
+    ValidateSpan(pipeline().map(|_| SystemTime::now()))
 }
 
-/// Ends validation of `event`: the `validate` span joins the event's trace,
-/// or — when the event has none — starts one and stores it in the headers.
-pub fn validated(span: &Span, event: &mut Event) {
-    match extract(&event.headers) {
-        Some(parent) => attach(span, Some(parent)),
-        None => {
-            attach(span, None);
-            inject(span, &mut event.headers);
-        }
-    }
-    span.record("event_id", event.id.as_str());
+/// Ends validation of `event`: the `validate` span joins the event's trace
+/// (or the current one), or starts one, and is written into the headers so
+/// that `receive` becomes its child.
+pub fn validated(span: &ValidateSpan, event: &mut Event) {
+    let Some(started) = span.0 else {
+        return;
+    };
+    // No attributes: its child `receive` carries the event's.
+    let step = EventSpan::start(
+        "validate",
+        SpanKind::Server,
+        || extract(&event.headers),
+        Some(started),
+        tracing::Span::none(),
+    );
+    inject(&step, &mut event.headers);
 }
 
 /// The `receive` span of one publish: child of the event's `traceparent`
 /// (or of the current span), and written back as the event's new
 /// `traceparent` so that deliveries become its children.
-pub fn receive_span(event: &mut Event) -> Span {
-    let span = tracing::info_span!(
+pub fn receive_span(event: &mut Event) -> EventSpan {
+    let log = tracing::debug_span!(
         "receive",
-        otel.kind = "producer",
         topic = %event.topic,
         event_id = %event.id,
         trace_id = tracing::field::Empty,
     );
-    attach(&span, extract(&event.headers));
+    let mut span = EventSpan::start(
+        "receive",
+        SpanKind::Producer,
+        || extract(&event.headers),
+        None,
+        log,
+    );
+    span.set_attributes(|| {
+        vec![
+            KeyValue::new("topic", event.topic.clone()),
+            KeyValue::new("event_id", event.id.clone()),
+        ]
+    });
     inject(&span, &mut event.headers);
     span
 }
 
 /// The `receive` span of a batch; events without a trace of their own join it.
-pub fn receive_batch_span(events: &mut [Event]) -> Span {
-    let span = tracing::info_span!(
+pub fn receive_batch_span(events: &mut [Event]) -> EventSpan {
+    let log = tracing::debug_span!(
         "receive",
-        otel.kind = "producer",
         batch = events.len(),
-        trace_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
-    attach(&span, None);
+    let mut span = EventSpan::start("receive", SpanKind::Producer, || None, None, log);
+    let batch = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    span.set_attributes(|| vec![KeyValue::new("batch", batch)]);
     for event in events {
         if !event.headers.contains_key(TRACEPARENT) {
             inject(&span, &mut event.headers);
@@ -203,13 +428,25 @@ pub fn receive_batch_span(events: &mut [Event]) -> Span {
 }
 
 /// The `route` span (EventRoutes applied), a child of the current span.
-pub fn route_span() -> Span {
-    tracing::info_span!("route")
+pub fn route_span() -> EventSpan {
+    EventSpan::start(
+        "route",
+        SpanKind::Internal,
+        || None,
+        None,
+        tracing::debug_span!("route"),
+    )
 }
 
 /// The `store` span (the broker's publish), a child of the current span.
-pub fn store_span(events: usize) -> Span {
-    tracing::info_span!("store", events)
+pub fn store_span(events: usize) -> EventSpan {
+    let log = tracing::debug_span!("store", events);
+    let mut span = EventSpan::start("store", SpanKind::Internal, || None, None, log);
+    if events > 1 {
+        let events = i64::try_from(events).unwrap_or(i64::MAX);
+        span.set_attributes(|| vec![KeyValue::new("events", events)]);
+    }
+    span
 }
 
 /// The `deliver` span of one durable delivery, child of the context in the
@@ -220,49 +457,116 @@ pub fn deliver_span(
     delivery_id: &str,
     attempt: u32,
     event: &mut Event,
-) -> Span {
-    let span = tracing::info_span!(
+) -> EventSpan {
+    let log = tracing::debug_span!(
         "deliver",
-        otel.kind = "consumer",
         subscription,
         delivery_id,
         attempt,
         event_id = %event.id,
         trace_id = tracing::field::Empty,
     );
-    attach(&span, extract(&event.headers));
+    let mut span = EventSpan::start(
+        "deliver",
+        SpanKind::Consumer,
+        || extract(&event.headers),
+        None,
+        log,
+    );
+    span.set_attributes(|| {
+        vec![
+            KeyValue::new("subscription", subscription.to_string()),
+            KeyValue::new("delivery_id", delivery_id.to_string()),
+            KeyValue::new("attempt", i64::from(attempt)),
+            KeyValue::new("event_id", event.id.clone()),
+        ]
+    });
     inject(&span, &mut event.headers);
     span
 }
 
-/// The `ack` span, child of the delivery's span when it is known.
-pub fn ack_span(subscription: &str, delivery_id: &str, parent: Option<Context>) -> Span {
-    let span = tracing::info_span!(
+/// The `ack` span, child of the delivery's span. Without a known parent
+/// (the delivery was not sampled, or was made before a restart or by
+/// another replica) it makes no OpenTelemetry span: a lone `ack` says
+/// nothing about an event's path.
+pub fn ack_span(subscription: &str, delivery_id: &str, parent: Option<StepContext>) -> EventSpan {
+    let log = tracing::debug_span!(
         "ack",
         subscription,
         delivery_id,
         trace_id = tracing::field::Empty
     );
-    attach(&span, parent);
-    span
+    let Some(parent) = parent else {
+        return EventSpan::log_only(log);
+    };
+    // No attributes: its parent `deliver` names the delivery.
+    EventSpan::start("ack", SpanKind::Internal, || Some(parent), None, log)
 }
 
-/// The `nack` (retry) span, child of the delivery's span when it is known.
+/// The `nack` (retry) span, child of the delivery's span; without a known
+/// parent, as [`ack_span`].
 pub fn nack_span(
     subscription: &str,
     delivery_id: &str,
     reason: Option<&str>,
-    parent: Option<Context>,
-) -> Span {
-    let span = tracing::info_span!(
+    parent: Option<StepContext>,
+) -> EventSpan {
+    let log = tracing::info_span!(
         "nack",
         subscription,
         delivery_id,
         reason = reason.unwrap_or(""),
         trace_id = tracing::field::Empty
     );
-    attach(&span, parent);
+    let Some(parent) = parent else {
+        return EventSpan::log_only(log);
+    };
+    let mut span = EventSpan::start("nack", SpanKind::Internal, || Some(parent), None, log);
+    span.set_attributes(|| {
+        vec![
+            KeyValue::new("delivery_id", delivery_id.to_string()),
+            KeyValue::new("reason", reason.unwrap_or("").to_string()),
+        ]
+    });
     span
+}
+
+/// The `dead_letter` span of `subscription` under `parent`, ended at once,
+/// with the `event dead-lettered` log line carrying its trace id.
+fn dead_letter(
+    subscription: &str,
+    event_id: Option<&str>,
+    reason: &str,
+    parent: impl FnOnce() -> Option<StepContext>,
+) {
+    super::metrics::metrics().dead_lettered(subscription);
+    let parent = current().or_else(parent);
+    let remote = parent.as_ref().map(StepContext::trace_id);
+    let mut span = EventSpan::start(
+        "dead_letter",
+        SpanKind::Internal,
+        || parent,
+        None,
+        tracing::Span::none(),
+    );
+    span.set_attributes(|| {
+        let mut attributes = vec![
+            KeyValue::new("subscription", subscription.to_string()),
+            KeyValue::new("reason", reason.to_string()),
+        ];
+        if let Some(id) = event_id {
+            attributes.push(KeyValue::new("event_id", id.to_string()));
+        }
+        attributes
+    });
+    let trace_id = span.cx.map(|cx| cx.trace_id()).or(remote);
+    tracing::info!(
+        subscription,
+        event_id,
+        reason,
+        trace_id = trace_id.map(tracing::field::display),
+        "event dead-lettered"
+    );
 }
 
 /// Records that `event` was moved to `subscription`'s dead-letter queue:
@@ -270,60 +574,82 @@ pub fn nack_span(
 /// (the `nack` that exhausted the attempts) or, when there is none (an ack
 /// timeout), of the event's trace. Brokers call this where they dead-letter.
 pub fn dead_lettered(subscription: &str, event: &Event, reason: &str) {
-    super::metrics::metrics().dead_lettered(subscription);
-    let parent = if Span::current().is_none() {
+    dead_letter(subscription, Some(&event.id), reason, || {
         extract(&event.headers)
-    } else {
-        None
-    };
-    let span = tracing::info_span!(
-        "dead_letter",
-        subscription,
-        event_id = %event.id,
-        reason,
-        trace_id = tracing::field::Empty,
-    );
-    attach(&span, parent);
-    span.in_scope(
-        || tracing::info!(subscription, event_id = %event.id, reason, "event dead-lettered"),
-    );
+    });
 }
 
 /// As [`dead_lettered`], for a broker that dead-letters inside its store
 /// without holding the event (Redis): the span is a child of the current
 /// span (the `nack`), and carries no event id.
 pub fn dead_lettered_entry(subscription: &str, reason: &str) {
-    super::metrics::metrics().dead_lettered(subscription);
-    let span = tracing::info_span!(
-        "dead_letter",
-        subscription,
-        reason,
-        trace_id = tracing::field::Empty,
-    );
-    attach(&span, None);
-    span.in_scope(|| tracing::info!(subscription, reason, "event dead-lettered"));
+    dead_letter(subscription, None, reason, || None);
 }
 
 /// The span of a push sink's HTTP POST of one delivery, child of the
-/// delivery's trace; call [`inject`] with it to send `traceparent` along.
-pub fn push_span(subscription: &str, url: &str, event: &Event) -> Span {
-    let span = tracing::info_span!(
+/// delivery's trace; call [`inject_http`] with it to send `traceparent` along.
+pub fn push_span(subscription: &str, url: &str, event: &Event) -> EventSpan {
+    let log = tracing::info_span!(
         "push",
-        otel.kind = "client",
         subscription,
         url,
         event_id = %event.id,
         trace_id = tracing::field::Empty,
     );
-    attach(&span, extract(&event.headers));
+    let mut span = EventSpan::start(
+        "push",
+        SpanKind::Client,
+        || extract(&event.headers),
+        None,
+        log,
+    );
+    span.set_attributes(|| {
+        vec![
+            KeyValue::new("subscription", subscription.to_string()),
+            KeyValue::new("url", url.to_string()),
+            KeyValue::new("event_id", event.id.clone()),
+        ]
+    });
+    span
+}
+
+/// The `request` span of one HTTP request, child of the request's
+/// `traceparent` header (else a root); `log` is its log span.
+pub fn request_span(
+    headers: &http::HeaderMap,
+    method: &http::Method,
+    path: &str,
+    log: tracing::Span,
+) -> EventSpan {
+    let mut span = EventSpan::start(
+        "request",
+        SpanKind::Server,
+        || extract_http(headers),
+        None,
+        log,
+    );
+    span.set_attributes(|| {
+        vec![
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", path.to_string()),
+        ]
+    });
+    span
+}
+
+/// The `redrive` span of a dead-letter redrive, a child of the current span.
+pub fn redrive_span(subscription: &str) -> EventSpan {
+    let log = tracing::info_span!("redrive", subscription);
+    let mut span = EventSpan::start("redrive", SpanKind::Internal, || None, None, log);
+    span.set_attributes(|| vec![KeyValue::new("subscription", subscription.to_string())]);
     span
 }
 
 /// Writes `span`'s context as `traceparent`/`tracestate` HTTP headers
 /// (replacing any), so that the receiver of an outgoing request (a push
 /// sink's POST) continues the trace under `span`. Does nothing when the
-/// span is not exported.
-pub fn inject_http(span: &Span, headers: &mut http::HeaderMap) {
+/// step made no span.
+pub fn inject_http(span: &EventSpan, headers: &mut http::HeaderMap) {
     let mut map = BTreeMap::new();
     inject(span, &mut map);
     for (name, value) in map {
@@ -337,40 +663,64 @@ pub fn inject_http(span: &Span, headers: &mut http::HeaderMap) {
 }
 
 /// Most deliveries whose span is remembered for their ack or nack; past it
-/// the table is cleared (later acks then start their own span tree).
+/// the table is cleared (later acks then make no span).
 const MAX_TRACKED_DELIVERIES: usize = 100_000;
 
-/// Remembers each in-flight delivery's span context so that its ack or nack
-/// span becomes a child of its `deliver` span.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Delivery contexts by subscription, then delivery id: looked up by
+    /// `&str` without building a key.
+    by_subscription: HashMap<String, HashMap<String, StepContext>>,
+    len: usize,
+}
+
+/// Remembers each in-flight sampled delivery's span context so that its ack
+/// or nack span becomes a child of its `deliver` span.
 #[derive(Debug, Default)]
 pub struct InFlightSpans {
-    spans: Mutex<HashMap<(String, String), Context>>,
+    spans: Mutex<Tracked>,
 }
 
 impl InFlightSpans {
-    /// Remembers `span` for `(subscription, delivery_id)`.
-    pub fn insert(&self, subscription: &str, delivery_id: &str, span: &Span) {
-        if span.is_disabled() {
+    /// Remembers `span` for `(subscription, delivery_id)` when it records.
+    pub fn insert(&self, subscription: &str, delivery_id: &str, span: &EventSpan) {
+        if !span.is_recording() {
             return;
         }
-        let cx = span.context();
-        if !cx.span().span_context().is_valid() {
+        let mut tracked = self.spans.lock();
+        if tracked.len >= MAX_TRACKED_DELIVERIES {
+            *tracked = Tracked::default();
+        }
+        let Some(cx) = span.cx else {
             return;
+        };
+        let old = match tracked.by_subscription.get_mut(subscription) {
+            Some(map) => map.insert(delivery_id.to_string(), cx),
+            None => {
+                let map = HashMap::from([(delivery_id.to_string(), cx)]);
+                tracked
+                    .by_subscription
+                    .insert(subscription.to_string(), map);
+                None
+            }
+        };
+        if old.is_none() {
+            tracked.len += 1;
         }
-        let mut spans = self.spans.lock();
-        if spans.len() >= MAX_TRACKED_DELIVERIES {
-            spans.clear();
-        }
-        spans.insert((subscription.to_string(), delivery_id.to_string()), cx);
     }
 
     /// Forgets and returns the context of a delivery.
-    pub fn take(&self, subscription: &str, delivery_id: &str) -> Option<Context> {
-        let mut spans = self.spans.lock();
-        if spans.is_empty() {
+    pub fn take(&self, subscription: &str, delivery_id: &str) -> Option<StepContext> {
+        let mut tracked = self.spans.lock();
+        if tracked.len == 0 {
             return None;
         }
-        spans.remove(&(subscription.to_string(), delivery_id.to_string()))
+        let cx = tracked
+            .by_subscription
+            .get_mut(subscription)?
+            .remove(delivery_id)?;
+        tracked.len -= 1;
+        Some(cx)
     }
 }
 
@@ -387,7 +737,7 @@ mod tests {
         );
         let cx = extract(&h).unwrap();
         assert_eq!(
-            cx.span().span_context().trace_id().to_string(),
+            cx.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         h.insert(TRACEPARENT.to_string(), "00-abc-def-01".to_string());

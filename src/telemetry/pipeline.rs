@@ -1,0 +1,364 @@
+//! The span pipeline: sampling, a bounded buffer of finished spans, and the
+//! thread that exports them.
+//!
+//! An event's steps finish a span each, so this path is built for that
+//! rate: a finished span is a plain [`SpanRecord`] pushed under a short
+//! lock into one buffer; the export thread swaps the buffer out, turns the
+//! records into OpenTelemetry [`SpanData`] and hands them to the exporter.
+//! When the buffer is full (the exporter is slow or the collector down)
+//! spans are dropped and counted ([`Pipeline::dropped`], logged at
+//! shutdown): export never blocks event flow.
+//!
+//! Configured by the standard variables: `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_SCHEDULE_DELAY`,
+//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+
+/// `OTEL_BSP_SCHEDULE_DELAY` default: longest wait before buffered spans
+/// are exported.
+pub const DEFAULT_SCHEDULE_DELAY: Duration = Duration::from_millis(5000);
+/// `OTEL_BSP_MAX_QUEUE_SIZE` default: most spans buffered; more are dropped.
+pub const DEFAULT_MAX_QUEUE: usize = 2048;
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` default: most spans in one export call,
+/// and the buffer length that wakes the export thread early.
+pub const DEFAULT_MAX_BATCH: usize = 512;
+
+/// Which traces are recorded, as `OTEL_TRACES_SAMPLER` names them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`: this fraction of trace ids (0.0–1.0).
+    Ratio(f64),
+    /// `parentbased_*`: a span with a parent follows the parent's sampled
+    /// flag; a root span asks the inner sampler.
+    ParentBased(Box<Sampler>),
+}
+
+impl Sampler {
+    /// The sampler `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name;
+    /// `parentbased_always_on` when unset or unknown.
+    pub fn from_env() -> Sampler {
+        let name = super::env("OTEL_TRACES_SAMPLER").unwrap_or_default();
+        let ratio = || {
+            super::env("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r))
+                .unwrap_or(1.0)
+        };
+        let parent = |inner| Sampler::ParentBased(Box::new(inner));
+        match name.trim() {
+            "always_on" => Sampler::AlwaysOn,
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::Ratio(ratio()),
+            "parentbased_always_off" => parent(Sampler::AlwaysOff),
+            "parentbased_traceidratio" => parent(Sampler::Ratio(ratio())),
+            _ => parent(Sampler::AlwaysOn),
+        }
+    }
+
+    /// Whether a span of `trace_id` is sampled; `parent_sampled` is the
+    /// parent's flag when the span has a parent.
+    pub fn sampled(&self, parent_sampled: Option<bool>, trace_id: u128) -> bool {
+        match self {
+            Sampler::AlwaysOn => true,
+            Sampler::AlwaysOff => false,
+            // As the OpenTelemetry SDK: the trace id's low 63 bits against
+            // the ratio, so every replica decides the same for a trace.
+            Sampler::Ratio(ratio) => {
+                let bound = (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
+                ((trace_id as u64) >> 1) < bound
+            }
+            Sampler::ParentBased(root) => match parent_sampled {
+                Some(sampled) => sampled,
+                None => root.sampled(None, trace_id),
+            },
+        }
+    }
+
+    /// Whether a child's decision is its parent's flag.
+    pub fn parent_based(&self) -> bool {
+        matches!(self, Sampler::ParentBased(_))
+    }
+}
+
+thread_local! {
+    static RNG: RefCell<rand::rngs::SmallRng> = RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// A random, non-zero span id (a thread-local generator: no syscall, no lock).
+pub fn new_span_id() -> u64 {
+    RNG.with(|r| r.borrow_mut().random::<u64>()).max(1)
+}
+
+/// A random, non-zero trace id.
+pub fn new_trace_id() -> u128 {
+    RNG.with(|r| r.borrow_mut().random::<u128>()).max(1)
+}
+
+/// One finished span, as the event path records it.
+#[derive(Debug)]
+pub struct SpanRecord {
+    /// Span name.
+    pub name: &'static str,
+    /// Span kind.
+    pub kind: SpanKind,
+    /// Trace id.
+    pub trace_id: u128,
+    /// This span's id.
+    pub span_id: u64,
+    /// The parent's id, 0 for a root.
+    pub parent_id: u64,
+    /// Whether the parent came from another process (a header).
+    pub parent_remote: bool,
+    /// Start time.
+    pub start: SystemTime,
+    /// End time.
+    pub end: SystemTime,
+    /// Attributes.
+    pub attributes: Vec<KeyValue>,
+}
+
+impl SpanRecord {
+    fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(self.trace_id),
+                SpanId::from(self.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::from(self.parent_id),
+            parent_span_is_remote: self.parent_remote,
+            span_kind: self.kind,
+            name: Cow::Borrowed(self.name),
+            start_time: self.start,
+            end_time: self.end,
+            attributes: self.attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope.clone(),
+        }
+    }
+}
+
+/// How the pipeline buffers and exports.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Which traces are recorded.
+    pub sampler: Sampler,
+    /// Longest wait before buffered spans are exported.
+    pub schedule_delay: Duration,
+    /// Most spans buffered; more are dropped (and counted).
+    pub max_queue: usize,
+    /// Most spans per export call.
+    pub max_batch: usize,
+    /// The resource (service name, ...) the exporter reports.
+    pub resource: Resource,
+}
+
+impl PipelineConfig {
+    /// The configuration the standard `OTEL_*` variables describe, with
+    /// [`super::DEFAULT_SERVICE_NAME`] when `OTEL_SERVICE_NAME` is unset.
+    pub fn from_env() -> PipelineConfig {
+        let number = |name| super::env(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE")
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_QUEUE);
+        let mut resource = Resource::builder();
+        if super::env("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(super::DEFAULT_SERVICE_NAME);
+        }
+        PipelineConfig {
+            sampler: Sampler::from_env(),
+            schedule_delay: number("OTEL_BSP_SCHEDULE_DELAY")
+                .map_or(DEFAULT_SCHEDULE_DELAY, Duration::from_millis),
+            max_queue,
+            max_batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(DEFAULT_MAX_BATCH)
+                .min(max_queue),
+            resource: resource.build(),
+        }
+    }
+}
+
+/// The buffer shared by the event path and the export thread.
+#[derive(Debug)]
+struct Buffer {
+    spans: Mutex<Vec<SpanRecord>>,
+    max_queue: usize,
+    max_batch: usize,
+    dropped: AtomicU64,
+    exported: AtomicU64,
+    stop: AtomicBool,
+    worker: Thread,
+}
+
+/// A running pipeline: [`Pipeline::record`] from the event path, an export
+/// thread behind. Stop it with [`Pipeline::shutdown`] to export what is
+/// buffered.
+#[derive(Debug)]
+pub struct Pipeline {
+    sampler: Sampler,
+    buffer: Arc<Buffer>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Starts the export thread over `exporter`.
+    ///
+    /// # Errors
+    /// When the thread cannot be spawned.
+    pub fn start<E: SpanExporter + 'static>(
+        mut exporter: E,
+        config: PipelineConfig,
+    ) -> std::io::Result<Pipeline> {
+        exporter.set_resource(&config.resource);
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Buffer>>();
+        let delay = config.schedule_delay;
+        let handle = std::thread::Builder::new()
+            .name("span-export".into())
+            .spawn(move || {
+                if let Ok(buffer) = rx.recv() {
+                    export_loop(&exporter, &buffer, delay);
+                }
+                let _ = exporter.shutdown();
+            })?;
+        let buffer = Arc::new(Buffer {
+            spans: Mutex::new(Vec::with_capacity(config.max_batch)),
+            max_queue: config.max_queue,
+            max_batch: config.max_batch,
+            dropped: AtomicU64::new(0),
+            exported: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            worker: handle.thread().clone(),
+        });
+        // The thread was just spawned and waits for this.
+        let _ = tx.send(buffer.clone());
+        Ok(Pipeline {
+            sampler: config.sampler,
+            buffer,
+            handle: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The sampler spans are recorded under.
+    pub fn sampler(&self) -> &Sampler {
+        &self.sampler
+    }
+
+    /// Buffers a finished span, or drops and counts it when the buffer is
+    /// full. Never blocks on the exporter.
+    pub fn record(&self, span: SpanRecord) {
+        let b = &self.buffer;
+        let len = {
+            let mut spans = b.spans.lock();
+            if spans.len() >= b.max_queue {
+                drop(spans);
+                b.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            spans.push(span);
+            spans.len()
+        };
+        if len == b.max_batch {
+            b.worker.unpark();
+        }
+    }
+
+    /// Spans dropped because the buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.buffer.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Spans handed to the exporter.
+    pub fn exported(&self) -> u64 {
+        self.buffer.exported.load(Ordering::Relaxed)
+    }
+
+    /// Exports what is buffered and stops the export thread; blocks until
+    /// it is done (each export call is bounded by the exporter's timeout).
+    pub fn shutdown(&self) {
+        self.buffer.stop.store(true, Ordering::Release);
+        self.buffer.worker.unpark();
+        if let Some(handle) = self.handle.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) {
+    let scope = InstrumentationScope::builder(super::DEFAULT_SERVICE_NAME).build();
+    let mut spare = Vec::with_capacity(buffer.max_batch);
+    let mut failing = false;
+    loop {
+        let stopping = buffer.stop.load(Ordering::Acquire);
+        if !stopping && buffer.spans.lock().len() < buffer.max_batch {
+            std::thread::park_timeout(delay);
+        }
+        let mut batch = std::mem::replace(&mut *buffer.spans.lock(), spare);
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(buffer.max_batch));
+            let data: Vec<SpanData> = batch.drain(..).map(|r| r.into_span_data(&scope)).collect();
+            let n = data.len() as u64;
+            match futures::executor::block_on(exporter.export(data)) {
+                Ok(()) => {
+                    buffer.exported.fetch_add(n, Ordering::Relaxed);
+                    failing = false;
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "exporting spans failed; dropping them");
+                    }
+                    failing = true;
+                }
+            }
+            batch = rest;
+        }
+        spare = batch;
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_sampling_is_decided_by_the_trace_id_and_parent_based_follows_the_parent() {
+        let half = Sampler::Ratio(0.5);
+        assert!(half.sampled(None, 0));
+        assert!(!half.sampled(None, u128::from(u64::MAX)));
+        assert!(!Sampler::Ratio(0.0).sampled(None, 2));
+        assert!(Sampler::Ratio(1.0).sampled(None, u128::from(u64::MAX)));
+        let parent = Sampler::ParentBased(Box::new(Sampler::AlwaysOff));
+        assert!(parent.sampled(Some(true), 7));
+        assert!(!parent.sampled(None, 7));
+        assert!(Sampler::AlwaysOn.sampled(Some(false), 7));
+    }
+}

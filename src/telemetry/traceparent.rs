@@ -1,0 +1,126 @@
+//! The W3C `traceparent` header, parsed and written without the generic
+//! OpenTelemetry propagator: every event crosses it several times, and the
+//! propagator's split-collect-format costs more than the span it carries.
+
+/// Length of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+const LEN: usize = 55;
+
+/// What a `traceparent` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Parsed {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+fn hex_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        _ => None,
+    }
+}
+
+/// Up to 16 lower-case hex digits as a number.
+fn hex(digits: &[u8]) -> Option<u64> {
+    digits
+        .iter()
+        .try_fold(0u64, |n, &b| Some(n << 4 | hex_value(b)?))
+}
+
+/// The parent in `value`, when it is a valid `traceparent`: version not
+/// `ff`, lower-case hex ids that are not all zero, and for version 00
+/// nothing after the flags.
+pub(super) fn parse(value: &str) -> Option<Parsed> {
+    let b = value.trim().as_bytes();
+    if b.len() < LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let version = hex(&b[0..2])?;
+    if version == 0xff || (version == 0 && b.len() != LEN) || (b.len() > LEN && b[LEN] != b'-') {
+        return None;
+    }
+    let trace_id = u128::from(hex(&b[3..19])?) << 64 | u128::from(hex(&b[19..35])?);
+    let span_id = hex(&b[36..52])?;
+    let flags = hex(&b[53..55])?;
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    Some(Parsed {
+        trace_id,
+        span_id,
+        sampled: flags & 1 == 1,
+    })
+}
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// Writes `parent` as a version-00 `traceparent` into `out`, replacing
+/// what it held (its buffer is reused).
+pub(super) fn write(parent: Parsed, out: &mut String) {
+    out.clear();
+    out.reserve(LEN);
+    out.push_str("00-");
+    push_hex(out, &parent.trace_id.to_be_bytes());
+    out.push('-');
+    push_hex(out, &parent.span_id.to_be_bytes());
+    out.push_str(if parent.sampled { "-01" } else { "-00" });
+}
+
+/// A version-00 `traceparent`.
+#[cfg(test)]
+fn format(parent: Parsed) -> String {
+    let mut out = String::new();
+    write(parent, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_round_trips() {
+        let p = parse(VALID).unwrap();
+        assert_eq!(p.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(p.span_id, 0x00f067aa0ba902b7);
+        assert!(p.sampled);
+        assert_eq!(format(p), VALID);
+    }
+
+    #[test]
+    fn malformed_traceparents_are_rejected() {
+        for bad in [
+            "",
+            "00-abc-def-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01é",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_version_may_carry_more_fields_and_flags_keep_only_sampled() {
+        let p = parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-ever").unwrap();
+        assert!(p.sampled);
+        let unsampled = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!unsampled.sampled);
+        assert!(format(unsampled).ends_with("-00"));
+    }
+}
