@@ -89,7 +89,9 @@ fn raw_ceiling(port: u16) -> Option<f64> {
 }
 
 /// Redis `INFO` sections as `key -> value` (`cmdstat_*` lines kept whole).
-fn redis_info(port: u16) -> std::collections::HashMap<String, String> {
+type Info = std::collections::HashMap<String, String>;
+
+fn redis_info(port: u16) -> Info {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["INFO", "everything"])
@@ -116,6 +118,40 @@ fn own_cpu() -> f64 {
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
 
+fn num(m: &Info, k: &str) -> f64 {
+    m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// Redis CPU seconds (user + system) in an `INFO` snapshot.
+fn redis_cpu(m: &Info) -> f64 {
+    num(m, "used_cpu_sys") + num(m, "used_cpu_user")
+}
+
+/// A `cmdstat_<cmd>` field (`calls=`, `usec=`) in an `INFO` snapshot.
+fn cmdstat(m: &Info, cmd: &str, field: &str) -> f64 {
+    m.get(&format!("cmdstat_{cmd}"))
+        .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix(field)))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// What one raw `XADD` of the ceiling run cost Redis: CPU and command time
+/// (µs).
+struct RawCost {
+    cpu_us: f64,
+    usec: f64,
+}
+
+impl RawCost {
+    fn between(before: &Info, after: &Info) -> Option<RawCost> {
+        let calls = cmdstat(after, "xadd", "calls=") - cmdstat(before, "xadd", "calls=");
+        (calls > 0.0).then(|| RawCost {
+            cpu_us: (redis_cpu(after) - redis_cpu(before)) * 1e6 / calls,
+            usec: (cmdstat(after, "xadd", "usec=") - cmdstat(before, "xadd", "usec=")) / calls,
+        })
+    }
+}
+
 /// Where the time of a run went: Redis CPU and commands per event, router
 /// (this process) CPU per event.
 struct Profile {
@@ -131,41 +167,48 @@ impl Profile {
         }
     }
 
-    fn print(&self, port: u16, events: u64) {
+    /// Prints CPU and Redis commands per event; with the cost of a raw
+    /// `XADD`, also what they amount to in raw `XADD`s, which bounds the
+    /// ratio to the ceiling.
+    fn print(&self, port: u16, events: u64, raw: Option<&RawCost>) {
         let now = redis_info(port);
         let cpu = own_cpu() - self.cpu;
-        let num = |m: &std::collections::HashMap<String, String>, k: &str| {
-            m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        };
-        let redis_cpu = |m| num(m, "used_cpu_sys") + num(m, "used_cpu_user");
         let n = events.max(1) as f64;
+        let redis_us = (redis_cpu(&now) - redis_cpu(&self.redis)) * 1e6 / n;
         println!(
-            "  cpu per event: redis {:.1} us, router process {:.1} us",
-            (redis_cpu(&now) - redis_cpu(&self.redis)) * 1e6 / n,
+            "  cpu per event: redis {redis_us:.1} us, router process {:.1} us",
             cpu * 1e6 / n
         );
-        let stat = |m: &std::collections::HashMap<String, String>, k: &str, f: &str| {
-            m.get(k)
-                .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix(f)))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
         let mut rows: Vec<(String, f64, f64)> = now
             .keys()
-            .filter(|k| k.starts_with("cmdstat_"))
-            .map(|k| {
-                let calls = stat(&now, k, "calls=") - stat(&self.redis, k, "calls=");
-                let usec = stat(&now, k, "usec=") - stat(&self.redis, k, "usec=");
-                (k["cmdstat_".len()..].to_string(), calls, usec)
+            .filter_map(|k| k.strip_prefix("cmdstat_"))
+            .map(|cmd| {
+                let calls = cmdstat(&now, cmd, "calls=") - cmdstat(&self.redis, cmd, "calls=");
+                let usec = cmdstat(&now, cmd, "usec=") - cmdstat(&self.redis, cmd, "usec=");
+                (cmd.to_string(), calls / n, usec / n)
             })
             .filter(|r| r.1 > 0.0)
             .collect();
         rows.sort_by(|a, b| b.2.total_cmp(&a.2));
         for (cmd, calls, usec) in rows.iter().take(12) {
+            println!("  {cmd:<16} {calls:>7.3} calls/event {usec:>6.2} us/event");
+        }
+        if let Some(raw) = raw {
+            // Commands inside scripts are counted on their own as well as
+            // in their EVALSHA: without EVALSHA, this is the command work
+            // alone, as if scripts cost nothing.
+            let commands: f64 = rows
+                .iter()
+                .filter(|r| r.0 != "evalsha" && r.0 != "eval")
+                .map(|r| r.2)
+                .sum();
             println!(
-                "  {cmd:<16} {:>7.3} calls/event {:>6.2} us/event",
-                calls / n,
-                usec / n
+                "  one event = {:.1} raw XADDs of Redis CPU ({:.1} of command time alone): \
+                 bound {:.1}% of the ceiling ({:.1}% without scripts)",
+                redis_us / raw.cpu_us,
+                commands / raw.usec,
+                100.0 * raw.cpu_us / redis_us,
+                100.0 * raw.usec / commands,
             );
         }
     }
@@ -273,7 +316,9 @@ async fn main() {
     let server = redis_server::RedisServer::start();
     let payload = "x".repeat(PAYLOAD_BYTES - 20);
 
+    let before = redis_info(server.port());
     let ceiling = raw_ceiling(server.port());
+    let raw = RawCost::between(&before, &redis_info(server.port()));
     match ceiling {
         Some(c) => println!(
             "raw ceiling: redis-benchmark XADD pipelined (-P 16 -c 4), 256-byte field: {c:.0} requests/s"
@@ -320,7 +365,7 @@ async fn main() {
         &run,
         started.elapsed(),
     );
-    profile.print(server.port(), total);
+    profile.print(server.port(), total, raw.as_ref());
     if let Some(c) = ceiling {
         println!("router / raw ceiling: {:.1}%", 100.0 * rate / c);
     }
@@ -375,7 +420,7 @@ async fn main() {
         &run,
         started.elapsed(),
     );
-    profile.print(server.port(), total);
+    profile.print(server.port(), total, raw.as_ref());
     for c in consumers {
         c.abort();
     }

@@ -40,6 +40,14 @@ if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
+-- One HINCRBY for the batch: its events take the sequence numbers up to
+-- the new value.
+local fresh = n
+for i = 1, n do
+  if known[i] then fresh = fresh - 1 end
+end
+local seq = 0
+if fresh > 0 then seq = redis.call('HINCRBY', KEYS[2], 'seq', fresh) - fresh end
 local out = {}
 local ids = {}
 for i = 1, n do
@@ -50,10 +58,11 @@ for i = 1, n do
     out[#out + 1] = dup
     out[#out + 1] = 0
   else
-    local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+    seq = seq + 1
+    local s = tostring(seq)
     local id = redis.call('XADD', KEYS[1], '*', 'eid', ARGV[b], 'topic', ARGV[b + 1],
-      'key', ARGV[b + 2], 'prio', ARGV[b + 3], 'ts', ARGV[b + 4], 'seq', seq, 'ev', ARGV[b + 5])
-    redis.call('SPUBLISH', KEYS[3], seq .. ':' .. epoch .. ':' .. id .. ':' .. ARGV[b + 5])
+      'key', ARGV[b + 2], 'prio', ARGV[b + 3], 'ts', ARGV[b + 4], 'seq', s, 'ev', ARGV[b + 5])
+    redis.call('SPUBLISH', KEYS[3], s .. ':' .. epoch .. ':' .. id .. ':' .. ARGV[b + 5])
     if window > 0 then
       redis.call('SET', KEYS[3 + i], id, 'PX', window)
     end

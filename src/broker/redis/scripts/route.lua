@@ -18,20 +18,22 @@ local function newer(a, b)
   return aseq > bseq
 end
 local hwm = redis.call('HGET', KEYS[2], ARGV[1])
-local moved = false
-local added = 0
-for i = 2, #ARGV, 3 do
-  local id = ARGV[i]
-  if (not hwm) or newer(id, hwm) then
-    local band = tonumber(ARGV[i + 1])
-    -- A first attempt stores only the event: dl, nf and hist default to
-    -- 0, 0 and [] (fetch.lua and fail.lua read them that way).
-    redis.call('XADD', KEYS[2 + band], '*', 'ev', ARGV[i + 2])
-    added = added + 1
-    hwm = id
-    moved = true
-  end
+-- Entries come in ingest order: skip those up to the mark, then add the
+-- rest without comparing ids again.
+local first = 2
+if hwm then
+  while first <= #ARGV and not newer(ARGV[first], hwm) do first = first + 3 end
 end
-if moved then redis.call('HSET', KEYS[2], ARGV[1], hwm) end
-if added > 0 then redis.call('HINCRBY', KEYS[1], 'routed', added) end
+local added = 0
+for i = first, #ARGV, 3 do
+  local band = tonumber(ARGV[i + 1])
+  -- A first attempt stores only the event: dl, nf and hist default to
+  -- 0, 0 and [] (fetch.lua and fail.lua read them that way).
+  redis.call('XADD', KEYS[2 + band], '*', 'ev', ARGV[i + 2])
+  added = added + 1
+end
+if added > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[#ARGV - 2])
+  redis.call('HINCRBY', KEYS[1], 'routed', added)
+end
 return added
