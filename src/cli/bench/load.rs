@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::report::{Latency, Report};
 use super::{
     BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD, TOPIC,
-    Target,
+    Target, WARMUP_TIMEOUT,
 };
 
 /// Which events one subscriber (live) or one group (durable) has seen.
@@ -149,6 +149,7 @@ impl<'a> Bench<'a> {
         for _ in 0..args.publishers {
             publishers.push(self.target.client(args).await?);
         }
+        self.warm_up(&publishers, &mut subscriptions).await?;
         let start = Instant::now() + START_LEAD;
         let stop = CancellationToken::new();
         let subscriber_tasks: Vec<_> = subscriptions
@@ -186,6 +187,84 @@ impl<'a> Bench<'a> {
             .map(Client::close);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures::future::join_all(all)).await;
         Ok(self.report(&trackers, &histogram, dropped, timed_out))
+    }
+
+    /// Sends `--warmup` events through every connection and subscription
+    /// the run uses and waits (at most [`WARMUP_TIMEOUT`]) until they
+    /// arrive, so that one-time costs (first allocations, lazily built
+    /// state, TCP windows) stay out of the measured latencies. Warm-up
+    /// events carry their own run id; late ones count as foreign.
+    async fn warm_up(
+        &self,
+        publishers: &[Client],
+        subscriptions: &mut [Subscription],
+    ) -> anyhow::Result<()> {
+        let n = self.args.warmup;
+        if n == 0 || publishers.is_empty() || subscriptions.is_empty() {
+            return Ok(());
+        }
+        if !self.args.quiet {
+            eprintln!("bench: warming up with {n} events");
+        }
+        let run_id = format!("{}-warmup", self.run_id);
+        let events = (0..n)
+            .map(|k| Event::new(TOPIC, payload(&run_id, k, 0, &self.pad)))
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot build a warm-up event")?;
+        let chunk = self.args.batch.max(1);
+        // One call at a time, so live queues never overflow.
+        let send = async {
+            for (i, events) in events.chunks(chunk).enumerate() {
+                let client = publishers[i % publishers.len()].clone();
+                if let (_, Err(e)) = PublisherCtx::send(client, events.to_vec()).await {
+                    return Err(anyhow::anyhow!("warm-up publish failed: {e}"));
+                }
+            }
+            Ok(())
+        };
+        // Live subscribers each get every event; a durable group's
+        // subscribers share them.
+        let received = AtomicU64::new(0);
+        let want = if self.args.durable() {
+            n
+        } else {
+            n * subscriptions.len() as u64
+        };
+        let done = CancellationToken::new();
+        let receive = futures::future::join_all(subscriptions.iter_mut().map(|sub| {
+            let (run_id, received, done) = (&run_id, &received, &done);
+            async move {
+                loop {
+                    let delivery = tokio::select! {
+                        () = done.cancelled() => return,
+                        d = sub.recv() => d,
+                    };
+                    let Some(delivery) = delivery else { return };
+                    if delivery.is_durable() {
+                        let _ = delivery.ack().await;
+                    }
+                    if fields(&delivery.event.payload, run_id).is_some()
+                        && received.fetch_add(1, Ordering::Relaxed) + 1 >= want
+                    {
+                        done.cancel();
+                    }
+                }
+            }
+        }));
+        let warm = async {
+            let (sent, _) = tokio::join!(send, receive);
+            sent
+        };
+        match tokio::time::timeout(WARMUP_TIMEOUT, warm).await {
+            Ok(result) => result,
+            Err(_) => {
+                eprintln!(
+                    "bench: warm-up incomplete after {WARMUP_TIMEOUT:?} ({} of {want} arrived); measuring anyway",
+                    received.load(Ordering::Relaxed)
+                );
+                Ok(())
+            }
+        }
     }
 
     async fn subscribe(&self, client: &Client) -> anyhow::Result<Subscription> {
@@ -446,6 +525,11 @@ async fn publisher(
     mut release: mpsc::UnboundedReceiver<u64>,
     stop: CancellationToken,
 ) {
+    // Nothing goes out before the clock starts (closed loop included).
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = tokio::time::sleep_until(ctx.start.into()) => {}
+    }
     let max_calls = (ctx.window / ctx.batch).max(1) as usize;
     let mut in_flight = FuturesUnordered::new();
     let mut remaining = own.len();

@@ -54,6 +54,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Lead time between setting up and the first scheduled event.
 const START_LEAD: Duration = Duration::from_millis(20);
+/// Bound of the warm-up phase.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of closing all clients at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client-side queue of each subscriber, in deliveries.
@@ -72,7 +74,8 @@ const SUBSCRIBER_QUEUE: usize = 1 << 16;
 ///
 /// With --rate the load is open-loop (events sent on schedule whatever
 /// happens, latency counted from the schedule); without it, as fast as
-/// delivery keeps up. A progress line goes to stderr while running. Exits
+/// delivery keeps up. --warmup events go through the same connections first
+/// and are not counted. A progress line goes to stderr while running. Exits
 /// 1 when events are lost, errors occur or --timeout passes first; the
 /// report is printed either way.
 #[derive(Debug, clap::Args)]
@@ -131,6 +134,11 @@ pub struct BenchArgs {
     /// live queue capacity (1024 by default) to measure without drops.
     #[arg(long, default_value_t = 1_000, value_name = "EVENTS")]
     pub window: u64,
+
+    /// Events sent (and awaited) before the measured run, so one-time costs
+    /// stay out of the figures; not counted in the report. 0 turns it off.
+    #[arg(long, default_value_t = 1_000, value_name = "EVENTS")]
+    pub warmup: u64,
 
     /// With --durable: most deliveries each subscriber holds un-acked.
     #[arg(long, default_value_t = 1_000, value_name = "N", requires = "durable")]
