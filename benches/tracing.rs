@@ -1,12 +1,15 @@
 //! Tracing overhead: throughput of the in-process pipeline (validate,
-//! publish, durable delivery, ack on the memory broker) with tracing off
-//! (no subscriber) and with the OpenTelemetry layer on at sampler 1.0,
+//! publish, durable delivery, ack on the memory broker) with span recording
+//! off and on (`telemetry::trace::set_enabled`), at sampler 1.0 by default,
 //! exporting every span over OTLP/HTTP to a receiver in this process that
-//! decodes nothing and answers 200.
+//! decodes and counts them. No `tracing` subscriber is installed, as in a
+//! router logging at `info` (the per-event log spans are DEBUG).
 //!
 //! Run: `cargo bench --bench tracing` (add `-- --events N --rounds R`,
 //! `--export none` to discard spans instead of sending them, and
-//! `--sampler-ratio 0.1` for parent-based ratio sampling).
+//! `--sampler-ratio 0.1` for parent-based ratio sampling, `--traceparent 01`
+//! (or `00`) to publish every event with a sampled (or unsampled)
+//! `traceparent` as a traced client would, in the "off" rounds too).
 //! Rounds alternate off/on so that machine noise hits both; the line
 //! `ratio` is median(on) / median(off) events per second (target >= 0.85).
 
@@ -36,6 +39,10 @@ struct Args {
     export: String,
     /// Sampling ratio of the "on" rounds (1.0 = every trace).
     ratio: f64,
+    /// Publish every event with a `traceparent` header with these flags
+    /// (`01` sampled, `00` not), as a traced client would, in both kinds
+    /// of rounds.
+    traceparent: Option<String>,
 }
 
 fn args() -> Args {
@@ -44,6 +51,7 @@ fn args() -> Args {
         rounds: 5,
         export: "otlp".to_string(),
         ratio: 1.0,
+        traceparent: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -56,6 +64,7 @@ fn args() -> Args {
                 a.ratio = argv.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1.0);
             }
             ("--export", _) => a.export = argv.get(i + 1).cloned().unwrap_or_default(),
+            ("--traceparent", _) => a.traceparent = argv.get(i + 1).cloned(),
             _ => {}
         }
         i += 1;
@@ -118,7 +127,12 @@ impl opentelemetry_sdk::trace::SpanExporter for Discard {
 }
 
 /// Publishes `events` events and consumes and acks all of them; events/s.
-async fn run_round(router: &Arc<Router>, group: &str, events: usize) -> f64 {
+async fn run_round(
+    router: &Arc<Router>,
+    group: &str,
+    events: usize,
+    traceparent: Option<&str>,
+) -> f64 {
     let started = Instant::now();
     let mut consumer = router
         .broker()
@@ -137,7 +151,11 @@ async fn run_round(router: &Arc<Router>, group: &str, events: usize) -> f64 {
         let n = batch.min(events - done);
         for i in 0..n {
             let event = router
-                .parse_event(json!({"type": "bench.traced", "payload": {"i": done + i}}))
+                .parse_event(match traceparent {
+                    Some(flags) => json!({"type": "bench.traced", "payload": {"i": done + i},
+                           "headers": {"traceparent": format!("00-{:032x}-00f067aa0ba902b7-{flags}", done + i + 1)}}),
+                    None => json!({"type": "bench.traced", "payload": {"i": done + i}}),
+                })
                 .expect("valid event");
             router.publish(event).await.expect("publish");
         }
@@ -206,14 +224,30 @@ fn main() {
             .await
             .expect("subscription");
         // Warm-up, untimed.
-        run_round(&router, "bench", args.events / 10).await;
+        run_round(
+            &router,
+            "bench",
+            args.events / 10,
+            args.traceparent.as_deref(),
+        )
+        .await;
     });
 
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        let rate_off = runtime.block_on(run_round(&router, "bench", args.events));
+        let rate_off = runtime.block_on(run_round(
+            &router,
+            "bench",
+            args.events,
+            args.traceparent.as_deref(),
+        ));
         trace::set_enabled(true);
-        let rate_on = runtime.block_on(run_round(&router, "bench", args.events));
+        let rate_on = runtime.block_on(run_round(
+            &router,
+            "bench",
+            args.events,
+            args.traceparent.as_deref(),
+        ));
         trace::set_enabled(false);
         println!(
             "round {round}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
