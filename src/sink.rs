@@ -8,16 +8,29 @@
 //! with the subscription's backoff and dead-letters after `maxAttempts`.
 //! The W3C `traceparent`/`tracestate` of the event are forwarded as headers.
 //!
+//! `https://` sinks use rustls (ring) and verify the server against the
+//! system roots, or against the PEM files named by `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` when either is set (read when the worker starts). A TLS
+//! failure is a nack whose reason names the URI and the TLS problem.
+//!
 //! [`Sinks`] is the set of running sink workers of one [`Router`](crate::Router);
 //! `Router::apply` keeps it in step with the applied resources.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use base64::Engine;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use reqwest::Url;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, ConsumeOptions, NackOptions, SharedBroker};
@@ -29,6 +42,12 @@ use crate::telemetry::trace;
 pub const DEFAULT_SINK_IN_FLIGHT: usize = 16;
 /// Default bound of one POST (the subscription's ack timeout overrides it).
 pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a TCP connection (the POST's timeout bounds it too).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections to a sink are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Bytes of a sink's answer read (and dropped) so its connection can be reused.
+const MAX_ANSWER: usize = 64 * 1024;
 /// Pause before a sink worker retries after the broker failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// `source` sent for events that have none (CloudEvents requires one).
@@ -51,7 +70,8 @@ impl SinkTarget {
     /// The sink of subscription `subscription`.
     ///
     /// # Errors
-    /// A message naming `sink.uri` when it is not an `http://` URL.
+    /// A message naming `sink.uri` when it is not an `http://` or
+    /// `https://` URL with a host.
     pub fn new(
         subscription: &str,
         sink: &SinkSpec,
@@ -59,17 +79,10 @@ impl SinkTarget {
     ) -> Result<SinkTarget, String> {
         let uri = Url::parse(&sink.uri).map_err(|e| format!("sink.uri {:?}: {e}", sink.uri))?;
         match uri.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(format!(
-                    "sink.uri {:?}: https sinks are not supported by this version; \
-                     use http:// (e.g. an in-cluster Service)",
-                    sink.uri
-                ));
-            }
+            "http" | "https" => {}
             other => {
                 return Err(format!(
-                    "sink.uri {:?}: scheme {other:?} is not http",
+                    "sink.uri {:?}: scheme {other:?} is not http or https",
                     sink.uri
                 ));
             }
@@ -138,7 +151,7 @@ impl Sinks {
                 old.token.cancel();
             }
             let token = CancellationToken::new();
-            tracing::info!(subscription = %target.subscription, uri = %target.uri, "push sink started");
+            tracing::info!(subscription = %target.subscription, uri = %shown_uri(&target.uri), "push sink started");
             tokio::spawn(run(broker.clone(), target.clone(), token.clone()));
             running.insert(target.subscription.clone(), Running { target, token });
         }
@@ -163,12 +176,12 @@ impl Drop for Sinks {
 /// One sink worker: consume the group, POST each delivery, ack or nack.
 /// Returns when cancelled or the broker closes; broker errors are retried.
 async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken) {
-    let http = match reqwest::Client::builder()
-        .timeout(target.timeout)
-        .connect_timeout(target.timeout.min(Duration::from_secs(5)))
-        .build()
-    {
-        Ok(c) => c,
+    let built = {
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || Endpoint::new(&target)).await
+    };
+    let http = match built.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(e) => e,
         Err(e) => {
             tracing::error!(subscription = %target.subscription, error = %e, "cannot build the sink HTTP client");
             return;
@@ -206,9 +219,7 @@ async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken)
                     break;
                 }
             };
-            let posts = batch
-                .into_iter()
-                .map(|d| deliver(&broker, &http, &target, d));
+            let posts = batch.into_iter().map(|d| deliver(&broker, &http, d));
             tokio::select! {
                 () = token.cancelled() => return,
                 _ = futures::future::join_all(posts) => {}
@@ -225,25 +236,12 @@ async fn pause(token: &CancellationToken) {
 }
 
 /// POSTs one delivery and acks (2xx) or nacks it.
-async fn deliver(
-    broker: &SharedBroker,
-    http: &reqwest::Client,
-    target: &SinkTarget,
-    delivery: Delivery,
-) {
+async fn deliver(broker: &SharedBroker, http: &Endpoint, delivery: Delivery) {
     let (mut headers, body) = binary_cloudevent(&delivery);
-    let span = trace::push_span(&delivery.subscription, target.uri.as_str(), &delivery.event);
+    let span = trace::push_span(&delivery.subscription, &http.shown, &delivery.event);
     trace::inject_http(&span, &mut headers);
-    let post = http.post(target.uri.clone()).headers(headers).body(body);
-    let outcome = span.scope(post.send()).await;
-    let failure = match outcome {
-        Ok(r) if r.status().is_success() => None,
-        Ok(r) => Some(format!("sink answered {}", r.status())),
-        Err(e) if e.is_timeout() => {
-            Some(format!("sink gave no answer within {:?}", target.timeout))
-        }
-        Err(e) => Some(format!("sink unreachable: {}", root_cause(&e))),
-    };
+    let post = Box::pin(http.post(headers, body));
+    let failure = span.scope(post).await.err();
     let sub = &delivery.subscription;
     let result = match &failure {
         None => broker.ack(sub, &delivery.delivery_id).await,
@@ -260,6 +258,192 @@ async fn deliver(
         // The delivery stays in flight and is redelivered after the ack timeout.
         tracing::warn!(subscription = %sub, error = %e, "push sink cannot settle a delivery");
     }
+}
+
+/// The HTTP client of one sink worker, bound to its URI.
+struct Endpoint {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The URI without its user information.
+    uri: http::Uri,
+    /// `Basic` credentials from the URI's user information.
+    authorization: Option<HeaderValue>,
+    /// The URI as failure reasons show it: no user information, no query.
+    shown: String,
+    timeout: Duration,
+    /// Why no trusted CA certificates were loaded, for an `https://` sink.
+    roots_problem: Option<String>,
+}
+
+impl Endpoint {
+    /// A keep-alive HTTP/1.1 client for `target`; for `https://`, rustls
+    /// with the ring provider verifying against the system roots (or
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR`), loaded now. Reads files: call it
+    /// off the async threads.
+    fn new(target: &SinkTarget) -> Result<Endpoint, String> {
+        let mut url = target.uri.clone();
+        let authorization = basic_authorization(&url);
+        // Cannot fail: `SinkTarget::new` admits only http(s) URLs with a host.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let uri: http::Uri = url.as_str().parse().map_err(|e| format!("{e}"))?;
+        let shown = shown_uri(&url);
+        let https = url.scheme() == "https";
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (builder, roots_problem) = match https.then(|| builder.clone().with_native_roots()) {
+            Some(Ok(b)) => (b, None),
+            Some(Err(e)) => {
+                tracing::warn!(subscription = %target.subscription, error = %e, "no trusted CA certificates for an https sink");
+                let b = builder.with_root_certificates(rustls::RootCertStore::empty());
+                (b, Some(e.to_string()))
+            }
+            None => (
+                builder.with_root_certificates(rustls::RootCertStore::empty()),
+                None,
+            ),
+        };
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(target.timeout.min(CONNECT_TIMEOUT)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(builder.with_no_client_auth())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Endpoint {
+            client,
+            uri,
+            authorization,
+            shown,
+            timeout: target.timeout,
+            roots_problem,
+        })
+    }
+
+    /// POSTs one event within the timeout.
+    ///
+    /// # Errors
+    /// The nack reason, naming the URI: the status of a non-2xx answer, no
+    /// answer in time, the TLS problem, or why the sink was unreachable.
+    async fn post(&self, mut headers: HeaderMap, body: Vec<u8>) -> Result<(), String> {
+        if let Some(auth) = &self.authorization {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        let mut request = http::Request::post(self.uri.clone())
+            .body(Body::from(body))
+            .map_err(|e| format!("sink {}: {e}", self.shown))?;
+        *request.headers_mut() = headers;
+        let deadline = Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Err(_) => {
+                return Err(format!(
+                    "sink {} gave no answer within {:?}",
+                    self.shown, self.timeout
+                ));
+            }
+            Ok(Err(e)) => return Err(self.failure(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        // Reading a short answer lets the connection be reused; what it says
+        // does not matter, the status decided.
+        let drain = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER);
+        let _ = tokio::time::timeout_at(deadline, drain).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("sink {} answered {status}", self.shown))
+        }
+    }
+
+    /// The nack reason for a request that got no answer.
+    fn failure(&self, error: &hyper_util::client::legacy::Error) -> String {
+        let Some(tls) = tls_error(error) else {
+            return format!("sink {} unreachable: {}", self.shown, root_cause(error));
+        };
+        match &self.roots_problem {
+            Some(p) => format!(
+                "sink {}: TLS handshake failed: {tls} (no trusted CA certificates: {p})",
+                self.shown
+            ),
+            None => format!("sink {}: TLS handshake failed: {tls}", self.shown),
+        }
+    }
+}
+
+/// `url` as logs and nack reasons show it: without user information and
+/// query, which may carry credentials.
+fn shown_uri(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.to_string()
+}
+
+/// `Basic` credentials for the user information of `url`, if it has any.
+fn basic_authorization(url: &Url) -> Option<HeaderValue> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let mut pair = percent_decode(url.username());
+    pair.push(b':');
+    pair.extend(percent_decode(url.password().unwrap_or("")));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The bytes `%XX` escapes in a URL component stand for.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The rustls error somewhere in the chain of `error`, if it is a TLS failure.
+fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // `io::Error::source` skips the error it wraps (the TLS connector
+        // wraps rustls's error in two), so step into it instead.
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
@@ -390,21 +574,35 @@ mod tests {
     }
 
     #[test]
-    fn only_http_uris_are_accepted() {
+    fn http_and_https_uris_are_accepted() {
         let d = DeliverySpec::default();
         let sink = |uri: &str| SinkSpec { uri: uri.into() };
         let t = SinkTarget::new("s", &sink("http://127.0.0.1:9/x"), &d).unwrap();
         assert_eq!(t.max_in_flight, DEFAULT_SINK_IN_FLIGHT);
-        assert!(
-            SinkTarget::new("s", &sink("https://x/"), &d)
-                .unwrap_err()
-                .contains("https")
-        );
+        assert!(SinkTarget::new("s", &sink("https://hooks.example/x"), &d).is_ok());
         assert!(
             SinkTarget::new("s", &sink("ftp://x/"), &d)
                 .unwrap_err()
                 .contains("ftp")
         );
         assert!(SinkTarget::new("s", &sink("not a url"), &d).is_err());
+    }
+
+    #[test]
+    fn user_information_becomes_basic_credentials_and_is_never_shown() {
+        let d = DeliverySpec::default();
+        let uri = "https://ops:p%40ss@hooks.example:8443/in?token=secret";
+        let target = SinkTarget::new("s", &SinkSpec { uri: uri.into() }, &d).unwrap();
+        let endpoint = Endpoint::new(&target).unwrap();
+        // "ops:p@ss" in base64.
+        assert_eq!(endpoint.authorization.unwrap(), "Basic b3BzOnBAc3M=");
+        assert_eq!(endpoint.uri, "https://hooks.example:8443/in?token=secret");
+        assert_eq!(endpoint.shown, "https://hooks.example:8443/in");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes() {
+        assert_eq!(percent_decode("a%20b%zz%4"), b"a b%zz%4");
+        assert_eq!(percent_decode("%+1"), b"%+1");
     }
 }

@@ -1,17 +1,27 @@
 //! Push sinks on the embedded broker: a 2xx acks, anything else is retried
-//! with the subscription's backoff and dead-lettered after `maxAttempts`.
+//! with the subscription's backoff and dead-lettered after `maxAttempts`;
+//! `https://` sinks are verified against the trusted roots (`SSL_CERT_FILE`
+//! in the process tests), and a TLS failure is a nack naming the problem.
 
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use common::process::RouterProcess;
 use event_router::broker::DeadLetterQuery;
 use event_router::resources::parse_documents;
 use event_router::{Event, MemoryBroker, Router, RouterConfig};
-use serde_json::json;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -47,12 +57,17 @@ async fn flaky_sink(failures: u32) -> (String, mpsc::UnboundedReceiver<(u32, Str
     (format!("http://{addr}/hook"), rx)
 }
 
-async fn router_with_sink(uri: &str, max_attempts: u32) -> Arc<Router> {
-    let yaml = format!(
+/// A Subscription `hook` on `invoice.#` pushing to `uri`.
+fn sink_yaml(uri: &str, max_attempts: u32) -> String {
+    format!(
         "apiVersion: eventrouter.dev/v1alpha1\nkind: Subscription\nmetadata: {{name: hook}}\n\
          spec:\n  topics: [\"invoice.#\"]\n  delivery:\n    maxAttempts: {max_attempts}\n    \
          backoff: {{initial: 20ms, max: 50ms, jitter: 0}}\n  sink: {{uri: \"{uri}\"}}\n"
-    );
+    )
+}
+
+async fn router_with_sink(uri: &str, max_attempts: u32) -> Arc<Router> {
+    let yaml = sink_yaml(uri, max_attempts);
     let broker = Arc::new(MemoryBroker::new(Default::default()));
     let router = Router::new(broker, RouterConfig::default());
     router
@@ -132,4 +147,225 @@ async fn applying_without_the_sink_stops_its_worker() {
     .unwrap();
     router.apply_all(&plain).await.unwrap();
     assert!(router.sink_names().is_empty());
+}
+
+/// A test certificate authority; nothing it signs is trusted unless its
+/// certificate is given to the router.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "event-router test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    /// A server certificate for `names`, with its private key.
+    fn issue(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+        (cert.der().clone(), key.into())
+    }
+}
+
+/// A TLS listener for `axum::serve`; failed handshakes are skipped.
+struct TlsListener {
+    tcp: TcpListener,
+    tls: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(stream) = self.tls.accept(tcp).await {
+                return (stream, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An HTTPS sink on 127.0.0.1 presenting `cert`: answers 200 and sends
+/// each POST's `ce-id` to the channel.
+async fn https_sink(
+    (cert, key): (CertificateDer<'static>, PrivateKeyDer<'static>),
+) -> (String, mpsc::UnboundedReceiver<String>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |State(tx): State<mpsc::UnboundedSender<String>>, headers: HeaderMap| async move {
+                    let _ = tx.send(headers["ce-id"].to_str().unwrap().to_string());
+                    StatusCode::OK
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = TlsListener {
+        tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tls: TlsAcceptor::from(Arc::new(config)),
+    };
+    let addr = listener.tcp.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("https://127.0.0.1:{}/hook", addr.port()), rx)
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(format!("er-sink-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `event-router serve -f` with a sink to `uri`, trusting only the PEM
+/// file `ca` (`SSL_CERT_FILE`).
+fn serve_trusting(scratch: &Scratch, ca: &Path, uri: &str, max_attempts: u32) -> RouterProcess {
+    let file = scratch.write("hook.yaml", &sink_yaml(uri, max_attempts));
+    RouterProcess::start_with_env(
+        &["-f", file.to_str().unwrap()],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    )
+}
+
+async fn publish(base: &str) -> String {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/events"))
+        .json(&json!({"type": "invoice.paid", "payload": {"n": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["event_id"].as_str();
+    id.unwrap_or_else(|| panic!("no event id in {answer}"))
+        .to_string()
+}
+
+/// The first dead letter of `hook`, waiting at most [`WAIT`].
+async fn first_dead_letter(base: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let dlq: Value = reqwest::Client::new()
+            .get(format!("{base}/api/v1/subscriptions/hook/dlq?limit=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(first) = dlq["dead_letters"].get(0) {
+            return first.clone();
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {dlq}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_https_sink_signed_by_a_ca_in_ssl_cert_file_receives_events() {
+    let ca = TestCa::new();
+    let (uri, mut posts) = https_sink(ca.issue(&["127.0.0.1"])).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.issuer.pem());
+    let router = serve_trusting(&scratch, &ca_file, &uri, 3);
+    let id = publish(&router.http_url()).await;
+    let seen = tokio::time::timeout(WAIT, posts.recv())
+        .await
+        .expect("a POST in time")
+        .unwrap();
+    assert_eq!(seen, id);
+}
+
+#[tokio::test]
+async fn an_https_sink_certified_for_another_host_dead_letters_with_the_tls_reason() {
+    let ca = TestCa::new();
+    let (uri, mut posts) = https_sink(ca.issue(&["sink.example"])).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.write("ca.pem", &ca.issuer.pem());
+    let router = serve_trusting(&scratch, &ca_file, &uri, 2);
+    publish(&router.http_url()).await;
+    let letter = first_dead_letter(&router.http_url()).await;
+    let reason = letter["reason"].as_str().unwrap();
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert!(reason.contains(&uri), "{reason}");
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    assert!(reason.contains("not valid for name"), "{reason}");
+    assert!(posts.try_recv().is_err(), "no POST got through");
+}
+
+#[tokio::test]
+async fn an_https_sink_with_an_untrusted_certificate_dead_letters_with_the_tls_reason() {
+    let untrusted = TestCa::new();
+    let (uri, mut posts) = https_sink(untrusted.issue(&["127.0.0.1"])).await;
+    let router = router_with_sink(&uri, 2).await;
+    router
+        .publish(Event::new("invoice.paid", json!(null)).unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let letters = loop {
+        let letters = router
+            .broker()
+            .dead_letters("hook", DeadLetterQuery::default())
+            .await
+            .unwrap();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reason = &letters[0].reason;
+    assert_eq!(letters[0].attempts, 2);
+    assert!(reason.contains(&uri), "{reason}");
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    assert!(reason.contains("UnknownIssuer"), "{reason}");
+    assert!(posts.try_recv().is_err(), "no POST got through");
 }
