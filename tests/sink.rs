@@ -264,13 +264,26 @@ impl Drop for Scratch {
 }
 
 /// `event-router serve -f` with a sink to `uri`, trusting only the PEM
-/// file `ca` (`SSL_CERT_FILE`).
+/// file `ca` (`SSL_CERT_FILE`; an empty `SSL_CERT_DIR` is ignored, so an
+/// inherited one does not add the system roots).
 fn serve_trusting(scratch: &Scratch, ca: &Path, uri: &str, max_attempts: u32) -> RouterProcess {
-    let file = scratch.write("hook.yaml", &sink_yaml(uri, max_attempts));
-    RouterProcess::start_with_env(
-        &["-f", file.to_str().unwrap()],
-        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    let ca = ca.to_str().unwrap();
+    serve_with_env(
+        scratch,
+        uri,
+        max_attempts,
+        &[("SSL_CERT_FILE", ca), ("SSL_CERT_DIR", "")],
     )
+}
+
+fn serve_with_env(
+    scratch: &Scratch,
+    uri: &str,
+    max_attempts: u32,
+    envs: &[(&str, &str)],
+) -> RouterProcess {
+    let file = scratch.write("hook.yaml", &sink_yaml(uri, max_attempts));
+    RouterProcess::start_with_env(&["-f", file.to_str().unwrap()], envs)
 }
 
 async fn publish(base: &str) -> String {
@@ -324,6 +337,29 @@ async fn an_https_sink_signed_by_a_ca_in_ssl_cert_file_receives_events() {
 }
 
 #[tokio::test]
+async fn a_ca_in_a_directory_named_by_ssl_cert_dir_is_trusted_too() {
+    let ca = TestCa::new();
+    let (uri, mut posts) = https_sink(ca.issue(&["127.0.0.1"])).await;
+    let scratch = Scratch::new();
+    std::fs::create_dir(scratch.0.join("ca")).unwrap();
+    scratch.write("ca/private-ca.crt", &ca.issuer.pem());
+    // An empty SSL_CERT_FILE, so that only the directory can trust the CA.
+    let none = scratch.write("none.pem", "");
+    let dir = scratch.0.join("ca");
+    let envs = [
+        ("SSL_CERT_FILE", none.to_str().unwrap()),
+        ("SSL_CERT_DIR", dir.to_str().unwrap()),
+    ];
+    let router = serve_with_env(&scratch, &uri, 3, &envs);
+    let id = publish(&router.http_url()).await;
+    let seen = tokio::time::timeout(WAIT, posts.recv())
+        .await
+        .expect("a POST in time")
+        .unwrap();
+    assert_eq!(seen, id);
+}
+
+#[tokio::test]
 async fn an_https_sink_certified_for_another_host_dead_letters_with_the_tls_reason() {
     let ca = TestCa::new();
     let (uri, mut posts) = https_sink(ca.issue(&["sink.example"])).await;
@@ -338,6 +374,20 @@ async fn an_https_sink_certified_for_another_host_dead_letters_with_the_tls_reas
     assert!(reason.contains("TLS handshake failed"), "{reason}");
     assert!(reason.contains("not valid for name"), "{reason}");
     assert!(posts.try_recv().is_err(), "no POST got through");
+}
+
+#[tokio::test]
+async fn with_no_loadable_ca_an_https_sink_dead_letters_saying_why() {
+    let ca = TestCa::new();
+    let (uri, _posts) = https_sink(ca.issue(&["127.0.0.1"])).await;
+    let scratch = Scratch::new();
+    let router = serve_trusting(&scratch, &scratch.0.join("missing.pem"), &uri, 1);
+    publish(&router.http_url()).await;
+    let letter = first_dead_letter(&router.http_url()).await;
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("TLS handshake failed"), "{reason}");
+    assert!(reason.contains("no trusted CA certificates"), "{reason}");
+    assert!(reason.contains("missing.pem"), "{reason}");
 }
 
 #[tokio::test]
