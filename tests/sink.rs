@@ -419,3 +419,48 @@ async fn an_https_sink_with_an_untrusted_certificate_dead_letters_with_the_tls_r
     assert!(reason.contains("UnknownIssuer"), "{reason}");
     assert!(posts.try_recv().is_err(), "no POST got through");
 }
+
+#[tokio::test]
+async fn a_sink_that_never_answers_the_tls_handshake_times_out_into_the_dlq() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("https://{}/hook", silent.local_addr().unwrap());
+    // Accepts connections and holds them open without a byte in reply.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let yaml =
+        sink_yaml(&uri, 1).replace("maxAttempts: 1", "maxAttempts: 1\n    ackTimeout: 200ms");
+    let router = Router::new(
+        Arc::new(MemoryBroker::new(Default::default())),
+        RouterConfig::default(),
+    );
+    router
+        .apply(&parse_documents(&yaml).unwrap())
+        .await
+        .unwrap();
+    router
+        .publish(Event::new("invoice.paid", json!(null)).unwrap())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let letters = loop {
+        let letters = router
+            .broker()
+            .dead_letters("hook", DeadLetterQuery::default())
+            .await
+            .unwrap();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The POST's bound is the ack timeout, so the sink's nack and the
+    // broker's own ack timeout race: either reason is right.
+    let reason = &letters[0].reason;
+    let sink_timed_out = reason.contains(&uri) && reason.contains("gave no answer within");
+    assert!(sink_timed_out || reason.contains("ack timeout"), "{reason}");
+}
