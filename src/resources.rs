@@ -140,8 +140,8 @@ pub struct DeliverySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
-    /// `http://` endpoint receiving each event as a CloudEvent in binary mode.
-    #[schemars(regex(pattern = r"^http://[^\s]+$"))]
+    /// `http://` or `https://` endpoint receiving each event as a CloudEvent in binary mode.
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub uri: String,
 }
 
