@@ -19,7 +19,10 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { subscriptions: 10_000, events: 2_000_000 };
+    let mut a = Args {
+        subscriptions: 10_000,
+        events: 2_000_000,
+    };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
@@ -45,7 +48,8 @@ fn subscription(i: usize) -> Selector {
         76..=90 => format!("svc{svc}.evt{evt}.#"),
         _ => format!("*.evt{evt}"),
     };
-    let filter = (i % 10 == 0).then(|| json!({"priority": {"$gte": 5}, "payload.region": {"$in": ["eu", "us"]}}));
+    let filter = (i % 10 == 0)
+        .then(|| json!({"priority": {"$gte": 5}, "payload.region": {"$in": ["eu", "us"]}}));
     Selector::parse(&[topic], filter.as_ref()).expect("benchmark selectors are valid")
 }
 
@@ -60,8 +64,11 @@ fn main() {
     }
     let events: Vec<Event> = (0..1024)
         .map(|i| {
-            let mut e = Event::new(format!("svc{}.evt{}", (i * 7) % 600, (i * 3) % 40), json!({"region": "eu", "n": i}))
-                .expect("valid topic");
+            let mut e = Event::new(
+                format!("svc{}.evt{}", (i * 7) % 600, (i * 3) % 40),
+                json!({"region": "eu", "n": i}),
+            )
+            .expect("valid topic");
             e.priority = event_router::Priority::new((i % 10 + 1) as u8).expect("1..=10");
             e
         })

@@ -33,7 +33,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { events: 200_000, batch: 100, rate: None, payload_bytes: 64, window: 5_000 };
+    let mut a = Args {
+        events: 200_000,
+        batch: 100,
+        rate: None,
+        payload_bytes: 64,
+        window: 5_000,
+    };
     let argv: Vec<String> = std::env::args().collect();
     for pair in argv.windows(2) {
         let v = pair[1].as_str();
@@ -49,10 +55,14 @@ fn args() -> Args {
     a
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("connect to the in-process router").0
+    tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("connect to the in-process router")
+        .0
 }
 
 #[tokio::main]
@@ -60,19 +70,30 @@ async fn main() {
     let args = args();
     let broker: SharedBroker = Arc::new(MemoryBroker::default());
     let router = Router::new(broker, RouterConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
     let addr = listener.local_addr().expect("bound address");
     let token = CancellationToken::new();
-    let config = ServerConfig { live_queue_capacity: 65_536, ..ServerConfig::default() };
+    let config = ServerConfig {
+        live_queue_capacity: 65_536,
+        ..ServerConfig::default()
+    };
     let server = tokio::spawn(server::run(listener, config, router, token.clone()));
     let url = format!("ws://{addr}/ws");
 
     let mut sub = connect(&url).await;
-    sub.send(Message::Text(json!({"op":"subscribe","id":"s","topics":["bench.#"]}).to_string().into()))
-        .await
-        .expect("send subscribe");
+    sub.send(Message::Text(
+        json!({"op":"subscribe","id":"s","topics":["bench.#"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send subscribe");
     loop {
-        let Some(Ok(Message::Text(t))) = sub.next().await else { panic!("subscriber closed") };
+        let Some(Ok(Message::Text(t))) = sub.next().await else {
+            panic!("subscriber closed")
+        };
         let v: Value = serde_json::from_str(&t).expect("json frame");
         if v["op"] == "ok" {
             break;
@@ -84,10 +105,14 @@ async fn main() {
     let (received_tx, received_rx) = watch::channel(0u64);
     let total = args.events;
     let receiver = tokio::spawn(async move {
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         let (mut received, mut dropped) = (0u64, 0u64);
         while received + dropped < total {
-            let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await else { break };
+            let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), sub.next()).await
+            else {
+                break;
+            };
             let Message::Text(t) = msg else { continue };
             let v: Value = serde_json::from_str(&t).expect("json frame");
             match v["op"].as_str() {
@@ -130,10 +155,14 @@ async fn main() {
             }
         };
         let t = due.as_micros() as u64;
-        let events: Vec<Value> =
-            (0..n).map(|i| json!({"type": "bench.event", "payload": {"t": t, "i": sent + i, "pad": pad}})).collect();
+        let events: Vec<Value> = (0..n)
+            .map(|i| json!({"type": "bench.event", "payload": {"t": t, "i": sent + i, "pad": pad}}))
+            .collect();
         let frame = json!({"op":"publish_batch","id": batch_no.to_string(),"events": events});
-        publisher.send(Message::Text(frame.to_string().into())).await.expect("send batch");
+        publisher
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send batch");
         // Drain publish acks without waiting for them.
         while let Some(Some(Ok(_))) = futures::FutureExt::now_or_never(publisher.next()) {}
         sent += n;
@@ -146,7 +175,8 @@ async fn main() {
          latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
         args.events,
         args.batch,
-        args.rate.map_or("closed loop".to_string(), |r| format!("open loop {r:.0}/s")),
+        args.rate
+            .map_or("closed loop".to_string(), |r| format!("open loop {r:.0}/s")),
         elapsed.as_secs_f64(),
         received as f64 / elapsed.as_secs_f64(),
         received,

@@ -34,14 +34,14 @@ pub mod client;
 pub mod config;
 pub mod event;
 pub mod filter;
+pub mod operator;
 pub mod resources;
 pub mod router;
-pub mod operator;
 pub mod selector;
 pub mod server;
 pub mod shutdown;
-pub mod telemetry;
 pub mod sink;
+pub mod telemetry;
 pub mod topic;
 
 pub use broker::{Broker, MemoryBroker, SharedBroker};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use event_router::broker::MemoryBroker;
 use event_router::client::{
-    Client, ClientError, ConnectionState, HANDLER_ERROR_CODE, ReconnectPolicy, Received,
+    Client, ClientError, ConnectionState, HANDLER_ERROR_CODE, Received, ReconnectPolicy,
     Subscription,
 };
 use event_router::server::{self, ServerConfig};
@@ -142,8 +142,14 @@ async fn a_published_event_reaches_a_live_subscriber() {
         .start()
         .await
         .unwrap();
-    client.publish("task.created", json!({"n": 1})).await.unwrap();
-    let id = client.publish("task.created", json!({"n": 2})).await.unwrap();
+    client
+        .publish("task.created", json!({"n": 1}))
+        .await
+        .unwrap();
+    let id = client
+        .publish("task.created", json!({"n": 2}))
+        .await
+        .unwrap();
     let got = next(&mut sub).await;
     assert_eq!(got.event.id, id);
     assert_eq!(got.event.topic, "task.created");
@@ -159,7 +165,11 @@ async fn a_published_event_reaches_a_live_subscriber() {
 /// a nack and its redelivery, and a request answered by `responder`.
 async fn scenario(client: &Client, responder: &Client) -> Vec<String> {
     let mut seen = Vec::new();
-    let mut live = client.subscribe(["job.*", "audit.#"]).start().await.unwrap();
+    let mut live = client
+        .subscribe(["job.*", "audit.#"])
+        .start()
+        .await
+        .unwrap();
     let mut durable = client
         .subscribe("job.*")
         .group("scenario")
@@ -183,7 +193,10 @@ async fn scenario(client: &Client, responder: &Client) -> Vec<String> {
         seen.push(format!("live {} {}", r.event.topic, r.event.payload));
     }
     let first = next(&mut durable).await;
-    seen.push(format!("durable {} attempt {}", first.event.topic, first.attempt));
+    seen.push(format!(
+        "durable {} attempt {}",
+        first.event.topic, first.attempt
+    ));
     first.nack(Some(Duration::ZERO)).await.unwrap();
     let mut rest = Vec::new();
     for _ in 0..2 {
@@ -215,7 +228,10 @@ async fn the_in_process_client_gives_the_same_results_as_websocket() {
     let (a, b) = (connect(&server.url()).await, connect(&server.url()).await);
     let over_ws = scenario(&a, &b).await;
     let router = new_router();
-    let (c, d) = (Client::in_process(router.clone()), Client::in_process(router));
+    let (c, d) = (
+        Client::in_process(router.clone()),
+        Client::in_process(router),
+    );
     let in_process = scenario(&c, &d).await;
     assert_eq!(over_ws, in_process);
     assert_eq!(
@@ -425,11 +441,19 @@ async fn reconnecting_gives_up_after_max_attempts_with_a_clear_error() {
     let ConnectionState::Closed(ClientError::Connection { reason, .. }) = state else {
         panic!("{state:?}")
     };
-    assert!(reason.contains("gave up after 3 failed attempts"), "{reason}");
+    assert!(
+        reason.contains("gave up after 3 failed attempts"),
+        "{reason}"
+    );
     let e = client.publish("a.b", json!(1)).await.unwrap_err();
     assert!(matches!(e, ClientError::Connection { .. }), "{e:?}");
     assert!(!e.is_retryable());
-    assert!(tokio::time::timeout(WAIT, sub.recv()).await.unwrap().is_none());
+    assert!(
+        tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(matches!(sub.error(), Some(ClientError::Connection { .. })));
 }
 
@@ -449,7 +473,10 @@ async fn connecting_where_nothing_listens_fails_with_a_connection_error() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(&e, ClientError::Connection { url, .. } if url.contains(&addr.to_string())), "{e:?}");
+    assert!(
+        matches!(&e, ClientError::Connection { url, .. } if url.contains(&addr.to_string())),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -511,9 +538,21 @@ async fn server_rejections_are_typed_errors() {
         .start()
         .await
         .unwrap_err();
-    assert!(matches!(&e, ClientError::Server { code, .. } if code == "already_subscribed"), "{e:?}");
+    assert!(
+        matches!(&e, ClientError::Server { code, .. } if code == "already_subscribed"),
+        "{e:?}"
+    );
     let e = client.publish("bad..topic", json!(1)).await.unwrap_err();
-    assert!(matches!(e, ClientError::Invalid { code: "invalid_topic", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            ClientError::Invalid {
+                code: "invalid_topic",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let mut event = Event::new("x.y", json!(1)).unwrap();
     event.reply_to = Some("not a topic".into());
     let e = client.publish_with(event).await.unwrap_err();

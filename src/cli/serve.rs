@@ -76,15 +76,32 @@ pub struct ServeArgs {
 
     /// Auth file: API keys, JWT, ACL, per-principal limits (docs/security.md).
     /// Without it (and without an `auth:` config section) everything is allowed.
-    #[arg(long, env = "EVENT_ROUTER_AUTH", value_name = "FILE", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_AUTH",
+        value_name = "FILE",
+        help_heading = "Security"
+    )]
     pub auth: Option<PathBuf>,
 
     /// PEM certificate chain: serve HTTPS/WSS (reloaded when the file changes).
-    #[arg(long, env = "EVENT_ROUTER_TLS_CERT", value_name = "FILE", requires = "tls_key", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "EVENT_ROUTER_TLS_KEY", value_name = "FILE", requires = "tls_cert", help_heading = "Security")]
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
     pub tls_key: Option<PathBuf>,
 
     /// Largest event payload in bytes [default: 1048576].

@@ -168,6 +168,12 @@ mod tests {
         assert!(ClientError::BufferFull { capacity: 1 }.is_retryable());
         assert!(!ClientError::Closed.is_retryable());
         let e = ClientError::server("rate_limited", "slow down").into_publish();
-        assert!(matches!(e, ClientError::Publish { retryable: true, .. }));
+        assert!(matches!(
+            e,
+            ClientError::Publish {
+                retryable: true,
+                ..
+            }
+        ));
     }
 }

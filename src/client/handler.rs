@@ -149,7 +149,11 @@ where
             }
             reply.correlation_id = Some(correlation);
             reply.causation_id = Some(request_id);
-            client.publish_with(reply).await.map(drop).map_err(|e| e.to_string())
+            client
+                .publish_with(reply)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
     }
 }

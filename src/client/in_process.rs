@@ -49,7 +49,11 @@ fn broker_error(e: BrokerError) -> ClientError {
 
 impl InProcess {
     /// Starts the `publish_nowait` task; must run inside a Tokio runtime.
-    pub(crate) fn new(router: Arc<Router>, config: Arc<Config>, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (nowait, queue) = mpsc::unbounded_channel();
         tokio::spawn(publish_in_order(router.clone(), queue, shutdown.clone()));
         InProcess {
@@ -69,7 +73,11 @@ impl InProcess {
         Ok(receipt.event_id().to_string())
     }
 
-    pub(crate) async fn publish_batch(&self, events: Vec<Event>, atomic: bool) -> Result<Vec<String>> {
+    pub(crate) async fn publish_batch(
+        &self,
+        events: Vec<Event>,
+        atomic: bool,
+    ) -> Result<Vec<String>> {
         let receipts = self
             .router
             .publish_batch(events, atomic)
@@ -121,7 +129,10 @@ impl InProcess {
         if let Err(BrokerError::UnknownSubscription(_)) = broker.subscription(group).await {
             let spec = GroupSpec::new(group.clone(), selector);
             spec.validate().map_err(broker_error)?;
-            broker.ensure_subscription(spec).await.map_err(broker_error)?;
+            broker
+                .ensure_subscription(spec)
+                .await
+                .map_err(broker_error)?;
         }
         let options = ConsumeOptions {
             max_in_flight: spec
@@ -165,7 +176,12 @@ async fn publish_in_order(
     }
 }
 
-async fn forward_live(mut stream: LiveStream, id: String, inbox: Arc<Inbox>, stop: CancellationToken) {
+async fn forward_live(
+    mut stream: LiveStream,
+    id: String,
+    inbox: Arc<Inbox>,
+    stop: CancellationToken,
+) {
     loop {
         let item = tokio::select! {
             biased;
@@ -176,7 +192,8 @@ async fn forward_live(mut stream: LiveStream, id: String, inbox: Arc<Inbox>, sto
             Some(LiveItem::Event(event)) => {
                 let event = Arc::unwrap_or_clone(event);
                 let delivery_id = event.id.clone();
-                let received = Received::new(event, 1, delivery_id, id.clone(), AckPath::Live, &inbox);
+                let received =
+                    Received::new(event, 1, delivery_id, id.clone(), AckPath::Live, &inbox);
                 inbox.push(received);
             }
             Some(LiveItem::Overflow { dropped }) => inbox.overflowed(dropped),
@@ -206,8 +223,14 @@ async fn forward_durable(mut consumer: Consumer, to: Forward, stop: Cancellation
                         broker: to.broker.clone(),
                         group: to.group.clone(),
                     };
-                    let received =
-                        Received::new(d.event, d.attempt, d.delivery_id, to.group.clone(), path, &to.inbox);
+                    let received = Received::new(
+                        d.event,
+                        d.attempt,
+                        d.delivery_id,
+                        to.group.clone(),
+                        path,
+                        &to.inbox,
+                    );
                     to.inbox.push(received);
                 }
             }

@@ -639,7 +639,8 @@ impl Client {
         payload: Value,
         timeout: Duration,
     ) -> Result<Event> {
-        self.request_with(Event::new(topic, payload)?, timeout).await
+        self.request_with(Event::new(topic, payload)?, timeout)
+            .await
     }
 
     /// Sends a prepared request event (its own `reply_to` and
@@ -682,7 +683,11 @@ impl Client {
     ///
     /// # Errors
     /// As [`SubscribeBuilder::start`].
-    pub async fn respond<F, Fut, E>(&self, patterns: impl Patterns, handler: F) -> Result<HandlerTask>
+    pub async fn respond<F, Fut, E>(
+        &self,
+        patterns: impl Patterns,
+        handler: F,
+    ) -> Result<HandlerTask>
     where
         F: Fn(Event) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<Value, E>> + Send + 'static,
@@ -748,7 +753,12 @@ impl Client {
     }
 
     /// Sends a call over WebSocket and waits for its reply.
-    async fn call(&self, body: CallBody, slots: usize, timeout: Duration) -> Result<Map<String, Value>> {
+    async fn call(
+        &self,
+        body: CallBody,
+        slots: usize,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>> {
         let Transport::Ws { commands, ids, .. } = &self.inner.transport else {
             return Err(ClientError::Closed);
         };
@@ -860,7 +870,9 @@ impl SubscribeSpec {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let filter = match &self.filter {
             None | Some(Value::Null) => None,
-            Some(doc @ Value::Object(_)) => Some(Filter::compile(doc).map_err(SelectorError::from)?),
+            Some(doc @ Value::Object(_)) => {
+                Some(Filter::compile(doc).map_err(SelectorError::from)?)
+            }
             Some(Value::String(text)) => {
                 Some(Filter::parse_shorthand(text).map_err(SelectorError::from)?)
             }
@@ -981,7 +993,10 @@ impl SubscribeBuilder<'_> {
                 Ok(Subscription::new(inbox, Closer::InProcess(stop)))
             }
             Transport::Ws { commands, .. } => {
-                let id = client.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
+                let id = client
+                    .inner
+                    .next_subscription
+                    .fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 let command = Command::Subscribe {
                     id,
@@ -1025,7 +1040,12 @@ impl SubscribeBuilder<'_> {
     {
         let (concurrency, nack_delay) = (self.concurrency, self.nack_delay);
         let subscription = self.start().await?;
-        Ok(handler::spawn(subscription, handler, concurrency, nack_delay))
+        Ok(handler::spawn(
+            subscription,
+            handler,
+            concurrency,
+            nack_delay,
+        ))
     }
 
     /// Subscribes and answers each request with `handler`'s result; see
@@ -1071,18 +1091,46 @@ mod tests {
     #[test]
     fn bad_patterns_and_filters_are_rejected_before_sending() {
         let e = spec(&["a..b"], None).selector().unwrap_err();
-        assert!(matches!(e, ClientError::Invalid { code: "invalid_pattern", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ClientError::Invalid {
+                    code: "invalid_pattern",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = spec(&["a"], Some(json!({"payload.n": {"$bogus": 1}})))
             .selector()
             .unwrap_err();
-        assert!(matches!(e, ClientError::Invalid { code: "invalid_filter", .. }), "{e}");
-        assert!(spec(&["a"], Some(json!(["priority:gt:5"]))).selector().is_ok());
+        assert!(
+            matches!(
+                e,
+                ClientError::Invalid {
+                    code: "invalid_filter",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            spec(&["a"], Some(json!(["priority:gt:5"])))
+                .selector()
+                .is_ok()
+        );
         assert!(spec(&["a"], Some(json!(5))).selector().is_err());
     }
 
     #[tokio::test]
     async fn a_non_websocket_url_is_rejected() {
         let e = Client::connect("http://127.0.0.1:1/ws").await.unwrap_err();
-        assert!(matches!(e, ClientError::Invalid { code: "invalid_url", .. }));
+        assert!(matches!(
+            e,
+            ClientError::Invalid {
+                code: "invalid_url",
+                ..
+            }
+        ));
     }
 }

@@ -142,7 +142,10 @@ impl<K: Clone + Ord> TopicTrie<K> {
         match &self.regex_set {
             Some(set) => out.extend(set.matches(topic).iter().map(|i| self.regexes[i].1.clone())),
             None => out.extend(
-                self.regexes.iter().filter(|(p, _)| p.matches(topic)).map(|(_, k)| k.clone()),
+                self.regexes
+                    .iter()
+                    .filter(|(p, _)| p.matches(topic))
+                    .map(|(_, k)| k.clone()),
             ),
         }
         if out.len() - start > 1 {
@@ -170,7 +173,10 @@ impl<K> TopicTrie<K> {
                 Pattern::Regex(re) => re.as_str(),
                 Pattern::Glob(g) => g.as_str(),
             });
-            regex::RegexSetBuilder::new(sources).size_limit(REGEX_SET_SIZE_LIMIT).build().ok()
+            regex::RegexSetBuilder::new(sources)
+                .size_limit(REGEX_SET_SIZE_LIMIT)
+                .build()
+                .ok()
         };
     }
 }
