@@ -330,8 +330,16 @@ impl Driver {
         loop {
             let attempt = tokio::time::timeout(
                 config.connect_timeout,
-                // Frames are small and latency matters: no Nagle delay.
-                tokio_tungstenite::connect_async_with_config(config.url.as_str(), None, true),
+                // Frames are small and latency matters: no Nagle delay, and
+                // a read buffer that is not zeroed at 128 KiB per read.
+                tokio_tungstenite::connect_async_with_config(
+                    config.url.as_str(),
+                    Some(
+                        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                            .read_buffer_size(crate::server::ws::READ_BUFFER_BYTES),
+                    ),
+                    true,
+                ),
             );
             let reason = match self.offline(attempt).await? {
                 Ok(Ok((socket, _))) => return Ok(socket),
