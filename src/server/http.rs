@@ -561,13 +561,16 @@ pub struct CountResponse {
     pub count: u64,
 }
 
+/// A JSON body that may be left out: empty (or blank) means `T::default()`.
+fn optional_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
 fn selection(body: &[u8]) -> Result<DeadLetterSelection, ApiError> {
-    let ids = if body.iter().all(u8::is_ascii_whitespace) {
-        DeadLetterIds::default()
-    } else {
-        serde_json::from_slice::<DeadLetterIds>(body)
-            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
-    };
+    let ids: DeadLetterIds = optional_body(body)?;
     Ok(DeadLetterSelection { ids: ids.ids })
 }
 
@@ -659,12 +662,7 @@ pub async fn replay(
     Path(name): Path<String>,
     Body(body): Body,
 ) -> Result<axum::Json<CountResponse>, ApiError> {
-    let req = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayRequest::default()
-    } else {
-        serde_json::from_slice::<ReplayRequest>(&body)
-            .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
-    };
+    let req: ReplayRequest = optional_body(&body)?;
     let selector = if req.topics.is_empty() && req.filter.is_none() {
         None
     } else if req.topics.is_empty() {
