@@ -1,38 +1,67 @@
-//! Tracing overhead: throughput of the in-process pipeline (validate,
-//! publish, durable delivery, ack on the memory broker) with span recording
-//! off and on (`telemetry::trace::set_enabled`), at sampler 1.0 by default,
-//! exporting every span over OTLP/HTTP to a receiver in this process that
-//! decodes and counts them. No `tracing` subscriber is installed, as in a
-//! router logging at `info` (the per-event log spans are DEBUG).
+//! Tracing overhead: events per second with span recording off and on
+//! (`telemetry::trace::set_enabled`), at sampler 1.0 by default, exporting
+//! every span over OTLP/HTTP to a receiver in this process that decodes and
+//! counts them. No `tracing` subscriber is installed, as in a router logging
+//! at `info` (the per-event log spans are DEBUG).
 //!
-//! Run: `cargo bench --bench tracing` (add `-- --events N --rounds R`,
-//! `--export none` to discard spans instead of sending them, and
-//! `--sampler-ratio 0.1` for parent-based ratio sampling, `--traceparent 01`
-//! (or `00`) to publish every event with a sampled (or unsampled)
-//! `traceparent` as a traced client would, in the "off" rounds too).
-//! Rounds alternate off/on so that machine noise hits both; the line
+//! Two transports carry the same pipeline (publish, durable delivery, ack
+//! on the memory broker):
+//! - `--transport in-process` (default): the router's API called directly,
+//!   no network; the worst case for the ratio, since the traced work is
+//!   all there is.
+//! - `--transport ws`: the router's real HTTP/WebSocket server on
+//!   127.0.0.1:0, loaded through the client SDK as applications (and
+//!   `event-router bench`) do: one publisher connection sending
+//!   `publish_batch` frames of `--batch` events (default 100, the same in
+//!   both kinds of rounds, at most 4 batches awaiting their reply), and one
+//!   subscriber connection in durable group `bench` acking every delivery.
+//!
+//! Run: `cargo bench --bench tracing` (add `-- --transport ws`,
+//! `--events N --rounds R`, `--export none` to discard spans instead of
+//! sending them, `--sampler-ratio 0.1` for parent-based ratio sampling,
+//! `--traceparent 01` (or `00`) to publish every event with a sampled (or
+//! unsampled) `traceparent` as a traced client would, in the "off" rounds
+//! too). Rounds alternate off/on so that machine noise hits both; the line
 //! `ratio` is median(on) / median(off) events per second (target >= 0.85).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_router::broker::{ConsumeOptions, GroupSpec, MemoryBroker, MemoryBrokerConfig};
+use event_router::client::Client;
 use event_router::selector::Selector;
+use event_router::server::{self, ServerConfig};
 use event_router::telemetry::{Pipeline, PipelineConfig, Sampler, trace};
-use event_router::{Router, RouterConfig, SharedBroker};
+use event_router::{Event, Router, RouterConfig, SharedBroker};
+use futures::StreamExt;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// The allocator the `event-router` binary uses (src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The durable group every event goes to.
+const GROUP: &str = "bench";
+/// Over WebSocket: most events published but not yet acked.
+const WS_WINDOW: usize = 5_000;
+/// Over WebSocket: most `publish_batch` calls awaiting their reply.
+const WS_PIPELINED: usize = 4;
+/// Over WebSocket: deliveries the subscriber holds un-acked.
+const WS_PREFETCH: usize = 1_000;
+
 struct Args {
+    /// `in-process` (default) or `ws`.
+    transport: String,
     events: usize,
     rounds: usize,
+    /// Events per `publish_batch` over WebSocket.
+    batch: usize,
     /// `otlp` (default): export over OTLP/HTTP to the in-process receiver;
     /// `none`: hand spans to a batch exporter that discards them, which
     /// isolates the instrumentation cost from the export's CPU.
@@ -47,31 +76,30 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        transport: "in-process".to_string(),
         events: 20_000,
         rounds: 5,
+        batch: 100,
         export: "otlp".to_string(),
         ratio: 1.0,
         traceparent: None,
     };
     let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let next = argv.get(i + 1).and_then(|v| v.parse().ok());
-        match (argv[i].as_str(), next) {
-            ("--events", Some(n)) => a.events = n,
-            ("--rounds", Some(n)) => a.rounds = n,
-            ("--sampler-ratio", _) => {
-                a.ratio = argv.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1.0);
-            }
-            ("--export", _) => a.export = argv.get(i + 1).cloned().unwrap_or_default(),
-            ("--traceparent", _) => a.traceparent = argv.get(i + 1).cloned(),
+    for pair in argv.windows(2) {
+        let v = pair[1].as_str();
+        match pair[0].as_str() {
+            "--transport" => a.transport = v.to_string(),
+            "--events" => a.events = v.parse().unwrap_or(a.events).max(1),
+            "--rounds" => a.rounds = v.parse().unwrap_or(a.rounds).max(1),
+            "--batch" => a.batch = v.parse().unwrap_or(a.batch).max(1),
+            "--sampler-ratio" => a.ratio = v.parse().unwrap_or(1.0),
+            "--export" => a.export = v.to_string(),
+            "--traceparent" => a.traceparent = Some(v.to_string()),
             _ => {}
         }
-        i += 1;
     }
     a
 }
-
 /// Spans the receiver decoded.
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
 
@@ -126,18 +154,35 @@ impl opentelemetry_sdk::trace::SpanExporter for Discard {
     }
 }
 
-/// Publishes `events` events and consumes and acks all of them; events/s.
-async fn run_round(
-    router: &Arc<Router>,
-    group: &str,
-    events: usize,
-    traceparent: Option<&str>,
-) -> f64 {
-    let started = Instant::now();
+/// The `traceparent` header of the `k`-th event of a round.
+fn traceparent_of(flags: &str, k: usize) -> String {
+    format!("00-{:032x}-00f067aa0ba902b7-{flags}", k + 1)
+}
+
+/// The router under load, and how events reach it.
+enum Load {
+    InProcess(Arc<Router>),
+    Ws(WsLoad),
+}
+
+impl Load {
+    /// Publishes `events` events and consumes and acks all of them; events/s.
+    async fn round(&self, events: usize, traceparent: Option<&str>) -> f64 {
+        let started = Instant::now();
+        match self {
+            Load::InProcess(router) => in_process_round(router, events, traceparent).await,
+            Load::Ws(ws) => ws.round(events, traceparent).await,
+        }
+        events as f64 / started.elapsed().as_secs_f64()
+    }
+}
+
+/// The round of `--transport in-process`: the router's API called directly.
+async fn in_process_round(router: &Arc<Router>, events: usize, traceparent: Option<&str>) {
     let mut consumer = router
         .broker()
         .consume(
-            group,
+            GROUP,
             ConsumeOptions {
                 max_in_flight: 1000,
                 name: String::new(),
@@ -153,7 +198,7 @@ async fn run_round(
             let event = router
                 .parse_event(match traceparent {
                     Some(flags) => json!({"type": "bench.traced", "payload": {"i": done + i},
-                           "headers": {"traceparent": format!("00-{:032x}-00f067aa0ba902b7-{flags}", done + i + 1)}}),
+                           "headers": {"traceparent": traceparent_of(flags, done + i)}}),
                     None => json!({"type": "bench.traced", "payload": {"i": done + i}}),
                 })
                 .expect("valid event");
@@ -172,7 +217,120 @@ async fn run_round(
         }
         done += n;
     }
-    events as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `--transport ws`: the router's server on loopback, a publisher and an
+/// acking durable subscriber connected to it through the client SDK.
+struct WsLoad {
+    publisher: Client,
+    /// Kept open for the subscription's sake.
+    _subscriber: Client,
+    batch: usize,
+    /// Deliveries acked so far, over all rounds.
+    acked: Arc<AtomicU64>,
+    /// The `acked` count that ends the current round.
+    goal: Arc<AtomicU64>,
+    /// Signalled when `acked` reaches `goal`.
+    reached: Arc<Notify>,
+    /// One permit per event that may be published and not yet acked.
+    window: Arc<Semaphore>,
+    token: CancellationToken,
+}
+
+impl WsLoad {
+    async fn start(router: Arc<Router>, batch: usize) -> WsLoad {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("ws://{}/ws", listener.local_addr().expect("bound address"));
+        let token = CancellationToken::new();
+        tokio::spawn(server::run(
+            listener,
+            ServerConfig::default(),
+            router,
+            token.clone(),
+        ));
+        let connect = || {
+            Client::builder()
+                .url(url.clone())
+                .publish_timeout(Duration::from_secs(60))
+                .build()
+        };
+        let publisher = connect().await.expect("publisher connects");
+        let subscriber = connect().await.expect("subscriber connects");
+        let mut subscription = subscriber
+            .subscribe("bench.#")
+            .group(GROUP)
+            .max_in_flight(WS_PREFETCH)
+            .start()
+            .await
+            .expect("subscribe");
+        let acked = Arc::new(AtomicU64::new(0));
+        let goal = Arc::new(AtomicU64::new(u64::MAX));
+        let reached = Arc::new(Notify::new());
+        let window = Arc::new(Semaphore::new(WS_WINDOW.max(batch)));
+        let (a, g, r, w) = (acked.clone(), goal.clone(), reached.clone(), window.clone());
+        tokio::spawn(async move {
+            while let Some(delivery) = subscription.recv().await {
+                delivery.ack().await.expect("ack");
+                w.add_permits(1);
+                if a.fetch_add(1, Ordering::Relaxed) + 1 >= g.load(Ordering::Relaxed) {
+                    r.notify_one();
+                }
+            }
+        });
+        WsLoad {
+            publisher,
+            _subscriber: subscriber,
+            batch,
+            acked,
+            goal,
+            reached,
+            window,
+            token,
+        }
+    }
+
+    /// Publishes `events` in batches, at most [`WS_PIPELINED`] awaiting
+    /// their reply and [`WS_WINDOW`] un-acked, and waits until all are acked.
+    async fn round(&self, events: usize, traceparent: Option<&str>) {
+        let goal = self.acked.load(Ordering::Relaxed) + events as u64;
+        self.goal.store(goal, Ordering::Relaxed);
+        let batches = (0..events)
+            .step_by(self.batch)
+            .map(|first| first..(first + self.batch).min(events));
+        futures::stream::iter(batches)
+            .map(|range| async move {
+                let n = u32::try_from(range.len()).expect("batch fits u32");
+                self.window
+                    .acquire_many(n)
+                    .await
+                    .expect("window never closed")
+                    .forget();
+                let batch = range.map(|i| event(i, traceparent)).collect();
+                self.publisher
+                    .publish_batch(batch, false)
+                    .await
+                    .expect("publish");
+            })
+            .buffer_unordered(WS_PIPELINED)
+            .collect::<()>()
+            .await;
+        while self.acked.load(Ordering::Relaxed) < goal {
+            self.reached.notified().await;
+        }
+    }
+}
+
+/// The `i`-th event of a round over WebSocket.
+fn event(i: usize, traceparent: Option<&str>) -> Event {
+    let mut event = Event::new("bench.traced", json!({ "i": i })).expect("valid event");
+    if let Some(flags) = traceparent {
+        event
+            .headers
+            .insert(trace::TRACEPARENT.to_string(), traceparent_of(flags, i));
+    }
+    event
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,13 +338,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let args = args();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let receiver = start_receiver();
+/// The span pipeline of the "on" rounds, exporting to `receiver` (or
+/// discarding with `--export none`).
+fn pipeline(
+    args: &Args,
+    receiver: std::net::SocketAddr,
+    runtime: &tokio::runtime::Runtime,
+) -> Arc<Pipeline> {
     let mut config = PipelineConfig::from_env();
     config.sampler = if args.ratio >= 1.0 {
         Sampler::AlwaysOn
@@ -205,49 +363,62 @@ fn main() {
                 .expect("exporter")
         });
         Pipeline::start(exporter, config)
+    };
+    Arc::new(pipeline.expect("span export thread"))
+}
+
+fn main() {
+    let args = args();
+    let ws = match args.transport.as_str() {
+        "in-process" => false,
+        "ws" => true,
+        other => {
+            eprintln!("--transport {other}: expected in-process or ws");
+            std::process::exit(2);
+        }
+    };
+    // Over WebSocket, a multi-threaded runtime as `event-router` runs.
+    let runtime = if ws {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     }
-    .expect("span export thread");
-    let pipeline = Arc::new(pipeline);
+    .enable_all()
+    .build()
+    .expect("runtime");
+    let receiver = start_receiver();
+    let pipeline = pipeline(&args, receiver, &runtime);
     // The event spans' pipeline, switched off for the "off" rounds.
     trace::install(pipeline.clone());
     trace::set_enabled(false);
 
     let broker: SharedBroker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
     let router = Router::new(broker, RouterConfig::default());
-    runtime.block_on(async {
+    let traceparent = args.traceparent.as_deref();
+    let load = runtime.block_on(async {
         router
             .broker()
             .ensure_subscription(GroupSpec::new(
-                "bench",
+                GROUP,
                 Selector::parse(&["bench.#".to_string()], None).expect("selector"),
             ))
             .await
             .expect("subscription");
+        let load = if ws {
+            Load::Ws(WsLoad::start(router, args.batch).await)
+        } else {
+            Load::InProcess(router)
+        };
         // Warm-up, untimed.
-        run_round(
-            &router,
-            "bench",
-            args.events / 10,
-            args.traceparent.as_deref(),
-        )
-        .await;
+        load.round(args.events / 10, traceparent).await;
+        load
     });
 
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        let rate_off = runtime.block_on(run_round(
-            &router,
-            "bench",
-            args.events,
-            args.traceparent.as_deref(),
-        ));
+        let rate_off = runtime.block_on(load.round(args.events, traceparent));
         trace::set_enabled(true);
-        let rate_on = runtime.block_on(run_round(
-            &router,
-            "bench",
-            args.events,
-            args.traceparent.as_deref(),
-        ));
+        let rate_on = runtime.block_on(load.round(args.events, traceparent));
         trace::set_enabled(false);
         println!(
             "round {round}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
@@ -255,6 +426,9 @@ fn main() {
         );
         off.push(rate_off);
         on.push(rate_on);
+    }
+    if let Load::Ws(ws) = &load {
+        ws.token.cancel();
     }
     pipeline.shutdown();
     let traced_events = (args.events * args.rounds) as u64;
@@ -264,9 +438,15 @@ fn main() {
         EXPORTED.load(Ordering::Relaxed),
         pipeline.dropped()
     );
+    let batch = if ws {
+        format!(", batch {}", args.batch)
+    } else {
+        String::new()
+    };
     let (off, on) = (median(off), median(on));
     println!(
-        "tracing overhead (export {}, sampler {}): {} events x {} rounds; median off {off:.0}/s, on {on:.0}/s; ratio {:.3} (target >= 0.85 at sampler 1.0)",
+        "tracing overhead (transport {}{batch}, export {}, sampler {}): {} events x {} rounds; median off {off:.0}/s, on {on:.0}/s; ratio {:.3} (target >= 0.85 at sampler 1.0)",
+        args.transport,
         args.export,
         args.ratio,
         args.events,
