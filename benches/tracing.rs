@@ -21,7 +21,8 @@
 //! sending them, `--sampler-ratio 0.1` for parent-based ratio sampling,
 //! `--traceparent 01` (or `00`) to publish every event with a sampled (or
 //! unsampled) `traceparent` as a traced client would, in the "off" rounds
-//! too). Rounds alternate off/on so that machine noise hits both; the line
+//! too, `--only on` (or `off`) to run one kind of round under a profiler).
+//! Rounds alternate off/on so that machine noise hits both; the line
 //! `ratio` is median(on) / median(off) events per second (target >= 0.85).
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ struct Args {
     /// (`01` sampled, `00` not), as a traced client would, in both kinds
     /// of rounds.
     traceparent: Option<String>,
+    /// `off` or `on`: run only that kind of round, to profile one side.
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -83,6 +86,7 @@ fn args() -> Args {
         export: "otlp".to_string(),
         ratio: 1.0,
         traceparent: None,
+        only: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     for pair in argv.windows(2) {
@@ -95,6 +99,7 @@ fn args() -> Args {
             "--sampler-ratio" => a.ratio = v.parse().unwrap_or(1.0),
             "--export" => a.export = v.to_string(),
             "--traceparent" => a.traceparent = Some(v.to_string()),
+            "--only" => a.only = Some(v.to_string()),
             _ => {}
         }
     }
@@ -414,14 +419,26 @@ fn main() {
         load
     });
 
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds {
-        let rate_off = runtime.block_on(load.round(args.events, traceparent));
-        trace::set_enabled(true);
-        let rate_on = runtime.block_on(load.round(args.events, traceparent));
+    let (run_off, run_on) = match args.only.as_deref() {
+        Some("off") => (true, false),
+        Some("on") => (false, true),
+        _ => (true, true),
+    };
+    let round = |on: bool| {
+        if !(if on { run_on } else { run_off }) {
+            return f64::NAN;
+        }
+        trace::set_enabled(on);
+        let rate = runtime.block_on(load.round(args.events, traceparent));
         trace::set_enabled(false);
+        rate
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round_number in 0..args.rounds {
+        let rate_off = round(false);
+        let rate_on = round(true);
         println!(
-            "round {round}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
+            "round {round_number}: off {rate_off:.0} events/s, on (sampler {}) {rate_on:.0} events/s",
             args.ratio
         );
         off.push(rate_off);
