@@ -103,6 +103,7 @@ pub struct Metrics {
     redis_round_trip_seconds: FloatGauge,
     partitions_owned: Gauge,
     partition_owned: Family<PartitionLabels, Gauge>,
+    trace_spans_dropped: Counter,
     labels: Mutex<HashSet<String>>,
     last_delivery: Mutex<HashMap<String, Instant>>,
     pending_since: Mutex<HashMap<String, Instant>>,
@@ -138,6 +139,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "event_router_redis_round_trip_seconds",
     "event_router_partitions_owned",
     "event_router_partition_owned",
+    "event_router_trace_spans_dropped_total",
 ];
 
 impl Metrics {
@@ -167,6 +169,7 @@ impl Metrics {
             redis_round_trip_seconds: FloatGauge::default(),
             partitions_owned: Gauge::default(),
             partition_owned: Family::default(),
+            trace_spans_dropped: Counter::default(),
             labels: Mutex::default(),
             last_delivery: Mutex::default(),
             pending_since: Mutex::default(),
@@ -277,6 +280,11 @@ impl Metrics {
             "1 for each ingest partition whose lease this replica holds",
             Declared(m.partition_owned.clone()),
         );
+        r.register(
+            "trace_spans_dropped",
+            "Finished spans dropped because the span export buffer was full (the exporter or collector is too slow)",
+            m.trace_spans_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -356,6 +364,12 @@ impl Metrics {
         self.dropped
             .get_or_create(&ReasonLabels { reason })
             .inc_by(n);
+    }
+
+    /// The counter of spans the export buffer dropped, for the span
+    /// pipeline to increment where it drops them.
+    pub(crate) fn trace_spans_dropped(&self) -> Counter {
+        self.trace_spans_dropped.clone()
     }
 
     /// Replaces the state gauges with a fresh read of the broker and the

@@ -7,7 +7,8 @@
 //! records into OpenTelemetry [`SpanData`] and hands them to the exporter.
 //! When the buffer is full (the exporter is slow or the collector down)
 //! spans are dropped and counted ([`Pipeline::dropped`], logged at
-//! shutdown): export never blocks event flow.
+//! shutdown, and exported as `event_router_trace_spans_dropped_total`):
+//! export never blocks event flow.
 //!
 //! Configured by the standard variables: `OTEL_TRACES_SAMPLER`,
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_SCHEDULE_DELAY`,
@@ -27,6 +28,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use rand::{Rng, SeedableRng};
 
 /// `OTEL_BSP_SCHEDULE_DELAY` default: longest wait before buffered spans
@@ -212,6 +214,8 @@ struct Buffer {
     max_queue: usize,
     max_batch: usize,
     dropped: AtomicU64,
+    /// The process-wide metric of dropped spans, fed alongside `dropped`.
+    dropped_metric: Counter,
     exported: AtomicU64,
     stop: AtomicBool,
     worker: Thread,
@@ -252,6 +256,7 @@ impl Pipeline {
             max_queue: config.max_queue,
             max_batch: config.max_batch,
             dropped: AtomicU64::new(0),
+            dropped_metric: super::metrics::metrics().trace_spans_dropped(),
             exported: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             worker: handle.thread().clone(),
@@ -279,6 +284,7 @@ impl Pipeline {
             if spans.len() >= b.max_queue {
                 drop(spans);
                 b.dropped.fetch_add(1, Ordering::Relaxed);
+                b.dropped_metric.inc();
                 return;
             }
             spans.push(span);
@@ -289,7 +295,9 @@ impl Pipeline {
         }
     }
 
-    /// Spans dropped because the buffer was full.
+    /// Spans dropped because the buffer was full (by this pipeline; the
+    /// metric `event_router_trace_spans_dropped_total` counts those of
+    /// every pipeline in the process).
     pub fn dropped(&self) -> u64 {
         self.buffer.dropped.load(Ordering::Relaxed)
     }
@@ -348,6 +356,59 @@ fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Accepts every export.
+    #[derive(Debug)]
+    struct Accept;
+
+    impl SpanExporter for Accept {
+        async fn export(&self, _: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn span() -> SpanRecord {
+        SpanRecord {
+            name: "test",
+            kind: SpanKind::Internal,
+            trace_id: new_trace_id(),
+            span_id: new_span_id(),
+            parent_id: 0,
+            parent_remote: false,
+            start: SystemTime::now(),
+            end: SystemTime::now(),
+            attributes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn spans_past_a_full_buffer_are_dropped_and_counted_in_the_metric() {
+        let metric = super::super::metrics::metrics().trace_spans_dropped();
+        let before = metric.get();
+        // The export thread is neither woken (the batch size is never
+        // reached) nor scheduled (a minute away) while spans are recorded.
+        let config = PipelineConfig {
+            sampler: Sampler::AlwaysOn,
+            schedule_delay: Duration::from_secs(60),
+            max_queue: 2,
+            max_batch: 3,
+            resource: Resource::builder_empty().build(),
+        };
+        let pipeline = Pipeline::start(Accept, config).unwrap();
+        for _ in 0..5 {
+            pipeline.record(span());
+        }
+        assert_eq!(pipeline.dropped(), 3);
+        // Other tests' pipelines may drop spans too: the metric is global.
+        assert!(metric.get() >= before + 3, "{} -> {}", before, metric.get());
+        let text = super::super::metrics::metrics().encode_text();
+        assert!(
+            text.contains("\nevent_router_trace_spans_dropped_total "),
+            "{text}"
+        );
+        pipeline.shutdown();
+        assert_eq!((pipeline.exported(), pipeline.dropped()), (2, 3));
+    }
 
     #[test]
     fn ratio_sampling_is_decided_by_the_trace_id_and_parent_based_follows_the_parent() {
