@@ -328,9 +328,19 @@ fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) 
             std::thread::park_timeout(delay);
         }
         let mut batch = std::mem::replace(&mut *buffer.spans.lock(), spare);
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(buffer.max_batch));
-            let data: Vec<SpanData> = batch.drain(..).map(|r| r.into_span_data(&scope)).collect();
+        // Exported in chunks drained in place: `batch` keeps its capacity
+        // and becomes the next buffer, so that recording (under the lock)
+        // never has to grow a fresh one.
+        let mut records = batch.drain(..);
+        loop {
+            let data: Vec<SpanData> = records
+                .by_ref()
+                .take(buffer.max_batch)
+                .map(|r| r.into_span_data(&scope))
+                .collect();
+            if data.is_empty() {
+                break;
+            }
             let n = data.len() as u64;
             match futures::executor::block_on(exporter.export(data)) {
                 Ok(()) => {
@@ -344,8 +354,8 @@ fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) 
                     failing = true;
                 }
             }
-            batch = rest;
         }
+        drop(records);
         spare = batch;
         if stopping {
             return;
