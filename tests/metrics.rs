@@ -167,6 +167,8 @@ async fn metrics_count_an_event_life_and_pass_promtool() {
         3.0
     );
     assert_eq!(sample(&body, "event_router_subscriptions"), 1.0);
+    // No span export configured, so none dropped.
+    assert_eq!(sample(&body, "event_router_trace_spans_dropped_total"), 0.0);
     assert_eq!(
         sample(&body, "event_router_connections{transport=\"websocket\"}"),
         2.0
@@ -198,6 +200,43 @@ async fn metrics_count_an_event_life_and_pass_promtool() {
     assert!(openmetrics.contains("# TYPE event_router_published counter"));
     drop(router);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_dropped_by_a_full_export_buffer_are_counted() {
+    // A collector that takes connections (the kernel's backlog does) and
+    // never answers: the first export waits for its timeout while the
+    // one-span buffer fills.
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let router = RouterProcess::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
+        ],
+    );
+    let mut publisher = WsClient::connect(router.addr(), "/ws").await;
+    let mut body = String::new();
+    for _ in 0..50 {
+        // Four spans or more each (validate, receive, route, store).
+        publisher.publish(json!({"type":"job.ok"})).await;
+        body = scrape(&router, None).await.1;
+        if sample(&body, "event_router_trace_spans_dropped_total") > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        sample(&body, "event_router_trace_spans_dropped_total") > 0.0,
+        "{body}"
+    );
+    let (code, output) = promtool(&body);
+    assert_eq!(code, Some(0), "promtool check metrics failed:\n{output}");
+    drop(router);
+    drop(collector);
 }
 
 /// Metric names a PromQL expression reads, with histogram series suffixes
