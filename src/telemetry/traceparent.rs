@@ -55,23 +55,27 @@ pub(super) fn parse(value: &str) -> Option<Parsed> {
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+/// `bytes` as lower-case hex into `out`, which is twice as long.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
 /// Writes `parent` as a version-00 `traceparent` into `out`, replacing
-/// what it held (its buffer is reused).
+/// what it held (its buffer is reused). Built on the stack and copied
+/// once: this runs for most steps of every sampled event.
 pub(super) fn write(parent: Parsed, out: &mut String) {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut buf[3..35], &parent.trace_id.to_be_bytes());
+    hex_into(&mut buf[36..52], &parent.span_id.to_be_bytes());
+    if parent.sampled {
+        buf[LEN - 1] = b'1';
+    }
     out.clear();
-    out.reserve(LEN);
-    out.push_str("00-");
-    push_hex(out, &parent.trace_id.to_be_bytes());
-    out.push('-');
-    push_hex(out, &parent.span_id.to_be_bytes());
-    out.push_str(if parent.sampled { "-01" } else { "-00" });
+    // Only ASCII hex digits and dashes: always UTF-8.
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
 /// A version-00 `traceparent`.
