@@ -1,5 +1,5 @@
 //! One `bench` run: the publisher and subscriber tasks, the open-loop
-//! ticker, the trackers that count what arrived, and the progress line.
+//! pacing task, the trackers that count what arrived, and the progress line.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::pace::Pacer;
 use super::report::{Latency, Report};
 use super::{
     BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD, TOPIC,
@@ -166,7 +167,7 @@ impl<'a> Bench<'a> {
                 tokio::spawn(subscriber(sub, ctx))
             })
             .collect();
-        let publisher_tasks = self.spawn_publishers(&publishers, &trackers, start, &stop);
+        let publisher_tasks = self.spawn_publishers(&publishers, &trackers, start, &stop)?;
         let timed_out = self.wait(&trackers, start).await;
         stop.cancel();
         for task in publisher_tasks {
@@ -287,7 +288,7 @@ impl<'a> Bench<'a> {
         trackers: &[Arc<Tracker>],
         start: Instant,
         stop: &CancellationToken,
-    ) -> Vec<JoinHandle<()>> {
+    ) -> anyhow::Result<Vec<JoinHandle<()>>> {
         let args = self.args;
         let batch = args.batch as u64;
         let batches = args.events.div_ceil(batch);
@@ -313,7 +314,15 @@ impl<'a> Bench<'a> {
             tasks.push(tokio::spawn(publisher(ctx, own, rx, stop.clone())));
         }
         match args.rate {
-            Some(rate) => spawn_ticker(senders, start, rate, args.events, batch, stop.clone()),
+            Some(rate) => spawn_ticker(
+                senders,
+                start,
+                rate,
+                args.events,
+                batch,
+                self.shared.clone(),
+                stop.clone(),
+            )?,
             // Closed loop: every batch is released at once; the window paces.
             None => {
                 for g in 0..batches {
@@ -321,7 +330,7 @@ impl<'a> Bench<'a> {
                 }
             }
         }
-        tasks
+        Ok(tasks)
     }
 
     /// Waits until every tracker is complete and every publish answered,
@@ -421,33 +430,37 @@ fn micros_since(start: Instant) -> u64 {
 }
 
 /// Releases batch numbers to the publishers on the open-loop schedule:
-/// batch `g` when its last event is due. A plain thread, because its
-/// sleeps are precise to tens of microseconds where the async timer
-/// rounds to milliseconds.
+/// batch `g` when its last event is due. A task on the clients' runtime,
+/// woken at each due time by the [`Pacer`] (no timer thread to hand over
+/// from per batch).
 fn spawn_ticker(
     senders: Vec<mpsc::UnboundedSender<u64>>,
     start: Instant,
     rate: f64,
     events: u64,
     batch: u64,
+    shared: Arc<Shared>,
     stop: CancellationToken,
-) {
+) -> anyhow::Result<()> {
+    let mut pacer = Pacer::new().context("cannot create the open-loop timer")?;
     let p = senders.len() as u64;
-    std::thread::spawn(move || {
+    tokio::spawn(async move {
         let batches = events.div_ceil(batch);
         for g in 0..batches {
             let last = ((g + 1) * batch).min(events) - 1;
             let due = start + Duration::from_secs_f64(last as f64 / rate);
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            if stop.is_cancelled() {
+            let paced = tokio::select! {
+                () = stop.cancelled() => return,
+                paced = pacer.until(due) => paced,
+            };
+            if let Err(e) = paced {
+                shared.error(format!("the open-loop timer failed: {e}"));
                 return;
             }
             let _ = senders[(g % p) as usize].send(g);
         }
     });
+    Ok(())
 }
 
 struct PublisherCtx {

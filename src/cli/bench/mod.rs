@@ -9,7 +9,7 @@
 //! HdrHistogram and mark `k` as seen, which yields lost and duplicate counts
 //! exactly.
 //!
-//! With `--rate` the load is open-loop: a timer thread releases batch `g`
+//! With `--rate` the load is open-loop: a pacing task releases batch `g`
 //! when its last event is due, whatever happened before, and each event's
 //! latency counts from its own due time. A stall anywhere (a slow publish,
 //! a full buffer, a pause) therefore shows up as latency instead of as a
@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod load;
+mod pace;
 mod report;
 
 pub use report::Report;
@@ -78,7 +79,7 @@ const SUBSCRIBER_QUEUE: usize = 1 << 16;
 /// and are not counted. A progress line goes to stderr while running. Exits
 /// 1 when events are lost, errors occur or --timeout passes first; the
 /// report is printed either way.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "Examples:\n  \
     event-router bench --embedded                                  # 100000 events, batches of 100\n  \
     event-router bench --embedded --batch 1 --rate 10000 --events 100000\n  \
@@ -221,9 +222,11 @@ impl BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     args.validate()?;
-    let target = Target::start(&args).await?;
-    let outcome = Bench::new(&args, &target).run().await;
-    target.stop().await;
+    let (target, server) = Target::start(&args).await?;
+    let outcome = run_clients(args.clone(), target).await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
     let report = outcome?;
     if args.json {
         print_json(&serde_json::to_value(&report).context("cannot encode the report")?)?;
@@ -278,7 +281,45 @@ fn verdict(report: &Report, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The router under load.
+/// Runs the publishers and subscribers on a thread and runtime of their
+/// own, so that the load generator and an embedded router do not wake
+/// each other's worker threads.
+async fn run_clients(args: BenchArgs, target: Target) -> anyhow::Result<Report> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-clients".into())
+        .spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the clients' runtime")
+                .and_then(|runtime| runtime.block_on(Bench::new(&args, &target).run()));
+            let _ = tx.send(outcome);
+        })
+        .context("cannot start the clients' thread")?;
+    rx.await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the clients' thread panicked")))
+}
+
+/// The embedded router's server task.
+struct EmbeddedServer {
+    token: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl EmbeddedServer {
+    async fn stop(self) {
+        self.token.cancel();
+        match tokio::time::timeout(CLOSE_TIMEOUT, self.server).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "embedded router failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "embedded router task failed"),
+            _ => {}
+        }
+    }
+}
+
+/// The router under load, as its clients reach it.
+#[derive(Clone)]
 enum Target {
     Remote {
         url: String,
@@ -286,19 +327,18 @@ enum Target {
     Embedded {
         router: Arc<Router>,
         url: String,
-        token: CancellationToken,
-        server: JoinHandle<std::io::Result<()>>,
         in_process: bool,
     },
 }
 
 impl Target {
-    async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+    async fn start(args: &BenchArgs) -> anyhow::Result<(Target, Option<EmbeddedServer>)> {
         if !args.embedded {
             let api = ApiClient::new(&args.endpoint)?;
-            return Ok(Target::Remote {
+            let target = Target::Remote {
                 url: api.ws_url("/ws"),
-            });
+            };
+            return Ok((target, None));
         }
         let config = Config::default();
         let broker: SharedBroker = Arc::new(MemoryBroker::new(config.broker_config()));
@@ -320,13 +360,12 @@ impl Target {
             router.clone(),
             token.clone(),
         ));
-        Ok(Target::Embedded {
+        let target = Target::Embedded {
             router,
             url: format!("ws://{addr}/ws"),
-            token,
-            server,
             in_process: args.in_process,
-        })
+        };
+        Ok((target, Some(EmbeddedServer { token, server })))
     }
 
     fn describe(&self) -> String {
@@ -366,17 +405,6 @@ impl Target {
                 .build()
                 .await
                 .with_context(|| format!("cannot connect to the router at {url}")),
-        }
-    }
-
-    async fn stop(self) {
-        if let Target::Embedded { token, server, .. } = self {
-            token.cancel();
-            match tokio::time::timeout(CLOSE_TIMEOUT, server).await {
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "embedded router failed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "embedded router task failed"),
-                _ => {}
-            }
         }
     }
 }
