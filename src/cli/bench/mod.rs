@@ -153,6 +153,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "60s", value_parser = config::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
+    /// Threads the publishers and subscribers run on (a runtime of their
+    /// own, apart from an --embedded router's workers). Default: 1 with
+    /// --rate (the fewest wake-ups per event, so latency is the router's),
+    /// otherwise the machine's cores (so batched load keeps up).
+    #[arg(long, value_name = "N")]
+    pub client_threads: Option<usize>,
+
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -193,11 +200,22 @@ impl BenchArgs {
         if self.timeout.is_zero() {
             bail!("--timeout must be longer than 0s");
         }
+        if self.client_threads == Some(0) {
+            bail!("--client-threads must be at least 1");
+        }
         usize::try_from(self.events)
             .ok()
             .filter(|n| n.checked_mul(self.subscribers).is_some())
             .ok_or_else(|| anyhow::anyhow!("--events {} is too large", self.events))?;
         Ok(())
+    }
+
+    /// Threads of the clients' runtime.
+    fn client_threads(&self) -> usize {
+        self.client_threads.unwrap_or_else(|| match self.rate {
+            Some(_) => 1,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        })
     }
 
     fn durable(&self) -> bool {
@@ -281,15 +299,23 @@ fn verdict(report: &Report, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the publishers and subscribers on a thread and runtime of their
-/// own, so that the load generator and an embedded router do not wake
-/// each other's worker threads.
+/// Runs the publishers and subscribers on a runtime of their own (one
+/// thread, or `--client-threads`), so that the load generator and an
+/// embedded router do not wake each other's worker threads.
 async fn run_clients(args: BenchArgs, target: Target) -> anyhow::Result<Report> {
+    let threads = args.client_threads();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("bench-clients".into())
         .spawn(move || {
-            let outcome = tokio::runtime::Builder::new_current_thread()
+            let mut builder = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads).thread_name("bench-client");
+                builder
+            };
+            let outcome = builder
                 .enable_all()
                 .build()
                 .context("cannot start the clients' runtime")
@@ -444,12 +470,23 @@ mod tests {
     }
 
     #[test]
+    fn open_loop_clients_share_one_thread_unless_told_otherwise() {
+        assert_eq!(args(&["--rate", "100"]).unwrap().client_threads(), 1);
+        let closed = args(&[]).unwrap().client_threads();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(closed, cores);
+        let told = args(&["--rate", "100", "--client-threads", "3"]).unwrap();
+        assert_eq!(told.client_threads(), 3);
+    }
+
+    #[test]
     fn nonsense_is_rejected_with_the_flag_named() {
         for (argv, flag) in [
             (vec!["--events", "0"], "--events"),
             (vec!["--batch", "0"], "--batch"),
             (vec!["--rate=-5"], "--rate"),
             (vec!["--publishers", "0"], "--publishers"),
+            (vec!["--client-threads", "0"], "--client-threads"),
         ] {
             let e = args(&argv).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{argv:?}: {e}");
