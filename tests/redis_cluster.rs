@@ -229,8 +229,15 @@ fn events(prefix: &str, topic: &str, range: std::ops::Range<usize>) -> Vec<Value
 }
 
 /// A durable consumer of `group` over WebSocket on one replica; acks every
-/// delivery after counting it. Stops with `stop` or when the stream ends.
-fn consumer(ws_url: String, group: &str, seen: Seen, stop: CancellationToken) -> JoinHandle<u64> {
+/// delivery after counting it. `ready` fires once it is subscribed. Stops
+/// with `stop` or when the stream ends.
+fn consumer(
+    ws_url: String,
+    group: &str,
+    seen: Seen,
+    stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> JoinHandle<u64> {
     let group = group.to_string();
     tokio::spawn(async move {
         let client = Client::builder()
@@ -246,6 +253,7 @@ fn consumer(ws_url: String, group: &str, seen: Seen, stop: CancellationToken) ->
             .start()
             .await
             .expect("subscribe");
+        let _ = ready.send(());
         let mut received = 0u64;
         loop {
             let delivery = tokio::select! {
@@ -370,25 +378,36 @@ async fn wait_progress(progress: &AtomicUsize, n: usize) {
     }
 }
 
-/// Starts one consumer of `group` on each listed replica.
-fn consumers(
+/// Starts one consumer of `group` on each listed replica and returns once
+/// every one is subscribed, so that a disruption cannot hit a subscribe.
+async fn consumers(
     cluster: &Cluster,
     on: &[usize],
     group: &str,
     seen: &Seen,
 ) -> Vec<(usize, CancellationToken, JoinHandle<u64>)> {
-    on.iter()
-        .map(|&i| {
-            let stop = CancellationToken::new();
-            let handle = consumer(
-                cluster.replica(i).ws_url(),
-                group,
-                seen.clone(),
-                stop.clone(),
-            );
-            (i, stop, handle)
-        })
-        .collect()
+    let mut list = Vec::new();
+    let mut readies = Vec::new();
+    for &i in on {
+        let stop = CancellationToken::new();
+        let (ready, subscribed) = tokio::sync::oneshot::channel();
+        let handle = consumer(
+            cluster.replica(i).ws_url(),
+            group,
+            seen.clone(),
+            stop.clone(),
+            ready,
+        );
+        list.push((i, stop, handle));
+        readies.push((i, subscribed));
+    }
+    for (i, subscribed) in readies {
+        tokio::time::timeout(Duration::from_secs(30), subscribed)
+            .await
+            .unwrap_or_else(|_| panic!("the consumer on replica {i} did not subscribe in 30s"))
+            .unwrap_or_else(|_| panic!("the consumer on replica {i} failed to subscribe"));
+    }
+    list
 }
 
 /// Stops the consumers; returns how many deliveries each received.
@@ -430,7 +449,7 @@ async fn durable_run(
     spec["topics"] = json!([format!("{group}.#")]);
     cluster.api.put_subscription(0, group, spec).await;
     let seen: Seen = Arc::default();
-    let list = consumers(cluster, &[0, 1, 2], group, &seen);
+    let list = consumers(cluster, &[0, 1, 2], group, &seen).await;
     let targets = Arc::new(Mutex::new(vec![0, 1, 2]));
     let progress = Arc::new(AtomicUsize::new(0));
     let publishers = spawn_publishers(
