@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::process::RouterProcess;
-use event_router::broker::DeadLetterQuery;
+use event_router::broker::{DeadLetter, DeadLetterQuery};
 use event_router::resources::parse_documents;
 use event_router::{Event, MemoryBroker, Router, RouterConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -106,6 +106,23 @@ async fn failed_posts_are_retried_and_a_2xx_acks() {
     }
 }
 
+/// Waits (up to [`WAIT`]) until subscription `hook` has dead letters.
+async fn dead_letters_of_hook(router: &Router) -> Vec<DeadLetter> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let letters = router
+            .broker()
+            .dead_letters("hook", DeadLetterQuery::default())
+            .await
+            .unwrap();
+        if !letters.is_empty() {
+            return letters;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_sink_that_keeps_failing_dead_letters_after_max_attempts() {
     let (uri, mut posts) = flaky_sink(u32::MAX).await;
@@ -114,19 +131,7 @@ async fn a_sink_that_keeps_failing_dead_letters_after_max_attempts() {
         .publish(Event::new("invoice.void", json!(null)).unwrap())
         .await
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let letters = router
-            .broker()
-            .dead_letters("hook", DeadLetterQuery::default())
-            .await
-            .unwrap();
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let letters = dead_letters_of_hook(&router).await;
     assert_eq!(letters[0].attempts, 2);
     assert!(letters[0].reason.contains("503"), "{}", letters[0].reason);
     let mut seen = 0;
@@ -399,19 +404,7 @@ async fn an_https_sink_with_an_untrusted_certificate_dead_letters_with_the_tls_r
         .publish(Event::new("invoice.paid", json!(null)).unwrap())
         .await
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let letters = router
-            .broker()
-            .dead_letters("hook", DeadLetterQuery::default())
-            .await
-            .unwrap();
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let letters = dead_letters_of_hook(&router).await;
     let reason = &letters[0].reason;
     assert_eq!(letters[0].attempts, 2);
     assert!(reason.contains(&uri), "{reason}");
@@ -445,19 +438,7 @@ async fn a_sink_that_never_answers_the_tls_handshake_times_out_into_the_dlq() {
         .publish(Event::new("invoice.paid", json!(null)).unwrap())
         .await
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let letters = router
-            .broker()
-            .dead_letters("hook", DeadLetterQuery::default())
-            .await
-            .unwrap();
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let letters = dead_letters_of_hook(&router).await;
     // The POST's bound is the ack timeout, so the sink's nack and the
     // broker's own ack timeout race: either reason is right.
     let reason = &letters[0].reason;
