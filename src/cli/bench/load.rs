@@ -429,10 +429,13 @@ fn micros_since(start: Instant) -> u64 {
     u64::try_from(Instant::now().saturating_duration_since(start).as_micros()).unwrap_or(u64::MAX)
 }
 
+/// How far ahead of its due time a batch may be released at a tick.
+const TICK_SLACK: Duration = Duration::from_micros(1);
+
 /// Releases batch numbers to the publishers on the open-loop schedule:
 /// batch `g` when its last event is due. A task on the clients' runtime,
-/// woken at each due time by the [`Pacer`] (no timer thread to hand over
-/// from per batch).
+/// woken by the [`Pacer`] once per batch period (no timer thread to hand
+/// over from per batch); every batch due by then is released.
 fn spawn_ticker(
     senders: Vec<mpsc::UnboundedSender<u64>>,
     start: Instant,
@@ -442,22 +445,32 @@ fn spawn_ticker(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut pacer = Pacer::new().context("cannot create the open-loop timer")?;
+    let due = move |g: u64| {
+        let last = ((g + 1) * batch).min(events) - 1;
+        start + Duration::from_secs_f64(last as f64 / rate)
+    };
+    let period = Duration::from_secs_f64(batch as f64 / rate);
+    let mut pacer = Pacer::new(due(0), period).context("cannot create the open-loop timer")?;
     let p = senders.len() as u64;
     tokio::spawn(async move {
         let batches = events.div_ceil(batch);
-        for g in 0..batches {
-            let last = ((g + 1) * batch).min(events) - 1;
-            let due = start + Duration::from_secs_f64(last as f64 / rate);
+        let mut g = 0;
+        while g < batches {
             let paced = tokio::select! {
                 () = stop.cancelled() => return,
-                paced = pacer.until(due) => paced,
+                paced = pacer.tick() => paced,
             };
             if let Err(e) = paced {
                 shared.error(format!("the open-loop timer failed: {e}"));
                 return;
             }
-            let _ = senders[(g % p) as usize].send(g);
+            // The tick and the due times are computed apart; a microsecond
+            // of slack keeps rounding from holding a batch back a period.
+            let now = Instant::now() + TICK_SLACK;
+            while g < batches && due(g) <= now {
+                let _ = senders[(g % p) as usize].send(g);
+                g += 1;
+            }
         }
     });
     Ok(())

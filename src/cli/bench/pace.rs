@@ -1,11 +1,12 @@
-//! The open-loop schedule's clock: waits until an instant with
-//! microsecond precision inside the async runtime.
+//! The open-loop schedule's clock: ticks at a fixed period with microsecond
+//! precision inside the async runtime.
 //!
 //! Tokio's timer rounds to milliseconds, which would send the events of
-//! each millisecond in a burst at its end. On Linux a timerfd registered
-//! with the runtime wakes the task itself at the due time, with no timer
-//! thread and no hand-over between threads per event; elsewhere the
-//! runtime's timer is used.
+//! each millisecond in a burst at its end. On Linux a periodic timerfd
+//! registered with the runtime wakes the task itself at each tick: armed
+//! once for the whole run (no `timerfd_settime` per batch), no timer thread
+//! and no hand-over between threads per event. Elsewhere the runtime's
+//! timer is used.
 
 pub(super) use imp::Pacer;
 
@@ -13,7 +14,7 @@ pub(super) use imp::Pacer;
 mod imp {
     use std::io;
     use std::os::fd::OwnedFd;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use rustix::time::{
         Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -26,12 +27,31 @@ mod imp {
         timer: AsyncFd<OwnedFd>,
     }
 
+    fn timespec(d: Duration) -> Timespec {
+        Timespec {
+            tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(d.subsec_nanos()),
+        }
+    }
+
     impl Pacer {
-        pub(in super::super) fn new() -> io::Result<Pacer> {
+        /// A clock that ticks at `first` and every `period` after it (at
+        /// least every nanosecond).
+        pub(in super::super) fn new(first: Instant, period: Duration) -> io::Result<Pacer> {
             let fd = timerfd_create(
                 TimerfdClockId::Monotonic,
                 TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
             )?;
+            // A zero `it_value` would disarm the timer: a first tick already
+            // due is one nanosecond away.
+            let wait = first
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_nanos(1));
+            let spec = Itimerspec {
+                it_interval: timespec(period.max(Duration::from_nanos(1))),
+                it_value: timespec(wait),
+            };
+            timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
             // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and never
             // handed out mutably, so it stays open and the same descriptor
             // for as long as it is registered.
@@ -40,24 +60,9 @@ mod imp {
             Ok(Pacer { timer })
         }
 
-        /// Returns at `due` (at once when it has passed).
-        pub(in super::super) async fn until(&mut self, due: Instant) -> io::Result<()> {
-            let wait = due.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
-                return Ok(());
-            }
-            let zero = Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let spec = Itimerspec {
-                it_interval: zero,
-                it_value: Timespec {
-                    tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
-                    tv_nsec: i64::from(wait.subsec_nanos()),
-                },
-            };
-            timerfd_settime(self.timer.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+        /// Waits for the next tick; returns at once when ticks passed
+        /// since the last call.
+        pub(in super::super) async fn tick(&mut self) -> io::Result<()> {
             loop {
                 let mut ready = self.timer.readable().await?;
                 let mut expirations = [0u8; 8];
@@ -75,18 +80,25 @@ mod imp {
 #[cfg(not(target_os = "linux"))]
 mod imp {
     use std::io;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
-    pub(in super::super) struct Pacer;
+    pub(in super::super) struct Pacer {
+        interval: tokio::time::Interval,
+    }
 
     impl Pacer {
-        pub(in super::super) fn new() -> io::Result<Pacer> {
-            Ok(Pacer)
+        /// A clock that ticks at `first` and every `period` after it, to
+        /// the runtime timer's millisecond.
+        pub(in super::super) fn new(first: Instant, period: Duration) -> io::Result<Pacer> {
+            let mut interval =
+                tokio::time::interval_at(first.into(), period.max(Duration::from_millis(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            Ok(Pacer { interval })
         }
 
-        /// Returns at `due`, to the runtime timer's millisecond.
-        pub(in super::super) async fn until(&mut self, due: Instant) -> io::Result<()> {
-            tokio::time::sleep_until(due.into()).await;
+        /// Waits for the next tick.
+        pub(in super::super) async fn tick(&mut self) -> io::Result<()> {
+            self.interval.tick().await;
             Ok(())
         }
     }
@@ -98,15 +110,27 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[tokio::test]
-    async fn waits_until_the_due_instant_and_not_for_past_ones() {
-        let mut pacer = Pacer::new().unwrap();
-        for wait_us in [300u64, 50, 1_000] {
-            let due = Instant::now() + Duration::from_micros(wait_us);
-            pacer.until(due).await.unwrap();
-            assert!(Instant::now() >= due, "returned before {wait_us} µs passed");
+    async fn ticks_at_the_first_instant_then_every_period() {
+        let first = Instant::now() + Duration::from_micros(300);
+        let period = Duration::from_micros(200);
+        let mut pacer = Pacer::new(first, period).unwrap();
+        for k in 0..20u32 {
+            pacer.tick().await.unwrap();
+            let due = first + period * k;
+            assert!(Instant::now() >= due, "tick {k} came before its time");
         }
-        let past = Instant::now();
-        pacer.until(past).await.unwrap();
-        pacer.until(past - Duration::from_millis(1)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tick_that_passed_while_busy_is_taken_at_once() {
+        let period = Duration::from_secs(1);
+        let mut pacer = Pacer::new(Instant::now() + Duration::from_millis(1), period).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let before = Instant::now();
+        pacer.tick().await.unwrap();
+        assert!(
+            before.elapsed() < period / 2,
+            "the passed tick was not taken; the call waited for the next one"
+        );
     }
 }
