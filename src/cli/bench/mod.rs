@@ -160,6 +160,13 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub client_threads: Option<usize>,
 
+    /// Worker threads of an --embedded router (a runtime of its own).
+    /// Default: the cores the clients' threads leave free, so that load
+    /// generator and router do not take turns on one core; all cores when
+    /// the clients leave none.
+    #[arg(long, value_name = "N", requires = "embedded")]
+    pub router_threads: Option<usize>,
+
     /// Print the report as one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -203,6 +210,9 @@ impl BenchArgs {
         if self.client_threads == Some(0) {
             bail!("--client-threads must be at least 1");
         }
+        if self.router_threads == Some(0) {
+            bail!("--router-threads must be at least 1");
+        }
         usize::try_from(self.events)
             .ok()
             .filter(|n| n.checked_mul(self.subscribers).is_some())
@@ -215,6 +225,17 @@ impl BenchArgs {
         self.client_threads.unwrap_or_else(|| match self.rate {
             Some(_) => 1,
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        })
+    }
+
+    /// Worker threads of an embedded router's runtime.
+    fn router_threads(&self) -> usize {
+        self.router_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            match cores.saturating_sub(self.client_threads()) {
+                0 => cores,
+                free => free,
+            }
         })
     }
 
@@ -327,10 +348,11 @@ async fn run_clients(args: BenchArgs, target: Target) -> anyhow::Result<Report> 
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the clients' thread panicked")))
 }
 
-/// The embedded router's server task.
+/// The embedded router: its server task on a runtime of its own.
 struct EmbeddedServer {
     token: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl EmbeddedServer {
@@ -341,6 +363,8 @@ impl EmbeddedServer {
             Ok(Err(e)) => tracing::warn!(error = %e, "embedded router task failed"),
             _ => {}
         }
+        // Connection tasks still closing are dropped with the runtime.
+        self.runtime.shutdown_background();
     }
 }
 
@@ -369,8 +393,14 @@ impl Target {
         let config = Config::default();
         let broker: SharedBroker = Arc::new(MemoryBroker::new(config.broker_config()));
         let router = Router::new(broker, config.router_config());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.router_threads())
+            .thread_name("router-worker")
+            .enable_all()
+            .build()
+            .context("cannot start the embedded router's runtime")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .context("cannot listen on 127.0.0.1:0 for the embedded router")?;
         let addr = listener
             .local_addr()
@@ -380,18 +410,26 @@ impl Target {
             server_config.live_queue_capacity = n.max(1);
         }
         let token = CancellationToken::new();
-        let server = tokio::spawn(server::run(
-            listener,
-            server_config,
-            router.clone(),
-            token.clone(),
-        ));
+        let server = runtime.spawn({
+            let (router, token) = (router.clone(), token.clone());
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                server::run(listener, server_config, router, token).await
+            }
+        });
         let target = Target::Embedded {
             router,
             url: format!("ws://{addr}/ws"),
             in_process: args.in_process,
         };
-        Ok((target, Some(EmbeddedServer { token, server })))
+        Ok((
+            target,
+            Some(EmbeddedServer {
+                token,
+                server,
+                runtime,
+            }),
+        ))
     }
 
     fn describe(&self) -> String {
@@ -480,6 +518,26 @@ mod tests {
     }
 
     #[test]
+    fn an_embedded_router_gets_the_cores_the_clients_leave() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let open = args(&["--embedded", "--rate", "100"]).unwrap();
+        let free = if cores > 1 { cores - 1 } else { cores };
+        assert_eq!(open.router_threads(), free);
+        let closed = args(&["--embedded"]).unwrap();
+        assert_eq!(
+            closed.router_threads(),
+            cores,
+            "clients on every core share them"
+        );
+        let told = args(&["--embedded", "--router-threads", "3"]).unwrap();
+        assert_eq!(told.router_threads(), 3);
+        assert!(
+            args(&["--router-threads", "1"]).is_err(),
+            "--router-threads needs --embedded"
+        );
+    }
+
+    #[test]
     fn nonsense_is_rejected_with_the_flag_named() {
         for (argv, flag) in [
             (vec!["--events", "0"], "--events"),
@@ -487,6 +545,10 @@ mod tests {
             (vec!["--rate=-5"], "--rate"),
             (vec!["--publishers", "0"], "--publishers"),
             (vec!["--client-threads", "0"], "--client-threads"),
+            (
+                vec!["--embedded", "--router-threads", "0"],
+                "--router-threads",
+            ),
         ] {
             let e = args(&argv).unwrap().validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{argv:?}: {e}");
