@@ -19,7 +19,7 @@ use event_router::broker::{
 };
 use event_router::{Delivery, Event, Selector};
 use serde_json::json;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 /// A unique key prefix, so brokers of different tests share nothing.
 fn prefix() -> String {
@@ -423,5 +423,59 @@ async fn dedup_window_stores_a_republished_event_id_once() {
     assert_eq!(batch[0], a);
     let info = broker.subscription("dd").await.expect("info");
     assert_eq!(info.pending, 3, "three distinct events stored: {info:?}");
+    broker.close().await;
+}
+
+/// The `event_router_expired_total` sample of `subscription`, 0 when absent.
+fn expired_metric(subscription: &str) -> f64 {
+    let series = format!("event_router_expired_total{{subscription=\"{subscription}\"}} ");
+    event_router::telemetry::metrics::metrics()
+        .encode_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn an_event_expiring_in_a_subscription_is_counted_in_the_metric() {
+    let server = RedisServer::shared();
+    let broker = connect(&server.url(), &prefix()).await;
+    // Unique: the metric is process-wide.
+    let name = format!("ttl{}", &prefix()[1..]);
+    broker
+        .ensure_subscription(spec(&name))
+        .await
+        .expect("subscription");
+    let topic = format!("{name}.x");
+    // Alive when routed into the subscription, expired by the time it is
+    // fetched from there.
+    let mut short_lived = event(&topic, 1);
+    short_lived.ttl = Some(2);
+    let expires = Instant::now() + Duration::from_secs(2);
+    broker
+        .publish(short_lived, PublishOptions::default())
+        .await
+        .expect("publish the short-lived event");
+    while broker.subscription(&name).await.expect("info").pending == 0 {
+        assert!(
+            Instant::now() + Duration::from_millis(500) < expires,
+            "not routed into the subscription well before its TTL"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    sleep_until(expires + Duration::from_millis(200)).await;
+    broker
+        .publish(event(&topic, 2), PublishOptions::default())
+        .await
+        .expect("publish the fresh event");
+    let mut consumer = broker
+        .consume(&name, ConsumeOptions::default())
+        .await
+        .expect("consume");
+    // The expired event comes first in its band and is dropped on the way.
+    let got = next(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].event.payload["n"], 2);
+    assert_eq!(expired_metric(&name), 1.0);
     broker.close().await;
 }

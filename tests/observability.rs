@@ -119,6 +119,21 @@ spec:
     deadLetter: true
 "#;
 
+/// A group whose deliveries time out after a second and are then
+/// dead-lettered.
+const TIMED_OUT: &str = r#"
+apiVersion: eventrouter.dev/v1alpha1
+kind: Subscription
+metadata: {name: timed}
+spec:
+  topics: ["late.#"]
+  delivery:
+    mode: durable
+    maxAttempts: 1
+    ackTimeout: 1s
+    deadLetter: true
+"#;
+
 fn otel_env(endpoint: &str, protocol: &'static str) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_string()),
@@ -507,7 +522,7 @@ async fn publish_on_one_replica_and_dead_letter_on_another_is_one_trace_and_stat
     let (receiver, sink) = start_receiver().await;
     let dir = temp_dir("redis");
     let file = dir.join("subscription.yaml");
-    std::fs::write(&file, SUBSCRIPTION).unwrap();
+    std::fs::write(&file, format!("{SUBSCRIPTION}---{TIMED_OUT}")).unwrap();
     let a_name = format!("replica-a-{}", std::process::id());
     let b_name = format!("replica-b-{}", std::process::id());
     let a = start_replica(&redis.url(), &a_name, &file, receiver);
@@ -553,6 +568,32 @@ async fn publish_on_one_replica_and_dead_letter_on_another_is_one_trace_and_stat
     assert_eq!(nacks.len(), 2);
     let dead = one(&spans, &trace, "dead_letter");
     assert!(nacks.iter().any(|n| n.span_id == dead.parent), "{spans:#?}");
+
+    // An ack timeout on B dead-letters outside any span: the dead letter
+    // still joins the event's trace, under A's receive.
+    worker
+        .subscribe(json!({"op":"subscribe","id":"t","topics":["late.#"],"group":"timed"}))
+        .await;
+    publisher.publish(json!({"type":"late.redis"})).await;
+    let held = worker.recv().await;
+    assert_eq!(held["event"]["type"], "late.redis", "{held}");
+    let (late_trace, _) = traceparent(&held["event"]["headers"]["traceparent"]);
+    let spans = wait_for(
+        &sink,
+        "the ack-timeout dead_letter span on replica B",
+        |s| {
+            s.iter()
+                .any(|s| s.name == "dead_letter" && s.trace_id == late_trace)
+        },
+    )
+    .await;
+    let dead = one(&spans, &late_trace, "dead_letter");
+    assert!(dead.service.contains(&b_name), "{dead:?}");
+    assert_eq!(
+        dead.parent,
+        one(&spans, &late_trace, "receive").span_id,
+        "{spans:#?}"
+    );
 
     // status: both replicas and every partition's owner.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -581,9 +581,11 @@ pub fn dead_lettered(subscription: &str, event: &Event, reason: &str) {
 
 /// As [`dead_lettered`], for a broker that dead-letters inside its store
 /// without holding the event (Redis): the span is a child of the current
-/// span (the `nack`), and carries no event id.
-pub fn dead_lettered_entry(subscription: &str, reason: &str) {
-    dead_letter(subscription, None, reason, || None);
+/// span (the `nack`) or, when there is none (an ack timeout), of `trace`,
+/// the context the event carried when it was delivered; it carries no
+/// event id.
+pub fn dead_lettered_entry(subscription: &str, reason: &str, trace: Option<StepContext>) {
+    dead_letter(subscription, None, reason, || trace);
 }
 
 /// The span of a push sink's HTTP POST of one delivery, child of the

@@ -28,6 +28,7 @@ use super::subs::{self, Sub};
 use super::{Shared, is_nogroup};
 use crate::broker::{BrokerError, ConsumerHandle, Result};
 use crate::event::{Delivery, Event};
+use crate::telemetry::trace::{self, StepContext};
 
 /// A delivery a local consumer holds.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub(super) struct Held {
     pub(super) entry: String,
     /// When it times out.
     pub(super) deadline: Instant,
+    /// The trace the event carried, for the span of an ack timeout.
+    pub(super) trace: Option<StepContext>,
 }
 
 /// State of a consumer shared with the broker's maintenance loop.
@@ -281,6 +284,7 @@ async fn fetch(
                 band,
                 entry: id,
                 deadline,
+                trace: trace::extract(&event.headers),
             },
         );
         deliveries.push(Delivery {

@@ -37,6 +37,7 @@ use crate::broker::{
     DeadLetterSelection, NackOptions, Result, SubscriptionInfo,
 };
 use crate::event::Event;
+use crate::telemetry::trace::StepContext;
 
 /// This replica's consumers and per-subscription wake-ups.
 #[derive(Default)]
@@ -319,6 +320,7 @@ pub(super) async fn drop_expired(shared: &Shared, sub: &Sub, band: usize, id: &s
         .arg("expired");
     shared.call(inv.invoke_async::<i64>(&mut conn)).await?;
     shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::metrics::metrics().expired(sub.name(), 1);
     Ok(())
 }
 
@@ -330,6 +332,8 @@ struct Failure<'a> {
     owner: &'a str,
     /// ...and has been idle at least this long.
     min_idle: Duration,
+    /// The event's trace, for a dead-letter span outside any other span.
+    trace: Option<StepContext>,
 }
 
 /// Runs `fail.lua`; returns whether the delivery was pending (and is now
@@ -359,7 +363,7 @@ async fn fail(shared: &Shared, sub: &Sub, band: usize, id: &str, f: Failure<'_>)
     let mut conn = shared.conn();
     let outcome: i64 = shared.call(inv.invoke_async(&mut conn)).await?;
     if outcome == 2 {
-        crate::telemetry::trace::dead_lettered_entry(sub.name(), f.reason);
+        crate::telemetry::trace::dead_lettered_entry(sub.name(), f.reason, f.trace);
     }
     Ok(outcome != 0)
 }
@@ -386,6 +390,8 @@ pub(super) async fn nack(
         delay: options.delay,
         owner: "",
         min_idle: Duration::ZERO,
+        // The `nack` span is current: the dead letter is its child.
+        trace: None,
     };
     let pending = fail(shared, sub, band, id, failure).await?;
     shared.deliver.forget(sid, delivery_id);
@@ -411,6 +417,7 @@ async fn expire_one(shared: &Shared, state: &ConsumerState, delivery_id: &str) {
         delay: None,
         owner: &state.pel_name,
         min_idle: Duration::ZERO,
+        trace: held.trace,
     };
     if let Err(e) = fail(shared, &sub, held.band, &held.entry, failure).await {
         tracing::warn!(subscription = %sub.name(), error = %e,
@@ -542,6 +549,9 @@ async fn janitor(shared: &Shared) -> Result<()> {
                     delay: None,
                     owner: &p.consumer,
                     min_idle,
+                    // This replica never read the event: a dead letter
+                    // here starts a trace of its own.
+                    trace: None,
                 };
                 if fail(shared, &sub, band, &p.id, failure).await? {
                     tracing::info!(subscription = %sub.name(), consumer = %p.consumer,
