@@ -3,15 +3,19 @@
 //! in-process. A few cases use a scripted WebSocket peer to produce what a
 //! healthy server never does (repeated delivery ids, silence).
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::client::{
+    QUIET, WAIT, fast_reconnect, next, nothing_more, wait_until_connected, wait_until_disconnected,
+};
 use event_router::broker::MemoryBroker;
 use event_router::client::{
     Client, ClientError, ConnectionState, HANDLER_ERROR_CODE, Received, ReconnectPolicy,
-    Subscription,
 };
 use event_router::server::{self, ServerConfig};
 use event_router::{Event, Router, RouterConfig};
@@ -22,11 +26,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-
-/// Upper bound of every wait for something that should happen.
-const WAIT: Duration = Duration::from_secs(10);
-/// How long to watch for something that should not happen.
-const QUIET: Duration = Duration::from_millis(300);
 
 fn new_router() -> Arc<Router> {
     Router::new(Arc::new(MemoryBroker::default()), RouterConfig::default())
@@ -81,16 +80,6 @@ impl TestServer {
     }
 }
 
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-        multiplier: 2.0,
-        jitter: 0.2,
-        max_attempts: None,
-    }
-}
-
 async fn connect(url: &str) -> Client {
     Client::builder()
         .url(url)
@@ -99,37 +88,6 @@ async fn connect(url: &str) -> Client {
         .build()
         .await
         .unwrap()
-}
-
-async fn next(sub: &mut Subscription) -> Received {
-    tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("the subscription is still open")
-}
-
-async fn nothing_more(sub: &mut Subscription) {
-    if let Ok(Some(r)) = tokio::time::timeout(QUIET, sub.recv()).await {
-        panic!("unexpected delivery: {r:?}");
-    }
-}
-
-async fn wait_until_disconnected(client: &Client) {
-    let mut changes = client.state_changes();
-    tokio::time::timeout(
-        WAIT,
-        changes.wait_for(|s| !matches!(s, ConnectionState::Connected)),
-    )
-    .await
-    .expect("the client notices the server is gone")
-    .unwrap();
-}
-
-async fn wait_until_connected(client: &Client) {
-    tokio::time::timeout(WAIT, client.connected())
-        .await
-        .expect("the client reconnects in time")
-        .unwrap();
 }
 
 #[tokio::test]

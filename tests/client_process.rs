@@ -18,20 +18,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::client::{
+    QUIET, WAIT, fast_reconnect, next, nothing_more, wait_until_connected, wait_until_disconnected,
+};
 use common::process::{Child, START_TIMEOUT, Stream, parse_listening_line};
 use common::redis::RedisServer;
-use event_router::client::{Client, ConnectionState, Received, ReconnectPolicy, Subscription};
+use event_router::client::{Client, Received};
 use event_router::{Event, Priority};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Upper bound of every wait for something that should happen.
-const WAIT: Duration = Duration::from_secs(15);
-/// How long to watch for something that should not happen.
-const QUIET: Duration = Duration::from_millis(400);
 
 /// An `event-router serve` process on a known port.
 struct Serve {
@@ -175,16 +173,6 @@ impl Drop for Proxy {
     }
 }
 
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-        multiplier: 2.0,
-        jitter: 0.2,
-        max_attempts: None,
-    }
-}
-
 async fn connect(url: &str) -> Client {
     Client::builder()
         .url(url)
@@ -194,37 +182,6 @@ async fn connect(url: &str) -> Client {
         .build()
         .await
         .unwrap()
-}
-
-async fn next(sub: &mut Subscription) -> Received {
-    tokio::time::timeout(WAIT, sub.recv())
-        .await
-        .expect("a delivery in time")
-        .expect("the subscription is still open")
-}
-
-async fn nothing_more(sub: &mut Subscription) {
-    if let Ok(Some(r)) = tokio::time::timeout(QUIET, sub.recv()).await {
-        panic!("unexpected delivery: {r:?}");
-    }
-}
-
-async fn wait_until_disconnected(client: &Client) {
-    let mut changes = client.state_changes();
-    tokio::time::timeout(
-        WAIT,
-        changes.wait_for(|s| !matches!(s, ConnectionState::Connected)),
-    )
-    .await
-    .expect("the client notices the router is gone")
-    .unwrap();
-}
-
-async fn wait_until_connected(client: &Client) {
-    tokio::time::timeout(WAIT, client.connected())
-        .await
-        .expect("the client reconnects and restores its subscriptions in time")
-        .unwrap();
 }
 
 fn event(topic: &str, payload: Value, priority: u8) -> Event {
