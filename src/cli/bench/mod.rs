@@ -59,6 +59,8 @@ const START_LEAD: Duration = Duration::from_millis(20);
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of closing all clients at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest open-loop schedule `--rate` may ask for.
+const MAX_SCHEDULE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Client-side queue of each subscriber, in deliveries.
 const SUBSCRIBER_QUEUE: usize = 1 << 16;
 
@@ -193,10 +195,21 @@ impl BenchArgs {
         if self.window == 0 {
             bail!("--window must be at least 1");
         }
-        if let Some(rate) = self.rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            bail!("--rate must be a positive number of events per second, got {rate}");
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                bail!("--rate must be a positive number of events per second, got {rate}");
+            }
+            // The schedule's last due time (and one batch's period) must
+            // be a time the clock can hold.
+            let span = self.events.max(self.batch as u64);
+            let seconds = span as f64 / rate;
+            if seconds > MAX_SCHEDULE.as_secs_f64() {
+                bail!(
+                    "--rate is too slow: {span} events at {rate:e} events/s would take \
+                     longer than {} days",
+                    MAX_SCHEDULE.as_secs() / 86_400
+                );
+            }
         }
         if self.prefetch == 0 || self.prefetch > server::session::MAX_IN_FLIGHT_LIMIT {
             bail!(
@@ -543,6 +556,8 @@ mod tests {
             (vec!["--events", "0"], "--events"),
             (vec!["--batch", "0"], "--batch"),
             (vec!["--rate=-5"], "--rate"),
+            (vec!["--rate", "1e-300", "--events", "2"], "--rate"),
+            (vec!["--rate", "0.001", "--batch", "1000000"], "--rate"),
             (vec!["--publishers", "0"], "--publishers"),
             (vec!["--client-threads", "0"], "--client-threads"),
             (
