@@ -30,6 +30,7 @@ use anyhow::{Context, bail};
 use event_router::broker::{MemoryBroker, SharedBroker};
 use event_router::client::{Client, ReconnectPolicy};
 use event_router::config::{self, Config};
+use event_router::router::MAX_BATCH_EVENTS;
 use event_router::{Router, server};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,14 @@ const START_LEAD: Duration = Duration::from_millis(20);
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of closing all clients at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most `--publishers` or `--subscribers`.
+const MAX_CONNECTIONS: u64 = 10_000;
+/// Most `--window`.
+const MAX_WINDOW: u64 = 10_000_000;
+/// Most `--client-threads` or `--router-threads`.
+const MAX_THREADS: u64 = 1_024;
+/// Most deliveries a run tracks (`--events` x `--subscribers`; a byte each).
+const MAX_DELIVERIES: u64 = 1 << 32;
 /// Longest open-loop schedule `--rate` may ask for.
 const MAX_SCHEDULE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Client-side queue of each subscriber, in deliveries.
@@ -110,7 +119,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "EVENTS_PER_S")]
     pub rate: Option<f64>,
 
-    /// Approximate JSON size of each event's payload, in bytes.
+    /// Approximate JSON size of each event's payload, in bytes (at most
+    /// 1048576, a router's default payload limit).
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     pub payload_bytes: usize,
 
@@ -128,7 +138,8 @@ pub struct BenchArgs {
     pub durable: Option<String>,
 
     /// Events per publish: 1 sends `publish` frames, more sends
-    /// `publish_batch` frames of that many events.
+    /// `publish_batch` frames of that many events (at most 10000, a
+    /// router's batch limit).
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub batch: usize,
 
@@ -226,10 +237,39 @@ impl BenchArgs {
         if self.router_threads == Some(0) {
             bail!("--router-threads must be at least 1");
         }
-        usize::try_from(self.events)
-            .ok()
-            .filter(|n| n.checked_mul(self.subscribers).is_some())
-            .ok_or_else(|| anyhow::anyhow!("--events {} is too large", self.events))?;
+        // Bounds that keep the run's own memory and threads sane: each
+        // expected delivery takes a byte of tracking, each event in flight
+        // its payload, each connection and thread its buffers.
+        let at_most = |flag: &str, value: u64, max: u64| {
+            if value > max {
+                bail!("{flag} must be at most {max}, got {value}");
+            }
+            Ok(())
+        };
+        at_most("--publishers", self.publishers as u64, MAX_CONNECTIONS)?;
+        at_most("--subscribers", self.subscribers as u64, MAX_CONNECTIONS)?;
+        at_most("--batch", self.batch as u64, MAX_BATCH_EVENTS as u64)?;
+        at_most("--window", self.window, MAX_WINDOW)?;
+        at_most(
+            "--payload-bytes",
+            self.payload_bytes as u64,
+            config::DEFAULT_MAX_PAYLOAD_BYTES.get() as u64,
+        )?;
+        for (flag, threads) in [
+            ("--client-threads", self.client_threads),
+            ("--router-threads", self.router_threads),
+        ] {
+            at_most(flag, threads.unwrap_or(1) as u64, MAX_THREADS)?;
+        }
+        let deliveries = self.events.saturating_mul(self.subscribers as u64);
+        if deliveries > MAX_DELIVERIES {
+            bail!(
+                "--events {} x --subscribers {} is {deliveries} deliveries to track, \
+                 over the limit of {MAX_DELIVERIES}",
+                self.events,
+                self.subscribers
+            );
+        }
         Ok(())
     }
 
@@ -557,7 +597,13 @@ mod tests {
             (vec!["--batch", "0"], "--batch"),
             (vec!["--rate=-5"], "--rate"),
             (vec!["--rate", "1e-300", "--events", "2"], "--rate"),
-            (vec!["--rate", "0.001", "--batch", "1000000"], "--rate"),
+            (vec!["--rate", "0.001", "--batch", "10000"], "--rate"),
+            (vec!["--events", "18446744073709551615"], "--events"),
+            (vec!["--window", "18446744073709551615"], "--window"),
+            (vec!["--payload-bytes", "1000000000000"], "--payload-bytes"),
+            (vec!["--batch", "10001"], "--batch"),
+            (vec!["--subscribers", "10001"], "--subscribers"),
+            (vec!["--client-threads", "100000"], "--client-threads"),
             (vec!["--publishers", "0"], "--publishers"),
             (vec!["--client-threads", "0"], "--client-threads"),
             (
