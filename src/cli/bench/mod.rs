@@ -64,6 +64,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: u64 = 10_000;
 /// Most `--window`.
 const MAX_WINDOW: u64 = 10_000_000;
+/// Most `--warmup` events (built at once, awaited within 10 s).
+const MAX_WARMUP: u64 = 1_000_000;
 /// Most `--client-threads` or `--router-threads`.
 const MAX_THREADS: u64 = 1_024;
 /// Most deliveries a run tracks (`--events` x `--subscribers`; a byte each).
@@ -250,6 +252,7 @@ impl BenchArgs {
         at_most("--subscribers", self.subscribers as u64, MAX_CONNECTIONS)?;
         at_most("--batch", self.batch as u64, MAX_BATCH_EVENTS as u64)?;
         at_most("--window", self.window, MAX_WINDOW)?;
+        at_most("--warmup", self.warmup, MAX_WARMUP)?;
         at_most(
             "--payload-bytes",
             self.payload_bytes as u64,
@@ -600,6 +603,7 @@ mod tests {
             (vec!["--rate", "0.001", "--batch", "10000"], "--rate"),
             (vec!["--events", "18446744073709551615"], "--events"),
             (vec!["--window", "18446744073709551615"], "--window"),
+            (vec!["--warmup", "18446744073709551615"], "--warmup"),
             (vec!["--payload-bytes", "1000000000000"], "--payload-bytes"),
             (vec!["--batch", "10001"], "--batch"),
             (vec!["--subscribers", "10001"], "--subscribers"),
