@@ -408,19 +408,28 @@ async fn run_clients(args: BenchArgs, target: Target) -> anyhow::Result<Report> 
 struct EmbeddedServer {
     token: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
-    runtime: tokio::runtime::Runtime,
+    /// Shut down without blocking when this is dropped (a runtime must
+    /// not be dropped plainly inside another one).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Connection tasks still closing are dropped with it.
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl EmbeddedServer {
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.token.cancel();
-        match tokio::time::timeout(CLOSE_TIMEOUT, self.server).await {
+        match tokio::time::timeout(CLOSE_TIMEOUT, &mut self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "embedded router failed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "embedded router task failed"),
             _ => {}
         }
-        // Connection tasks still closing are dropped with the runtime.
-        self.runtime.shutdown_background();
     }
 }
 
@@ -449,18 +458,18 @@ impl Target {
         let config = Config::default();
         let broker: SharedBroker = Arc::new(MemoryBroker::new(config.broker_config()));
         let router = Router::new(broker, config.router_config());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.router_threads())
-            .thread_name("router-worker")
-            .enable_all()
-            .build()
-            .context("cannot start the embedded router's runtime")?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .context("cannot listen on 127.0.0.1:0 for the embedded router")?;
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.router_threads())
+            .thread_name("router-worker")
+            .enable_all()
+            .build()
+            .context("cannot start the embedded router's runtime")?;
         let mut server_config = config.server_config();
         if let Some(n) = args.live_queue_capacity {
             server_config.live_queue_capacity = n.max(1);
@@ -483,7 +492,7 @@ impl Target {
             Some(EmbeddedServer {
                 token,
                 server,
-                runtime,
+                runtime: Some(runtime),
             }),
         ))
     }
