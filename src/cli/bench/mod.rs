@@ -193,21 +193,40 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.events == 0 {
-            bail!("--events must be at least 1");
+        // Bounds that keep the run's own memory and threads sane: each
+        // expected delivery takes a byte of tracking, each event in flight
+        // its payload, each connection and thread its buffers.
+        let at_most = |flag: &str, value: u64, max: u64| {
+            if value > max {
+                bail!("{flag} must be at most {max}, got {value}");
+            }
+            Ok(())
+        };
+        let count = |flag: &str, value: u64, max: u64| {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+            at_most(flag, value, max)
+        };
+        count("--events", self.events, u64::MAX)?;
+        count("--publishers", self.publishers as u64, MAX_CONNECTIONS)?;
+        count("--subscribers", self.subscribers as u64, MAX_CONNECTIONS)?;
+        count("--batch", self.batch as u64, MAX_BATCH_EVENTS as u64)?;
+        count("--window", self.window, MAX_WINDOW)?;
+        for (flag, threads) in [
+            ("--client-threads", self.client_threads),
+            ("--router-threads", self.router_threads),
+        ] {
+            if let Some(n) = threads {
+                count(flag, n as u64, MAX_THREADS)?;
+            }
         }
-        if self.publishers == 0 {
-            bail!("--publishers must be at least 1");
-        }
-        if self.subscribers == 0 {
-            bail!("--subscribers must be at least 1");
-        }
-        if self.batch == 0 {
-            bail!("--batch must be at least 1");
-        }
-        if self.window == 0 {
-            bail!("--window must be at least 1");
-        }
+        at_most("--warmup", self.warmup, MAX_WARMUP)?;
+        at_most(
+            "--payload-bytes",
+            self.payload_bytes as u64,
+            config::DEFAULT_MAX_PAYLOAD_BYTES.get() as u64,
+        )?;
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
                 bail!("--rate must be a positive number of events per second, got {rate}");
@@ -232,37 +251,6 @@ impl BenchArgs {
         }
         if self.timeout.is_zero() {
             bail!("--timeout must be longer than 0s");
-        }
-        if self.client_threads == Some(0) {
-            bail!("--client-threads must be at least 1");
-        }
-        if self.router_threads == Some(0) {
-            bail!("--router-threads must be at least 1");
-        }
-        // Bounds that keep the run's own memory and threads sane: each
-        // expected delivery takes a byte of tracking, each event in flight
-        // its payload, each connection and thread its buffers.
-        let at_most = |flag: &str, value: u64, max: u64| {
-            if value > max {
-                bail!("{flag} must be at most {max}, got {value}");
-            }
-            Ok(())
-        };
-        at_most("--publishers", self.publishers as u64, MAX_CONNECTIONS)?;
-        at_most("--subscribers", self.subscribers as u64, MAX_CONNECTIONS)?;
-        at_most("--batch", self.batch as u64, MAX_BATCH_EVENTS as u64)?;
-        at_most("--window", self.window, MAX_WINDOW)?;
-        at_most("--warmup", self.warmup, MAX_WARMUP)?;
-        at_most(
-            "--payload-bytes",
-            self.payload_bytes as u64,
-            config::DEFAULT_MAX_PAYLOAD_BYTES.get() as u64,
-        )?;
-        for (flag, threads) in [
-            ("--client-threads", self.client_threads),
-            ("--router-threads", self.router_threads),
-        ] {
-            at_most(flag, threads.unwrap_or(1) as u64, MAX_THREADS)?;
         }
         let deliveries = self.events.saturating_mul(self.subscribers as u64);
         if deliveries > MAX_DELIVERIES {
