@@ -33,10 +33,13 @@ use event_router::broker::{ConsumeOptions, GroupSpec, MemoryBroker, MemoryBroker
 use event_router::client::Client;
 use event_router::selector::Selector;
 use event_router::server::{self, ServerConfig};
-use event_router::telemetry::{Pipeline, PipelineConfig, Sampler, trace};
+use event_router::telemetry::otlp::{self, OtlpConfig, OtlpExporter};
+use event_router::telemetry::pipeline::{Export, SpanRecord};
+use event_router::telemetry::{
+    EXPORT_TIMEOUT, OtlpProtocol, Pipeline, PipelineConfig, Sampler, trace,
+};
 use event_router::{Event, Router, RouterConfig, SharedBroker};
 use futures::StreamExt;
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use prost::Message;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
@@ -177,12 +180,9 @@ fn start_receiver() -> std::net::SocketAddr {
 #[derive(Debug)]
 struct Discard;
 
-impl opentelemetry_sdk::trace::SpanExporter for Discard {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        EXPORTED.fetch_add(batch.len() as u64, Ordering::Relaxed);
+impl Export for Discard {
+    fn export(&mut self, spans: &[SpanRecord]) -> Result<(), String> {
+        EXPORTED.fetch_add(spans.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -387,14 +387,15 @@ fn pipeline(
     let pipeline = if args.export == "none" {
         Pipeline::start(Discard, config)
     } else {
-        let exporter = runtime.block_on(async {
-            SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(format!("http://{receiver}/v1/traces"))
-                .build()
-                .expect("exporter")
-        });
+        let otlp = OtlpConfig {
+            protocol: OtlpProtocol::HttpProtobuf,
+            endpoint: format!("http://{receiver}/v1/traces")
+                .parse()
+                .expect("receiver URL"),
+            headers: http::HeaderMap::new(),
+            timeout: EXPORT_TIMEOUT,
+        };
+        let exporter = OtlpExporter::new(otlp, &otlp::resource_from_env()).expect("exporter");
         Pipeline::start(exporter, config)
     };
     Arc::new(pipeline.expect("span export thread"))

@@ -403,7 +403,7 @@ fn basic_authorization(url: &Url) -> Option<HeaderValue> {
 }
 
 /// The bytes `%XX` escapes in a URL component stand for.
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

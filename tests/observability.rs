@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +13,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use common::inproc::WsClient;
 use common::process::RouterProcess;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -39,10 +41,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
-    };
+/// Keeps the spans of one export request.
+fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
     let mut out = spans.lock().unwrap();
     for resource in request.resource_spans {
         let service = resource
@@ -65,12 +65,57 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
             }
         }
     }
+}
+
+async fn receive(State(spans): State<Spans>, body: Bytes) -> impl IntoResponse {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
+    };
+    keep(&spans, request);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/x-protobuf")],
         ExportTraceServiceResponse::default().encode_to_vec(),
     )
         .into_response()
+}
+
+/// An OTLP/gRPC collector: the `TraceService` opentelemetry-proto
+/// generates, served by tonic. It refuses requests without the header
+/// `x-tenant: agents` (which `OTEL_EXPORTER_OTLP_HEADERS` sets).
+struct GrpcCollector(Spans);
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if request
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            != Some("agents")
+        {
+            return Err(tonic::Status::unauthenticated("no x-tenant: agents"));
+        }
+        keep(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1.
+async fn start_grpc_receiver() -> (SocketAddr, Spans) {
+    let spans = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(GrpcCollector(spans.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (addr, spans)
 }
 
 /// An OTLP/HTTP protobuf receiver on 127.0.0.1: `POST /v1/traces`.
@@ -352,27 +397,32 @@ async fn one_event_is_one_trace_from_publish_through_retry_to_dead_letter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_protocol_sends_http2_to_the_endpoint() {
-    // A bare TCP listener: the gRPC exporter's first bytes are the HTTP/2
-    // connection preface.
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+async fn grpc_protocol_exports_the_trace_to_a_grpc_collector() {
+    let (addr, sink) = start_grpc_receiver().await;
     let dir = temp_dir("grpc");
-    let router = start_router(&dir, &otel_env(&format!("http://{addr}"), "grpc"));
+    let mut env = otel_env(&format!("http://{addr}"), "grpc");
+    env.push(("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=agents".to_string()));
+    let router = start_router(&dir, &env);
+    let mut worker = WsClient::connect(router.addr(), "/ws").await;
+    worker
+        .subscribe(json!({"op":"subscribe","id":"s","topics":["otel.#"],"group":"traced"}))
+        .await;
     let mut publisher = WsClient::connect(router.addr(), "/ws").await;
     publisher.publish(json!({"type":"otel.grpc"})).await;
-    let preface = tokio::task::spawn_blocking(move || {
-        let (mut socket, _) = listener.accept().unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 24];
-        socket.read_exact(&mut buf).map(|()| buf.to_vec())
+    let delivered = worker.recv().await;
+    let (trace, _) = traceparent(&delivered["event"]["headers"]["traceparent"]);
+    worker
+        .send(json!({"op":"ack","delivery_id":delivered["delivery_id"]}))
+        .await;
+    let spans = wait_for(&sink, "the event's ack span over gRPC", |s| {
+        s.iter().any(|s| s.trace_id == trace && s.name == "ack")
     })
-    .await
-    .unwrap()
-    .expect("the exporter connected and wrote");
-    assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    .await;
+    let receive = one(&spans, &trace, "receive");
+    let deliver = one(&spans, &trace, "deliver");
+    assert_eq!(deliver.parent, receive.span_id);
+    assert_eq!(one(&spans, &trace, "ack").parent, deliver.span_id);
+    assert!(receive.service.contains("router-under-test"), "{receive:?}");
     drop(router);
     let _ = std::fs::remove_dir_all(dir);
 }

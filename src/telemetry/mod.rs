@@ -3,9 +3,9 @@
 //! - [`init`] installs the global `tracing` subscriber: log lines on stderr
 //!   (JSON when stderr is not a terminal or `--log-format json`, readable
 //!   text otherwise; levels from `RUST_LOG`), and — only when the standard
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set — an
-//!   OpenTelemetry tracer exporting spans over OTLP (gRPC or HTTP/protobuf,
-//!   chosen by `OTEL_EXPORTER_OTLP_PROTOCOL`), installed with
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set — a
+//!   [`Pipeline`] exporting spans over OTLP (gRPC or HTTP/protobuf, chosen
+//!   by `OTEL_EXPORTER_OTLP_PROTOCOL`; see [`otlp`]), installed with
 //!   [`trace::install`]. It returns a [`TelemetryGuard`] that flushes spans
 //!   on shutdown. `tracing` spans are for log lines only; they are not
 //!   bridged to OpenTelemetry (see [`trace`] on why).
@@ -18,7 +18,7 @@
 //!   every broker the same way.
 //!
 //! - [`pipeline`]: sampling, and the bounded buffer and thread that export
-//!   finished spans.
+//!   finished spans; [`otlp`]: their encoding and sending.
 //!
 //! Export never blocks event flow: spans go to a bounded in-memory buffer
 //! drained by a background thread, and are dropped (and counted) when the
@@ -28,6 +28,7 @@ mod broker;
 pub mod http;
 mod log;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod trace;
 mod traceparent;
@@ -36,7 +37,6 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
@@ -74,10 +74,7 @@ pub enum TelemetryError {
         /// What is wrong.
         reason: String,
     },
-    /// The OTLP exporter could not be built.
-    #[error("cannot build the OTLP span exporter")]
-    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
-    /// The span export thread could not be started.
+    /// The span export thread (or its runtime) could not be started.
     #[error("cannot start the span export thread")]
     Thread(#[source] std::io::Error),
 }
@@ -181,39 +178,23 @@ pub fn protocol_from_env() -> Result<OtlpProtocol, TelemetryError> {
 }
 
 /// The span pipeline configured from `OTEL_*`, or `None` when export is
-/// not requested. Endpoint, headers and timeout are read by the OTLP
-/// exporter, resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`) by
-/// the OpenTelemetry SDK, sampler and buffer (`OTEL_TRACES_SAMPLER*`,
-/// `OTEL_BSP_*`) by [`PipelineConfig::from_env`]. Must run inside a Tokio
-/// runtime (gRPC).
+/// not requested. Endpoint, protocol, headers and timeout are read by
+/// [`otlp::OtlpConfig::from_env`], the resource (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`) by the OpenTelemetry SDK, sampler and buffer
+/// (`OTEL_TRACES_SAMPLER*`, `OTEL_BSP_*`) by [`PipelineConfig::from_env`].
 ///
 /// # Errors
-/// A bad protocol value, an exporter that cannot be built, or no thread
-/// for it.
+/// An unusable `OTEL_EXPORTER_OTLP_*` value, or no thread for the export.
 pub fn pipeline_from_env() -> Result<Option<Arc<Pipeline>>, TelemetryError> {
     if !export_requested() {
         return Ok(None);
     }
-    let config = PipelineConfig::from_env();
-    let pipeline = match protocol_from_env()? {
-        OtlpProtocol::Grpc => Pipeline::start(
-            SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .map_err(TelemetryError::Exporter)?,
-            config,
-        ),
-        OtlpProtocol::HttpProtobuf => Pipeline::start(
-            SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .map_err(TelemetryError::Exporter)?,
-            config,
-        ),
+    let Some(otlp) = otlp::OtlpConfig::from_env()? else {
+        return Ok(None);
     };
+    let exporter = otlp::OtlpExporter::new(otlp, &otlp::resource_from_env())
+        .map_err(TelemetryError::Thread)?;
+    let pipeline = Pipeline::start(exporter, PipelineConfig::from_env());
     Ok(Some(Arc::new(pipeline.map_err(TelemetryError::Thread)?)))
 }
 

@@ -3,30 +3,26 @@
 //!
 //! An event's steps finish a span each, so this path is built for that
 //! rate: a finished span is a plain [`SpanRecord`] pushed under a short
-//! lock into one buffer; the export thread swaps the buffer out, turns the
-//! records into OpenTelemetry [`SpanData`] and hands them to the exporter.
-//! When the buffer is full (the exporter is slow or the collector down)
-//! spans are dropped and counted ([`Pipeline::dropped`], logged at
-//! shutdown, and exported as `event_router_trace_spans_dropped_total`):
-//! export never blocks event flow.
+//! lock into one buffer; the export thread swaps the buffer out and hands
+//! the records, in batches, to an [`Export`] (the OTLP exporter encodes
+//! them straight into protobuf). When the buffer is full (the exporter is
+//! slow or the collector down) spans are dropped and counted
+//! ([`Pipeline::dropped`], logged at shutdown, and exported as
+//! `event_router_trace_spans_dropped_total`): export never blocks event
+//! flow.
 //!
 //! Configured by the standard variables: `OTEL_TRACES_SAMPLER`,
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_SCHEDULE_DELAY`,
 //! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use rand::{Rng, SeedableRng};
@@ -138,30 +134,14 @@ pub struct SpanRecord {
     pub attributes: Vec<KeyValue>,
 }
 
-impl SpanRecord {
-    fn into_span_data(self, scope: &InstrumentationScope) -> SpanData {
-        SpanData {
-            span_context: SpanContext::new(
-                TraceId::from(self.trace_id),
-                SpanId::from(self.span_id),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: SpanId::from(self.parent_id),
-            parent_span_is_remote: self.parent_remote,
-            span_kind: self.kind,
-            name: Cow::Borrowed(self.name),
-            start_time: self.start,
-            end_time: self.end,
-            attributes: self.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: scope.clone(),
-        }
-    }
+/// Where the export thread sends finished spans.
+pub trait Export: Send + 'static {
+    /// Sends one batch of at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans;
+    /// the error says why they were not delivered.
+    ///
+    /// # Errors
+    /// Why the batch was lost (it is not retried).
+    fn export(&mut self, spans: &[SpanRecord]) -> Result<(), String>;
 }
 
 /// How the pipeline buffers and exports.
@@ -175,23 +155,16 @@ pub struct PipelineConfig {
     pub max_queue: usize,
     /// Most spans per export call.
     pub max_batch: usize,
-    /// The resource (service name, ...) the exporter reports.
-    pub resource: Resource,
 }
 
 impl PipelineConfig {
-    /// The configuration the standard `OTEL_*` variables describe, with
-    /// [`super::DEFAULT_SERVICE_NAME`] when `OTEL_SERVICE_NAME` is unset.
+    /// The configuration the standard `OTEL_*` variables describe.
     pub fn from_env() -> PipelineConfig {
         let number = |name| super::env(name).and_then(|v| v.trim().parse::<u64>().ok());
         let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE")
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n > 0)
             .unwrap_or(DEFAULT_MAX_QUEUE);
-        let mut resource = Resource::builder();
-        if super::env("OTEL_SERVICE_NAME").is_none() {
-            resource = resource.with_service_name(super::DEFAULT_SERVICE_NAME);
-        }
         PipelineConfig {
             sampler: Sampler::from_env(),
             schedule_delay: number("OTEL_BSP_SCHEDULE_DELAY")
@@ -202,7 +175,6 @@ impl PipelineConfig {
                 .filter(|n| *n > 0)
                 .unwrap_or(DEFAULT_MAX_BATCH)
                 .min(max_queue),
-            resource: resource.build(),
         }
     }
 }
@@ -236,20 +208,15 @@ impl Pipeline {
     ///
     /// # Errors
     /// When the thread cannot be spawned.
-    pub fn start<E: SpanExporter + 'static>(
-        mut exporter: E,
-        config: PipelineConfig,
-    ) -> std::io::Result<Pipeline> {
-        exporter.set_resource(&config.resource);
+    pub fn start<E: Export>(mut exporter: E, config: PipelineConfig) -> std::io::Result<Pipeline> {
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Buffer>>();
         let delay = config.schedule_delay;
         let handle = std::thread::Builder::new()
             .name("span-export".into())
             .spawn(move || {
                 if let Ok(buffer) = rx.recv() {
-                    export_loop(&exporter, &buffer, delay);
+                    export_loop(&mut exporter, &buffer, delay);
                 }
-                let _ = exporter.shutdown();
             })?;
         let buffer = Arc::new(Buffer {
             spans: Mutex::new(Vec::with_capacity(config.max_batch)),
@@ -318,8 +285,7 @@ impl Pipeline {
     }
 }
 
-fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) {
-    let scope = InstrumentationScope::builder(super::DEFAULT_SERVICE_NAME).build();
+fn export_loop<E: Export>(exporter: &mut E, buffer: &Buffer, delay: Duration) {
     let mut spare = Vec::with_capacity(buffer.max_batch);
     let mut failing = false;
     loop {
@@ -328,23 +294,12 @@ fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) 
             std::thread::park_timeout(delay);
         }
         let mut batch = std::mem::replace(&mut *buffer.spans.lock(), spare);
-        // Exported in chunks drained in place: `batch` keeps its capacity
-        // and becomes the next buffer, so that recording (under the lock)
-        // never has to grow a fresh one.
-        let mut records = batch.drain(..);
-        loop {
-            let data: Vec<SpanData> = records
-                .by_ref()
-                .take(buffer.max_batch)
-                .map(|r| r.into_span_data(&scope))
-                .collect();
-            if data.is_empty() {
-                break;
-            }
-            let n = data.len() as u64;
-            match futures::executor::block_on(exporter.export(data)) {
+        for chunk in batch.chunks(buffer.max_batch) {
+            match exporter.export(chunk) {
                 Ok(()) => {
-                    buffer.exported.fetch_add(n, Ordering::Relaxed);
+                    buffer
+                        .exported
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     failing = false;
                 }
                 Err(error) => {
@@ -355,7 +310,9 @@ fn export_loop<E: SpanExporter>(exporter: &E, buffer: &Buffer, delay: Duration) 
                 }
             }
         }
-        drop(records);
+        // `batch` keeps its capacity and becomes the next buffer, so that
+        // recording (under the lock) never has to grow a fresh one.
+        batch.clear();
         spare = batch;
         if stopping {
             return;
@@ -371,8 +328,8 @@ mod tests {
     #[derive(Debug)]
     struct Accept;
 
-    impl SpanExporter for Accept {
-        async fn export(&self, _: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+    impl Export for Accept {
+        fn export(&mut self, _: &[SpanRecord]) -> Result<(), String> {
             Ok(())
         }
     }
@@ -402,7 +359,6 @@ mod tests {
             schedule_delay: Duration::from_secs(60),
             max_queue: 2,
             max_batch: 3,
-            resource: Resource::builder_empty().build(),
         };
         let pipeline = Pipeline::start(Accept, config).unwrap();
         for _ in 0..5 {
