@@ -5,7 +5,6 @@
 //! fills `id` (UUIDv7) and `time` when absent. Everything downstream of that
 //! function handles only valid events.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -14,6 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::topic::{self, TopicError};
+
+mod headers;
+
+pub use headers::{Headers, InlineTraceparent, TRACEPARENT, TRACEPARENT_LEN};
 
 /// Default maximum size of an event's `payload`, serialized (1 MiB).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -215,8 +218,8 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
     /// String headers; carries `traceparent`/`tracestate`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
     /// Free-form object (seed v1 compatibility).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
@@ -246,7 +249,7 @@ impl Event {
             reply_to: None,
             key: None,
             ttl: None,
-            headers: BTreeMap::new(),
+            headers: Headers::new(),
             metadata: Map::new(),
             datacontenttype: None,
         })
@@ -303,8 +306,8 @@ impl Event {
             })?),
             Some(other) => return Err(ValidationError::invalid("ttl", expected("number", &other))),
         };
-        let headers = match obj.remove("headers") {
-            None | Some(Value::Null) => BTreeMap::new(),
+        let headers: Headers = match obj.remove("headers") {
+            None | Some(Value::Null) => Headers::new(),
             Some(Value::Object(map)) => map
                 .into_iter()
                 .map(|(k, v)| match v {
@@ -365,7 +368,7 @@ impl Event {
                 "unknown field (put custom data in `payload`, `headers` or `metadata`)",
             ));
         }
-        event.headers.retain(|k, _| !k.is_empty());
+        event.headers.remove("");
         Ok(event)
     }
 

@@ -670,7 +670,7 @@ impl Client {
             }
         };
         match response.headers.get(ERROR_HEADER) {
-            Some(message) => Err(ClientError::server(HANDLER_ERROR_CODE, message.clone())),
+            Some(message) => Err(ClientError::server(HANDLER_ERROR_CODE, message)),
             None => Ok(response),
         }
     }

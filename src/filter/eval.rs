@@ -54,8 +54,8 @@ impl Field {
             Field::Priority => Resolved::Priority(event.priority.get()),
             Field::Header(name) => event
                 .headers
-                .get(&**name)
-                .map_or(Resolved::Missing, |v| Resolved::Str(v)),
+                .get(name)
+                .map_or(Resolved::Missing, Resolved::Str),
             Field::Payload(path) => walk(&event.payload, path),
             Field::Metadata(key, path) => event
                 .metadata

@@ -381,9 +381,11 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         buf[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        encode_varint(len as u64, &mut prefix);
-        buf.splice(at..=at, prefix);
+        let mut prefix = [0u8; 10];
+        let mut free = &mut prefix[..];
+        encode_varint(len as u64, &mut free);
+        let written = 10 - free.len();
+        buf.splice(at..=at, prefix[..written].iter().copied());
     }
 }
 

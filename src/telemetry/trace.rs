@@ -38,7 +38,7 @@
 //! A publisher's `tracestate` header is carried along untouched.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,10 +52,10 @@ use parking_lot::Mutex;
 
 use super::pipeline::{self, Pipeline, SpanRecord};
 use super::traceparent::{self, Parsed};
-use crate::event::Event;
+use crate::event::{Event, Headers, InlineTraceparent};
 
 /// The W3C header carrying the parent span.
-pub const TRACEPARENT: &str = "traceparent";
+pub use crate::event::TRACEPARENT;
 /// The W3C header carrying vendor trace state.
 pub const TRACESTATE: &str = "tracestate";
 
@@ -123,19 +123,17 @@ impl StepContext {
         })
     }
 
-    fn write_header(&self, out: &mut String) {
-        let parsed = Parsed {
+    fn header(&self) -> InlineTraceparent {
+        traceparent::format(Parsed {
             trace_id: self.trace_id,
             span_id: self.span_id,
             sampled: self.sampled,
-        };
-        traceparent::write(parsed, out);
+        })
     }
 }
 
-/// The parent in string headers (an event's `headers`), if they hold a
-/// valid `traceparent`.
-pub fn extract(headers: &BTreeMap<String, String>) -> Option<StepContext> {
+/// The parent in an event's headers, if they hold a valid `traceparent`.
+pub fn extract(headers: &Headers) -> Option<StepContext> {
     StepContext::from_header(headers.get(TRACEPARENT)?)
 }
 
@@ -336,21 +334,13 @@ fn record_trace_id(log: &tracing::Span, cx: Option<StepContext>) {
     }
 }
 
-/// Writes `span`'s context as `traceparent` into `headers`. Does nothing
-/// when the step made no span (tracing off, or the trace is not sampled and
-/// the headers already hold the parent), so headers are never filled with
-/// made-up ids.
-pub fn inject(span: &EventSpan, headers: &mut BTreeMap<String, String>) {
+/// Writes `span`'s context as `traceparent` into `headers` (inline: no
+/// allocation). Does nothing when the step made no span (tracing off, or
+/// the trace is not sampled and the headers already hold the parent), so
+/// headers are never filled with made-up ids.
+pub fn inject(span: &EventSpan, headers: &mut Headers) {
     if let (true, Some(cx)) = (span.own, span.cx) {
-        // Overwrite in place when present: no key or value allocation.
-        match headers.get_mut(TRACEPARENT) {
-            Some(value) => cx.write_header(value),
-            None => {
-                let mut value = String::new();
-                cx.write_header(&mut value);
-                headers.insert(TRACEPARENT.to_string(), value);
-            }
-        }
+        headers.set_traceparent(cx.header());
     }
 }
 
@@ -652,15 +642,10 @@ pub fn redrive_span(subscription: &str) -> EventSpan {
 /// sink's POST) continues the trace under `span`. Does nothing when the
 /// step made no span.
 pub fn inject_http(span: &EventSpan, headers: &mut http::HeaderMap) {
-    let mut map = BTreeMap::new();
-    inject(span, &mut map);
-    for (name, value) in map {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::try_from(name),
-            http::HeaderValue::try_from(value),
-        ) {
-            headers.insert(name, value);
-        }
+    if let (true, Some(cx)) = (span.own, span.cx)
+        && let Ok(value) = http::HeaderValue::from_bytes(&cx.header())
+    {
+        headers.insert(TRACEPARENT, value);
     }
 }
 
@@ -732,7 +717,7 @@ mod tests {
 
     #[test]
     fn a_valid_traceparent_is_extracted_and_junk_is_ignored() {
-        let mut h = BTreeMap::new();
+        let mut h = Headers::new();
         h.insert(
             TRACEPARENT.to_string(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
@@ -744,7 +729,7 @@ mod tests {
         );
         h.insert(TRACEPARENT.to_string(), "00-abc-def-01".to_string());
         assert!(extract(&h).is_none());
-        assert!(extract(&BTreeMap::new()).is_none());
+        assert!(extract(&Headers::new()).is_none());
     }
 
     #[test]

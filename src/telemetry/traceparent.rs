@@ -2,8 +2,7 @@
 //! OpenTelemetry propagator: every event crosses it several times, and the
 //! propagator's split-collect-format costs more than the span it carries.
 
-/// Length of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
-const LEN: usize = 55;
+use crate::event::{InlineTraceparent, TRACEPARENT_LEN as LEN};
 
 /// What a `traceparent` carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,27 +62,16 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-/// Writes `parent` as a version-00 `traceparent` into `out`, replacing
-/// what it held (its buffer is reused). Built on the stack and copied
-/// once: this runs for most steps of every sampled event.
-pub(super) fn write(parent: Parsed, out: &mut String) {
+/// `parent` as a version-00 `traceparent`, built on the stack: this runs
+/// for most steps of every sampled event.
+pub(super) fn format(parent: Parsed) -> InlineTraceparent {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
     hex_into(&mut buf[3..35], &parent.trace_id.to_be_bytes());
     hex_into(&mut buf[36..52], &parent.span_id.to_be_bytes());
     if parent.sampled {
         buf[LEN - 1] = b'1';
     }
-    out.clear();
-    // Only ASCII hex digits and dashes: always UTF-8.
-    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
-}
-
-/// A version-00 `traceparent`.
-#[cfg(test)]
-fn format(parent: Parsed) -> String {
-    let mut out = String::new();
-    write(parent, &mut out);
-    out
+    buf
 }
 
 #[cfg(test)]
@@ -98,7 +86,7 @@ mod tests {
         assert_eq!(p.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(p.span_id, 0x00f067aa0ba902b7);
         assert!(p.sampled);
-        assert_eq!(format(p), VALID);
+        assert_eq!(&format(p), VALID.as_bytes());
     }
 
     #[test]
@@ -125,6 +113,6 @@ mod tests {
         assert!(p.sampled);
         let unsampled = parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
         assert!(!unsampled.sampled);
-        assert!(format(unsampled).ends_with("-00"));
+        assert!(format(unsampled).ends_with(b"-00"));
     }
 }
