@@ -27,7 +27,7 @@ use opentelemetry::{Array, Value};
 use opentelemetry_sdk::Resource;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
-use super::pipeline::{Export, SpanRecord};
+use super::pipeline::{AttributeValue, Export, SpanRecord};
 use super::{OtlpProtocol, TelemetryError};
 
 /// Where and how spans are sent.
@@ -177,6 +177,8 @@ pub struct Encoder {
     scope: Vec<u8>,
     /// The `schema_url` field of `ResourceSpans`, if any.
     schema_url: Vec<u8>,
+    /// Where each span is written before it is copied in after its length.
+    scratch: Vec<u8>,
 }
 
 /// `ExportTraceServiceRequest.resource_spans`.
@@ -243,21 +245,32 @@ impl Encoder {
             resource: encoded,
             scope: scope_field,
             schema_url,
+            scratch: Vec::new(),
         }
     }
 
     /// Writes the request carrying `spans` into `out` (cleared first).
-    pub fn encode(&self, spans: &[SpanRecord], out: &mut Vec<u8>) {
+    pub fn encode(&mut self, spans: &[SpanRecord], out: &mut Vec<u8>) {
+        let Encoder {
+            resource,
+            scope,
+            schema_url,
+            scratch,
+        } = self;
         out.clear();
         message(out, REQUEST_RESOURCE_SPANS, |rs| {
-            rs.extend_from_slice(&self.resource);
+            rs.extend_from_slice(resource);
             message(rs, RESOURCE_SPANS_SCOPE_SPANS, |ss| {
-                ss.extend_from_slice(&self.scope);
+                ss.extend_from_slice(scope);
                 for record in spans {
-                    message(ss, SCOPE_SPANS_SPANS, |s| span(s, record));
+                    // A span is longer than one length byte holds: written
+                    // aside and copied once, rather than moved along.
+                    scratch.clear();
+                    span(scratch, record);
+                    bytes(ss, SCOPE_SPANS_SPANS, scratch);
                 }
             });
-            rs.extend_from_slice(&self.schema_url);
+            rs.extend_from_slice(schema_url);
         });
     }
 }
@@ -273,13 +286,14 @@ fn span(buf: &mut Vec<u8>, span: &SpanRecord) {
     encode_varint(kind(&span.kind), buf);
     fixed64(buf, SPAN_START, nanos(span.start));
     fixed64(buf, SPAN_END, nanos(span.end));
-    for attribute in &span.attributes {
-        key_value(
-            buf,
-            SPAN_ATTRIBUTES,
-            attribute.key.as_str(),
-            &attribute.value,
-        );
+    for (key, value) in span.attributes.iter() {
+        message(buf, SPAN_ATTRIBUTES, |kv| {
+            string(kv, KEY_VALUE_KEY, key);
+            message(kv, KEY_VALUE_VALUE, |v| match value {
+                AttributeValue::Int(i) => scalar_int(v, *i),
+                AttributeValue::Text(text) => string(v, ANY_STRING, text.as_str()),
+            });
+        });
     }
     // Status unset: an empty message, as the SDK sends.
     message(buf, SPAN_STATUS, |_| {});
@@ -577,12 +591,23 @@ mod tests {
     use opentelemetry::trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState};
     use opentelemetry::{InstrumentationScope, KeyValue};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::any_value;
     use opentelemetry_proto::tonic::trace::v1::Span;
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use prost::Message;
 
     use super::*;
+    use crate::telemetry::pipeline::{Attributes, INLINE_TEXT_FOR_TESTS};
+
+    /// The attributes as the SDK holds them.
+    fn sdk_attributes(attributes: &Attributes) -> Vec<KeyValue> {
+        attributes
+            .iter()
+            .map(|(key, value)| match value {
+                AttributeValue::Int(i) => KeyValue::new(key, *i),
+                AttributeValue::Text(t) => KeyValue::new(key, t.as_str().to_string()),
+            })
+            .collect()
+    }
 
     /// The span as the OpenTelemetry SDK's exporter would send it.
     fn sdk_span(record: &SpanRecord) -> Span {
@@ -600,7 +625,7 @@ mod tests {
             name: Cow::Borrowed(record.name),
             start_time: record.start,
             end_time: record.end,
-            attributes: record.attributes.clone(),
+            attributes: sdk_attributes(&record.attributes),
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),
@@ -609,12 +634,7 @@ mod tests {
         })
     }
 
-    fn record(
-        n: u64,
-        parent_id: u64,
-        parent_remote: bool,
-        attributes: Vec<KeyValue>,
-    ) -> SpanRecord {
+    fn record(n: u64, parent_id: u64, parent_remote: bool, attributes: Attributes) -> SpanRecord {
         let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + n);
         SpanRecord {
             name: ["validate", "receive", "deliver", "ack", "dead_letter"][n as usize % 5],
@@ -639,47 +659,45 @@ mod tests {
     #[test]
     fn requests_decode_to_what_the_sdk_exporter_sends() {
         let long = "x".repeat(300);
+        let mut topic = Attributes::default();
+        topic.text("topic", "task.created");
+        let mut mixed = Attributes::default();
+        mixed.text("subscription", &long);
+        mixed.int("attempt", 3);
+        mixed.int("negative", -5);
+        mixed.text("empty", "");
+        let mut inline_edge = Attributes::default();
+        inline_edge.text("at_limit", &"y".repeat(INLINE_TEXT_FOR_TESTS));
+        inline_edge.text("past_limit", &"z".repeat(INLINE_TEXT_FOR_TESTS + 1));
+        inline_edge.text("unicode", "tâche.créée");
         let records = vec![
-            record(0, 0, false, Vec::new()),
-            record(1, 7, true, vec![KeyValue::new("topic", "task.created")]),
-            record(
-                2,
-                u64::MAX,
-                false,
-                vec![
-                    KeyValue::new("subscription", long.clone()),
-                    KeyValue::new("attempt", 3_i64),
-                    KeyValue::new("negative", -5_i64),
-                    KeyValue::new("ok", true),
-                    KeyValue::new("ratio", 0.25),
-                    KeyValue::new("empty", ""),
-                ],
-            ),
-            record(
-                3,
-                1,
-                false,
-                vec![
-                    KeyValue::new("ids", Value::Array(Array::I64(vec![1, -2, 3]))),
-                    KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
-                    KeyValue::new("weights", Value::Array(Array::F64(vec![0.5]))),
-                    KeyValue::new(
-                        "names",
-                        Value::Array(Array::String(vec!["a".into(), long.clone().into()])),
-                    ),
-                ],
-            ),
+            record(0, 0, false, Attributes::default()),
+            record(1, 7, true, topic),
+            record(2, u64::MAX, false, mixed),
+            record(3, 1, false, inline_edge),
         ];
         // Enough spans that every enclosing message needs a long length.
         let records: Vec<SpanRecord> = records
             .into_iter()
-            .chain((4..200).map(|n| record(n, n * 3, n % 2 == 0, Vec::new())))
+            .chain((4..200).map(|n| record(n, n * 3, n % 2 == 0, Attributes::default())))
             .collect();
+        let resource_attributes = vec![
+            KeyValue::new("deployment.environment", "test"),
+            KeyValue::new("host.cpus", 2_i64),
+            KeyValue::new("ok", true),
+            KeyValue::new("ratio", 0.25),
+            KeyValue::new("ids", Value::Array(Array::I64(vec![1, -2, 3]))),
+            KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
+            KeyValue::new("weights", Value::Array(Array::F64(vec![0.5]))),
+            KeyValue::new(
+                "names",
+                Value::Array(Array::String(vec!["a".into(), long.clone().into()])),
+            ),
+        ];
         let resource = Resource::builder_empty()
             .with_service_name("svc-under-test")
-            .with_attribute(KeyValue::new("deployment.environment", "test"))
             .with_schema_url(
-                Vec::<KeyValue>::new(),
+                resource_attributes.clone(),
                 "https://opentelemetry.io/schemas/1.30.0",
             )
             .build();
@@ -693,28 +711,21 @@ mod tests {
             resource_spans.schema_url,
             "https://opentelemetry.io/schemas/1.30.0"
         );
-        let mut attributes: Vec<(String, String)> = resource_spans
+        let mut attributes = resource_spans
             .resource
             .as_ref()
             .expect("resource")
             .attributes
-            .iter()
-            .map(|kv| {
-                let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(any_value::Value::StringValue(s)) => s.clone(),
-                    other => panic!("{other:?}"),
-                };
-                (kv.key.clone(), value)
-            })
-            .collect();
-        attributes.sort();
-        assert_eq!(
-            attributes,
-            [
-                ("deployment.environment".to_string(), "test".to_string()),
-                ("service.name".to_string(), "svc-under-test".to_string()),
-            ]
-        );
+            .clone();
+        attributes.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut expected = opentelemetry_proto::transform::common::tonic::Attributes::from(
+            resource_attributes
+                .into_iter()
+                .chain([KeyValue::new("service.name", "svc-under-test")]),
+        )
+        .0;
+        expected.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(attributes, expected);
         assert_eq!(resource_spans.scope_spans.len(), 1);
         let scope_spans = &resource_spans.scope_spans[0];
         assert_eq!(
@@ -735,7 +746,8 @@ mod tests {
     #[test]
     fn an_empty_batch_is_a_valid_request() {
         let mut out = Vec::new();
-        Encoder::new(&Resource::builder_empty().build(), "event-router").encode(&[], &mut out);
+        let mut encoder = Encoder::new(&Resource::builder_empty().build(), "event-router");
+        encoder.encode(&[], &mut out);
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
         assert!(request.resource_spans[0].scope_spans[0].spans.is_empty());
     }
@@ -811,8 +823,8 @@ mod tests {
     async fn http_export_posts_protobuf_with_the_configured_headers() {
         let (addr, mut requests) = collector(http::StatusCode::OK).await;
         let spans = vec![
-            record(1, 0, false, Vec::new()),
-            record(2, 9, true, Vec::new()),
+            record(1, 0, false, Attributes::default()),
+            record(2, 9, true, Attributes::default()),
         ];
         let sent = on_export_thread(move || {
             let resource = Resource::builder_empty().build();
@@ -841,7 +853,7 @@ mod tests {
         drop(closed);
         let (refused, unreachable) = on_export_thread(move || {
             let resource = Resource::builder_empty().build();
-            let spans = [record(1, 0, false, Vec::new())];
+            let spans = [record(1, 0, false, Attributes::default())];
             let mut refusing = OtlpExporter::new(http_config(addr), &resource).unwrap();
             let mut absent = OtlpExporter::new(http_config(dead), &resource).unwrap();
             (refusing.export(&spans), absent.export(&spans))

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -131,7 +130,110 @@ pub struct SpanRecord {
     /// End time.
     pub end: SystemTime,
     /// Attributes.
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Attributes,
+}
+
+/// Most attributes a span records (an event step records at most four).
+pub const MAX_ATTRIBUTES: usize = 4;
+
+/// Longest string attribute kept inline; longer ones are allocated.
+const INLINE_TEXT: usize = 46;
+#[cfg(test)]
+pub(crate) const INLINE_TEXT_FOR_TESTS: usize = INLINE_TEXT;
+
+/// A string attribute value, inline when short (ids and names nearly
+/// always are), so that recording a span allocates nothing that the export
+/// thread then has to free.
+#[derive(Clone)]
+pub struct Text(TextRepr);
+
+#[derive(Clone)]
+enum TextRepr {
+    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
+    Heap(Box<str>),
+}
+
+impl Text {
+    /// A copy of `text`.
+    pub fn new(text: &str) -> Text {
+        if text.len() > INLINE_TEXT {
+            return Text(TextRepr::Heap(text.into()));
+        }
+        let mut bytes = [0; INLINE_TEXT];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Text(TextRepr::Inline {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // A copy of a whole `&str`: always UTF-8.
+            TextRepr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            TextRepr::Heap(text) => text,
+        }
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+/// A span attribute's value.
+#[derive(Debug, Clone)]
+pub enum AttributeValue {
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Text(Text),
+}
+
+/// A span's attributes: at most [`MAX_ATTRIBUTES`], held in place.
+#[derive(Debug, Clone)]
+pub struct Attributes {
+    len: usize,
+    items: [(&'static str, AttributeValue); MAX_ATTRIBUTES],
+}
+
+impl Default for Attributes {
+    fn default() -> Attributes {
+        Attributes {
+            len: 0,
+            items: std::array::from_fn(|_| ("", AttributeValue::Int(0))),
+        }
+    }
+}
+
+impl Attributes {
+    /// Adds attribute `key`; past [`MAX_ATTRIBUTES`] it is not kept.
+    pub fn push(&mut self, key: &'static str, value: AttributeValue) {
+        debug_assert!(self.len < MAX_ATTRIBUTES, "too many attributes: {key}");
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (key, value);
+            self.len += 1;
+        }
+    }
+
+    /// Adds string attribute `key`.
+    pub fn text(&mut self, key: &'static str, value: &str) {
+        self.push(key, AttributeValue::Text(Text::new(value)));
+    }
+
+    /// Adds integer attribute `key`.
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        self.push(key, AttributeValue::Int(value));
+    }
+
+    /// The attributes, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &AttributeValue)> {
+        self.items[..self.len].iter().map(|(k, v)| (*k, v))
+    }
 }
 
 /// Where the export thread sends finished spans.
@@ -344,7 +446,7 @@ mod tests {
             parent_remote: false,
             start: SystemTime::now(),
             end: SystemTime::now(),
-            attributes: Vec::new(),
+            attributes: Attributes::default(),
         }
     }
 

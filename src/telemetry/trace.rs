@@ -46,11 +46,10 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use parking_lot::Mutex;
 
-use super::pipeline::{self, Pipeline, SpanRecord};
+use super::pipeline::{self, Attributes, Pipeline, SpanRecord};
 use super::traceparent::{self, Parsed};
 use crate::event::{Event, Headers, InlineTraceparent};
 
@@ -159,7 +158,7 @@ struct Pending {
     kind: SpanKind,
     parent: Option<StepContext>,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
+    attributes: Attributes,
 }
 
 /// One step of an event's life: an OpenTelemetry span when the trace is
@@ -216,7 +215,7 @@ impl EventSpan {
             kind,
             parent,
             start: start.unwrap_or_else(SystemTime::now),
-            attributes: Vec::new(),
+            attributes: Attributes::default(),
         });
         EventSpan {
             pending,
@@ -244,10 +243,10 @@ impl EventSpan {
         EventSpan::passed(None, false, log)
     }
 
-    /// Sets the attributes `attributes` builds, only when the span records.
-    fn set_attributes(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+    /// Sets the attributes `add` adds, only when the span records.
+    fn set_attributes(&mut self, add: impl FnOnce(&mut Attributes)) {
         if let Some(pending) = &mut self.pending {
-            pending.attributes = attributes();
+            add(&mut pending.attributes);
         }
     }
 
@@ -389,11 +388,9 @@ pub fn receive_span(event: &mut Event) -> EventSpan {
         None,
         log,
     );
-    span.set_attributes(|| {
-        vec![
-            KeyValue::new("topic", event.topic.clone()),
-            KeyValue::new("event_id", event.id.clone()),
-        ]
+    span.set_attributes(|a| {
+        a.text("topic", &event.topic);
+        a.text("event_id", &event.id);
     });
     inject(&span, &mut event.headers);
     span
@@ -408,7 +405,7 @@ pub fn receive_batch_span(events: &mut [Event]) -> EventSpan {
     );
     let mut span = EventSpan::start("receive", SpanKind::Producer, || None, None, log);
     let batch = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    span.set_attributes(|| vec![KeyValue::new("batch", batch)]);
+    span.set_attributes(|a| a.int("batch", batch));
     for event in events {
         if !event.headers.contains_key(TRACEPARENT) {
             inject(&span, &mut event.headers);
@@ -434,7 +431,7 @@ pub fn store_span(events: usize) -> EventSpan {
     let mut span = EventSpan::start("store", SpanKind::Internal, || None, None, log);
     if events > 1 {
         let events = i64::try_from(events).unwrap_or(i64::MAX);
-        span.set_attributes(|| vec![KeyValue::new("events", events)]);
+        span.set_attributes(|a| a.int("events", events));
     }
     span
 }
@@ -463,13 +460,11 @@ pub fn deliver_span(
         None,
         log,
     );
-    span.set_attributes(|| {
-        vec![
-            KeyValue::new("subscription", subscription.to_string()),
-            KeyValue::new("delivery_id", delivery_id.to_string()),
-            KeyValue::new("attempt", i64::from(attempt)),
-            KeyValue::new("event_id", event.id.clone()),
-        ]
+    span.set_attributes(|a| {
+        a.text("subscription", subscription);
+        a.text("delivery_id", delivery_id);
+        a.int("attempt", i64::from(attempt));
+        a.text("event_id", &event.id);
     });
     inject(&span, &mut event.headers);
     span
@@ -512,11 +507,9 @@ pub fn nack_span(
         return EventSpan::log_only(log);
     };
     let mut span = EventSpan::start("nack", SpanKind::Internal, || Some(parent), None, log);
-    span.set_attributes(|| {
-        vec![
-            KeyValue::new("delivery_id", delivery_id.to_string()),
-            KeyValue::new("reason", reason.unwrap_or("").to_string()),
-        ]
+    span.set_attributes(|a| {
+        a.text("delivery_id", delivery_id);
+        a.text("reason", reason.unwrap_or(""));
     });
     span
 }
@@ -539,15 +532,12 @@ fn dead_letter(
         None,
         tracing::Span::none(),
     );
-    span.set_attributes(|| {
-        let mut attributes = vec![
-            KeyValue::new("subscription", subscription.to_string()),
-            KeyValue::new("reason", reason.to_string()),
-        ];
+    span.set_attributes(|a| {
+        a.text("subscription", subscription);
+        a.text("reason", reason);
         if let Some(id) = event_id {
-            attributes.push(KeyValue::new("event_id", id.to_string()));
+            a.text("event_id", id);
         }
-        attributes
     });
     let trace_id = span.cx.map(|cx| cx.trace_id()).or(remote);
     tracing::info!(
@@ -595,12 +585,10 @@ pub fn push_span(subscription: &str, url: &str, event: &Event) -> EventSpan {
         None,
         log,
     );
-    span.set_attributes(|| {
-        vec![
-            KeyValue::new("subscription", subscription.to_string()),
-            KeyValue::new("url", url.to_string()),
-            KeyValue::new("event_id", event.id.clone()),
-        ]
+    span.set_attributes(|a| {
+        a.text("subscription", subscription);
+        a.text("url", url);
+        a.text("event_id", &event.id);
     });
     span
 }
@@ -620,11 +608,9 @@ pub fn request_span(
         None,
         log,
     );
-    span.set_attributes(|| {
-        vec![
-            KeyValue::new("http.request.method", method.to_string()),
-            KeyValue::new("url.path", path.to_string()),
-        ]
+    span.set_attributes(|a| {
+        a.text("http.request.method", method.as_str());
+        a.text("url.path", path);
     });
     span
 }
@@ -633,7 +619,7 @@ pub fn request_span(
 pub fn redrive_span(subscription: &str) -> EventSpan {
     let log = tracing::info_span!("redrive", subscription);
     let mut span = EventSpan::start("redrive", SpanKind::Internal, || None, None, log);
-    span.set_attributes(|| vec![KeyValue::new("subscription", subscription.to_string())]);
+    span.set_attributes(|a| a.text("subscription", subscription));
     span
 }
 
@@ -650,64 +636,66 @@ pub fn inject_http(span: &EventSpan, headers: &mut http::HeaderMap) {
 }
 
 /// Most deliveries whose span is remembered for their ack or nack; past it
-/// the table is cleared (later acks then make no span).
+/// a shard of the table is cleared (later acks of those deliveries then
+/// make no span).
 const MAX_TRACKED_DELIVERIES: usize = 100_000;
 
-#[derive(Debug, Default)]
-struct Tracked {
-    /// Delivery contexts by subscription, then delivery id: looked up by
-    /// `&str` without building a key.
-    by_subscription: HashMap<String, HashMap<String, StepContext>>,
-    len: usize,
-}
+/// Independently locked parts of the table, so that workers acking and
+/// delivering at once seldom wait on each other.
+const SHARDS: usize = 8;
+
+type Shard = HashMap<u64, StepContext, foldhash::fast::FixedState>;
 
 /// Remembers each in-flight sampled delivery's span context so that its ack
 /// or nack span becomes a child of its `deliver` span.
-#[derive(Debug, Default)]
+///
+/// A delivery is keyed by a 64-bit hash of its subscription and delivery
+/// id, so that remembering one allocates nothing. Two deliveries in flight
+/// at once with the same hash (odds about 1 in 10^9 at the table's full
+/// size) would swap their ack spans' parents; nothing else depends on it.
+#[derive(Debug)]
 pub struct InFlightSpans {
-    spans: Mutex<Tracked>,
+    hasher: foldhash::quality::FixedState,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+impl Default for InFlightSpans {
+    fn default() -> InFlightSpans {
+        InFlightSpans {
+            hasher: foldhash::quality::FixedState::default(),
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
 }
 
 impl InFlightSpans {
+    fn key(&self, subscription: &str, delivery_id: &str) -> (u64, &Mutex<Shard>) {
+        use std::hash::BuildHasher;
+        let key = self.hasher.hash_one((subscription, delivery_id));
+        (key, &self.shards[(key >> 58) as usize % SHARDS])
+    }
+
     /// Remembers `span` for `(subscription, delivery_id)` when it records.
     pub fn insert(&self, subscription: &str, delivery_id: &str, span: &EventSpan) {
-        if !span.is_recording() {
-            return;
-        }
-        let mut tracked = self.spans.lock();
-        if tracked.len >= MAX_TRACKED_DELIVERIES {
-            *tracked = Tracked::default();
-        }
-        let Some(cx) = span.cx else {
+        let (true, Some(cx)) = (span.is_recording(), span.cx) else {
             return;
         };
-        let old = match tracked.by_subscription.get_mut(subscription) {
-            Some(map) => map.insert(delivery_id.to_string(), cx),
-            None => {
-                let map = HashMap::from([(delivery_id.to_string(), cx)]);
-                tracked
-                    .by_subscription
-                    .insert(subscription.to_string(), map);
-                None
-            }
-        };
-        if old.is_none() {
-            tracked.len += 1;
+        let (key, shard) = self.key(subscription, delivery_id);
+        let mut shard = shard.lock();
+        if shard.len() >= MAX_TRACKED_DELIVERIES / SHARDS {
+            shard.clear();
         }
+        shard.insert(key, cx);
     }
 
     /// Forgets and returns the context of a delivery.
     pub fn take(&self, subscription: &str, delivery_id: &str) -> Option<StepContext> {
-        let mut tracked = self.spans.lock();
-        if tracked.len == 0 {
+        let (key, shard) = self.key(subscription, delivery_id);
+        let mut shard = shard.lock();
+        if shard.is_empty() {
             return None;
         }
-        let cx = tracked
-            .by_subscription
-            .get_mut(subscription)?
-            .remove(delivery_id)?;
-        tracked.len -= 1;
-        Some(cx)
+        shard.remove(&key)
     }
 }
 
