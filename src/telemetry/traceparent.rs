@@ -12,19 +12,33 @@ pub(super) struct Parsed {
     pub sampled: bool,
 }
 
-fn hex_value(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        _ => None,
+/// The value of each lower-case hex digit; 0xff for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
-/// Up to 16 lower-case hex digits as a number.
+/// Up to 16 lower-case hex digits as a number: one table lookup per digit
+/// and a single validity test at the end (this runs for every delivery).
 fn hex(digits: &[u8]) -> Option<u64> {
-    digits
-        .iter()
-        .try_fold(0u64, |n, &b| Some(n << 4 | hex_value(b)?))
+    let mut n = 0u64;
+    let mut invalid = 0u8;
+    for &b in digits {
+        let v = HEX_VALUES[usize::from(b)];
+        invalid |= v;
+        n = n << 4 | u64::from(v & 0xf);
+    }
+    (invalid & 0xf0 == 0).then_some(n)
 }
 
 /// The parent in `value`, when it is a valid `traceparent`: version not
