@@ -107,11 +107,10 @@ fn args() -> Args {
     }
     a
 }
-/// Spans the receiver decoded.
+
+/// Spans the receiver counted.
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
 
-/// An OTLP/HTTP sink on a thread of its own: decodes each request, counts
-/// its spans, answers 200.
 /// An OTLP `ExportTraceServiceRequest` read only as far as counting its
 /// spans: each span stays an undecoded slice of the body. The receiver
 /// stands in for a collector on another machine, so it spends as little of
@@ -147,6 +146,8 @@ impl SpanCount {
     }
 }
 
+/// An OTLP/HTTP sink on a thread of its own: counts each request's spans,
+/// answers 200.
 fn start_receiver() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
     let addr = listener.local_addr().expect("receiver address");
@@ -373,11 +374,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The span pipeline of the "on" rounds, exporting to `receiver` (or
 /// discarding with `--export none`).
-fn pipeline(
-    args: &Args,
-    receiver: std::net::SocketAddr,
-    runtime: &tokio::runtime::Runtime,
-) -> Arc<Pipeline> {
+fn pipeline(args: &Args, receiver: std::net::SocketAddr) -> Arc<Pipeline> {
     let mut config = PipelineConfig::from_env();
     config.sampler = if args.ratio >= 1.0 {
         Sampler::AlwaysOn
@@ -421,7 +418,7 @@ fn main() {
     .build()
     .expect("runtime");
     let receiver = start_receiver();
-    let pipeline = pipeline(&args, receiver, &runtime);
+    let pipeline = pipeline(&args, receiver);
     // The event spans' pipeline, switched off for the "off" rounds.
     trace::install(pipeline.clone());
     trace::set_enabled(false);
