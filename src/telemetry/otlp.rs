@@ -291,7 +291,7 @@ fn span(buf: &mut Vec<u8>, span: &SpanRecord) {
             string(kv, KEY_VALUE_KEY, key);
             message(kv, KEY_VALUE_VALUE, |v| match value {
                 AttributeValue::Int(i) => scalar_int(v, *i),
-                AttributeValue::Text(text) => string(v, ANY_STRING, text.as_str()),
+                AttributeValue::Text(text) => bytes(v, ANY_STRING, text.as_bytes()),
             });
         });
     }

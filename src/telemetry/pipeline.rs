@@ -167,6 +167,15 @@ impl Text {
         })
     }
 
+    /// The text's UTF-8 bytes (what the encoder copies, without checking
+    /// them again).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            TextRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            TextRepr::Heap(text) => text.as_bytes(),
+        }
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
