@@ -177,77 +177,48 @@ impl Serialize for Headers {
     }
 }
 
-/// A header name, borrowed from the input when it can be (so that reading
-/// `traceparent` allocates nothing).
-enum Name<'de> {
+/// A header name or value, borrowed from the input when it can be (so
+/// that reading `traceparent` allocates nothing).
+enum Str<'de> {
     Borrowed(&'de str),
     Owned(String),
 }
 
-impl<'de> Deserialize<'de> for Name<'de> {
+impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor;
-        impl<'de> Visitor<'de> for NameVisitor {
-            type Value = Name<'de>;
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = Str<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a header name")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name::Borrowed(v))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str::Borrowed(v))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
-                Ok(Name::Owned(v.to_string()))
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str::Owned(v.to_string()))
             }
-            fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
-                Ok(Name::Owned(v))
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str::Owned(v))
             }
         }
-        deserializer.deserialize_str(NameVisitor)
+        deserializer.deserialize_str(StrVisitor)
     }
 }
 
-impl Name<'_> {
+impl Str<'_> {
     fn as_str(&self) -> &str {
         match self {
-            Name::Borrowed(s) => s,
-            Name::Owned(s) => s,
+            Str::Borrowed(s) => s,
+            Str::Owned(s) => s,
         }
     }
 
     fn into_string(self) -> String {
         match self {
-            Name::Borrowed(s) => s.to_string(),
-            Name::Owned(s) => s,
+            Str::Borrowed(s) => s.to_string(),
+            Str::Owned(s) => s,
         }
-    }
-}
-
-/// A header value: an inline `traceparent` when it has that form and is
-/// the value of that name, else a string.
-enum HeaderValue<'de> {
-    Borrowed(&'de str),
-    Owned(String),
-}
-
-impl<'de> Deserialize<'de> for HeaderValue<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-        impl<'de> Visitor<'de> for ValueVisitor {
-            type Value = HeaderValue<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<HeaderValue<'de>, E> {
-                Ok(HeaderValue::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<HeaderValue<'de>, E> {
-                Ok(HeaderValue::Owned(v.to_string()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<HeaderValue<'de>, E> {
-                Ok(HeaderValue::Owned(v))
-            }
-        }
-        deserializer.deserialize_str(ValueVisitor)
     }
 }
 
@@ -261,21 +232,16 @@ impl<'de> Deserialize<'de> for Headers {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
                 let mut headers = Headers::new();
-                while let Some(name) = access.next_key::<Name<'de>>()? {
-                    let value = access.next_value::<HeaderValue<'de>>()?;
-                    let inline = match (&value, name.as_str() == TRACEPARENT) {
-                        (HeaderValue::Borrowed(v), true) => inline_form(v),
-                        (HeaderValue::Owned(v), true) => inline_form(v),
-                        (_, false) => None,
+                while let Some(name) = access.next_key::<Str<'de>>()? {
+                    let value = access.next_value::<Str<'de>>()?;
+                    let inline = match name.as_str() == TRACEPARENT {
+                        true => inline_form(value.as_str()),
+                        false => None,
                     };
                     match inline {
                         Some(inline) => headers.set_traceparent(inline),
                         None => {
-                            let value = match value {
-                                HeaderValue::Borrowed(v) => v.to_string(),
-                                HeaderValue::Owned(v) => v,
-                            };
-                            headers.insert(name.into_string(), value);
+                            headers.insert(name.into_string(), value.into_string());
                         }
                     }
                 }
