@@ -82,9 +82,11 @@ impl Headers {
             self.traceparent = Some(inline);
             return old;
         }
-        let old_inline = match name == TRACEPARENT {
-            true => self.traceparent.take().map(|t| text(&t).to_string()),
-            false => None,
+        // A value of another form replaces an inline one.
+        let old_inline = if name == TRACEPARENT {
+            self.traceparent.take().map(|t| text(&t).to_string())
+        } else {
+            None
         };
         self.other.insert(name, value).or(old_inline)
     }
@@ -234,11 +236,12 @@ impl<'de> Deserialize<'de> for Headers {
                 let mut headers = Headers::new();
                 while let Some(name) = access.next_key::<Str<'de>>()? {
                     let value = access.next_value::<Str<'de>>()?;
-                    let inline = match name.as_str() == TRACEPARENT {
-                        true => inline_form(value.as_str()),
-                        false => None,
-                    };
-                    match inline {
+                    // `insert` would find the inline form too, but only
+                    // after the name and value were copied into strings.
+                    match (name.as_str() == TRACEPARENT)
+                        .then(|| inline_form(value.as_str()))
+                        .flatten()
+                    {
                         Some(inline) => headers.set_traceparent(inline),
                         None => {
                             headers.insert(name.into_string(), value.into_string());

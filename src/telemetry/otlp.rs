@@ -230,7 +230,9 @@ impl Encoder {
         let mut encoded = Vec::new();
         message(&mut encoded, RESOURCE_SPANS_RESOURCE, |r| {
             for (key, value) in resource.iter() {
-                key_value(r, RESOURCE_ATTRIBUTES, key.as_str(), value);
+                key_value(r, RESOURCE_ATTRIBUTES, key.as_str(), |v| {
+                    any_value(v, value)
+                });
             }
         });
         let mut scope_field = Vec::new();
@@ -287,12 +289,9 @@ fn span(buf: &mut Vec<u8>, span: &SpanRecord) {
     fixed64(buf, SPAN_START, nanos(span.start));
     fixed64(buf, SPAN_END, nanos(span.end));
     for (key, value) in span.attributes.iter() {
-        message(buf, SPAN_ATTRIBUTES, |kv| {
-            string(kv, KEY_VALUE_KEY, key);
-            message(kv, KEY_VALUE_VALUE, |v| match value {
-                AttributeValue::Int(i) => scalar_int(v, *i),
-                AttributeValue::Text(text) => bytes(v, ANY_STRING, text.as_bytes()),
-            });
+        key_value(buf, SPAN_ATTRIBUTES, key, |v| match value {
+            AttributeValue::Int(i) => scalar_int(v, *i),
+            AttributeValue::Text(text) => bytes(v, ANY_STRING, text.as_bytes()),
         });
     }
     // Status unset: an empty message, as the SDK sends.
@@ -321,10 +320,11 @@ fn nanos(time: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+/// Field `field` as a `KeyValue` whose `AnyValue` fields `value` writes.
+fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
     message(buf, field, |kv| {
         string(kv, KEY_VALUE_KEY, key);
-        message(kv, KEY_VALUE_VALUE, |v| any_value(v, value));
+        message(kv, KEY_VALUE_VALUE, value);
     });
 }
 
@@ -475,7 +475,10 @@ impl Transport {
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/x-protobuf"),
                 );
-                let response = client.request(request).await.map_err(|e| root_cause(&e))?;
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| crate::sink::root_cause(&e))?;
                 let status = response.status();
                 // The answer is read so that the connection is reused.
                 let _ = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024).await;
@@ -486,7 +489,9 @@ impl Transport {
                 }
             }
             Transport::Grpc(grpc) => {
-                grpc.ready().await.map_err(|e| root_cause(&e))?;
+                grpc.ready()
+                    .await
+                    .map_err(|e| crate::sink::root_cause(&e))?;
                 let mut request = tonic::Request::new(body);
                 *request.metadata_mut() =
                     tonic::metadata::MetadataMap::from_headers(config.headers.clone());
@@ -529,16 +534,6 @@ impl Export for OtlpExporter {
             )),
         }
     }
-}
-
-/// The innermost cause of a transport error (the outer ones only say
-/// "client error").
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 /// A gRPC codec sending already encoded bytes and ignoring the answer's

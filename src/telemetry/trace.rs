@@ -41,7 +41,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::SystemTime;
@@ -657,6 +657,9 @@ type Shard = HashMap<u64, StepContext, foldhash::fast::FixedState>;
 pub struct InFlightSpans {
     hasher: foldhash::quality::FixedState,
     shards: [Mutex<Shard>; SHARDS],
+    /// Contexts held in all shards: while it is 0 (tracing off, or nothing
+    /// sampled in flight) an ack neither hashes nor locks.
+    held: AtomicUsize,
 }
 
 impl Default for InFlightSpans {
@@ -664,6 +667,7 @@ impl Default for InFlightSpans {
         InFlightSpans {
             hasher: foldhash::quality::FixedState::default(),
             shards: std::array::from_fn(|_| Mutex::default()),
+            held: AtomicUsize::new(0),
         }
     }
 }
@@ -683,19 +687,23 @@ impl InFlightSpans {
         let (key, shard) = self.key(subscription, delivery_id);
         let mut shard = shard.lock();
         if shard.len() >= MAX_TRACKED_DELIVERIES / SHARDS {
+            self.held.fetch_sub(shard.len(), Ordering::Relaxed);
             shard.clear();
         }
-        shard.insert(key, cx);
+        if shard.insert(key, cx).is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forgets and returns the context of a delivery.
     pub fn take(&self, subscription: &str, delivery_id: &str) -> Option<StepContext> {
-        let (key, shard) = self.key(subscription, delivery_id);
-        let mut shard = shard.lock();
-        if shard.is_empty() {
+        if self.held.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        shard.remove(&key)
+        let (key, shard) = self.key(subscription, delivery_id);
+        let cx = shard.lock().remove(&key)?;
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        Some(cx)
     }
 }
 
