@@ -1,12 +1,14 @@
-//! OTLP span export, encoded straight from span records.
+//! OTLP span export, encoded as spans end.
 //!
 //! The OpenTelemetry SDK's exporters take `SpanData`, convert each span
 //! into the generated protobuf types (a dozen allocations per span) and
 //! encode those. At several spans per event that conversion was a third of
-//! what tracing cost the router, so the export thread writes
-//! [`SpanRecord`]s into the `ExportTraceServiceRequest` wire format itself,
-//! in a buffer it reuses, and sends the bytes over OTLP/HTTP (protobuf) or
-//! OTLP/gRPC.
+//! what tracing cost the router, so a span that ends is written by
+//! [`encode_span`] straight into the protobuf bytes of a `Span` (into its
+//! thread's buffer in the [`super::Pipeline`]); the export thread wraps the
+//! collected bytes in an `ExportTraceServiceRequest` ([`Encoder::request`],
+//! one copy, into a buffer it reuses) and sends them over OTLP/HTTP
+//! (protobuf) or OTLP/gRPC.
 //!
 //! Configured by the standard variables ([`OtlpConfig::from_env`]):
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`),
@@ -25,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Array, Value};
 use opentelemetry_sdk::Resource;
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
 use super::pipeline::{AttributeValue, Export, SpanRecord};
 use super::{OtlpProtocol, TelemetryError};
@@ -168,7 +170,8 @@ pub fn resource_from_env() -> Resource {
     resource.build()
 }
 
-/// Writes `ExportTraceServiceRequest`s of span records.
+/// Writes `ExportTraceServiceRequest`s around spans already encoded by
+/// [`encode_span`].
 #[derive(Debug)]
 pub struct Encoder {
     /// The `resource` field of `ResourceSpans`, encoded once.
@@ -177,8 +180,6 @@ pub struct Encoder {
     scope: Vec<u8>,
     /// The `schema_url` field of `ResourceSpans`, if any.
     schema_url: Vec<u8>,
-    /// Where each span is written before it is copied in after its length.
-    scratch: Vec<u8>,
 }
 
 /// `ExportTraceServiceRequest.resource_spans`.
@@ -247,37 +248,76 @@ impl Encoder {
             resource: encoded,
             scope: scope_field,
             schema_url,
-            scratch: Vec::new(),
         }
     }
 
-    /// Writes the request carrying `spans` into `out` (cleared first).
-    pub fn encode(&mut self, spans: &[SpanRecord], out: &mut Vec<u8>) {
-        let Encoder {
-            resource,
-            scope,
-            schema_url,
-            scratch,
-        } = self;
+    /// Writes the request carrying `spans` (whole `ScopeSpans.spans` fields,
+    /// as [`encode_span`] writes them) into `out` (cleared first). The
+    /// lengths are known up front, so the spans are copied once.
+    pub fn request(&self, spans: &[u8], out: &mut Vec<u8>) {
+        let scope_spans = self.scope.len() + spans.len();
+        let resource_spans = self.resource.len()
+            + 1
+            + encoded_len_varint(scope_spans as u64)
+            + scope_spans
+            + self.schema_url.len();
         out.clear();
-        message(out, REQUEST_RESOURCE_SPANS, |rs| {
-            rs.extend_from_slice(resource);
-            message(rs, RESOURCE_SPANS_SCOPE_SPANS, |ss| {
-                ss.extend_from_slice(scope);
-                for record in spans {
-                    // A span is longer than one length byte holds: written
-                    // aside and copied once, rather than moved along.
-                    scratch.clear();
-                    span(scratch, record);
-                    bytes(ss, SCOPE_SPANS_SPANS, scratch);
-                }
-            });
-            rs.extend_from_slice(schema_url);
-        });
+        out.reserve(1 + encoded_len_varint(resource_spans as u64) + resource_spans);
+        encode_key(REQUEST_RESOURCE_SPANS, WireType::LengthDelimited, out);
+        encode_varint(resource_spans as u64, out);
+        out.extend_from_slice(&self.resource);
+        encode_key(RESOURCE_SPANS_SCOPE_SPANS, WireType::LengthDelimited, out);
+        encode_varint(scope_spans as u64, out);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(spans);
+        out.extend_from_slice(&self.schema_url);
     }
 }
 
-fn span(buf: &mut Vec<u8>, span: &SpanRecord) {
+/// Appends `span` to `buf` as one `ScopeSpans.spans` field (tag, length,
+/// `Span` message): what the event path writes as each span ends.
+pub fn encode_span(buf: &mut Vec<u8>, span: &SpanRecord<'_>) {
+    encode_key(SCOPE_SPANS_SPANS, WireType::LengthDelimited, buf);
+    // Two bytes hold the length of nearly every span (under 16 KiB); a
+    // shorter one moves the body back a byte, a longer one forward.
+    let at = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    span_fields(buf, span);
+    let len = buf.len() - at - 2;
+    if len < 0x80 {
+        buf.copy_within(at + 2.., at + 1);
+        buf.pop();
+        buf[at] = len as u8;
+    } else if len < 0x4000 {
+        buf[at] = (len as u8 & 0x7f) | 0x80;
+        buf[at + 1] = (len >> 7) as u8;
+    } else {
+        let mut prefix = [0u8; 10];
+        let mut free = &mut prefix[..];
+        encode_varint(len as u64, &mut free);
+        let written = 10 - free.len();
+        buf.splice(at..at + 2, prefix[..written].iter().copied());
+    }
+}
+
+/// Where `n` whole spans written by [`encode_span`] end in `spans` (its
+/// length when it holds fewer).
+pub fn spans_end(spans: &[u8], n: usize) -> usize {
+    let mut rest = spans;
+    for _ in 0..n {
+        if rest.is_empty() {
+            break;
+        }
+        let mut after_key = &rest[1..];
+        let len = prost::encoding::decode_varint(&mut after_key).unwrap_or(u64::MAX);
+        let field = (rest.len() - after_key.len())
+            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        rest = rest.get(field..).unwrap_or_default();
+    }
+    spans.len() - rest.len()
+}
+
+fn span_fields(buf: &mut Vec<u8>, span: &SpanRecord<'_>) {
     bytes(buf, SPAN_TRACE_ID, &span.trace_id.to_be_bytes());
     bytes(buf, SPAN_SPAN_ID, &span.span_id.to_be_bytes());
     if span.parent_id != 0 {
@@ -286,8 +326,8 @@ fn span(buf: &mut Vec<u8>, span: &SpanRecord) {
     string(buf, SPAN_NAME, span.name);
     encode_key(SPAN_KIND, WireType::Varint, buf);
     encode_varint(kind(&span.kind), buf);
-    fixed64(buf, SPAN_START, nanos(span.start));
-    fixed64(buf, SPAN_END, nanos(span.end));
+    fixed64(buf, SPAN_START, span.start);
+    fixed64(buf, SPAN_END, span.end);
     for (key, value) in span.attributes.iter() {
         key_value(buf, SPAN_ATTRIBUTES, key, |v| match value {
             AttributeValue::Int(i) => scalar_int(v, *i),
@@ -313,11 +353,6 @@ fn kind(kind: &SpanKind) -> u64 {
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
     }
-}
-
-fn nanos(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Field `field` as a `KeyValue` whose `AnyValue` fields `value` writes.
@@ -507,14 +542,14 @@ impl Transport {
 }
 
 impl Export for OtlpExporter {
-    fn export(&mut self, spans: &[SpanRecord]) -> Result<(), String> {
+    fn export(&mut self, spans: &[u8], _count: usize) -> Result<(), String> {
         let last = std::mem::take(&mut self.last);
         let capacity = last.len();
         let mut out = match last.try_into_mut() {
             Ok(unused) => Vec::from(unused),
             Err(_) => Vec::with_capacity(capacity),
         };
-        self.encoder.encode(spans, &mut out);
+        self.encoder.request(spans, &mut out);
         let body = Bytes::from(out);
         self.last = body.clone();
         let config = &self.config;
@@ -624,8 +659,8 @@ mod tests {
             parent_span_is_remote: record.parent_remote,
             span_kind: record.kind.clone(),
             name: Cow::Borrowed(record.name),
-            start_time: record.start,
-            end_time: record.end,
+            start_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.start),
+            end_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.end),
             attributes: sdk_attributes(&record.attributes),
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
@@ -635,8 +670,22 @@ mod tests {
         })
     }
 
-    fn record(n: u64, parent_id: u64, parent_remote: bool, attributes: Attributes) -> SpanRecord {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + n);
+    /// The spans, as the pipeline's buffers hold them.
+    fn encoded(records: &[SpanRecord<'_>]) -> Vec<u8> {
+        let mut spans = Vec::new();
+        for record in records {
+            encode_span(&mut spans, record);
+        }
+        spans
+    }
+
+    fn record(
+        n: u64,
+        parent_id: u64,
+        parent_remote: bool,
+        attributes: &Attributes,
+    ) -> SpanRecord<'_> {
+        let start = 1_700_000_000_123_456_789 + n;
         SpanRecord {
             name: ["validate", "receive", "deliver", "ack", "dead_letter"][n as usize % 5],
             kind: [
@@ -652,7 +701,7 @@ mod tests {
             parent_id,
             parent_remote,
             start,
-            end: start + Duration::from_micros(250),
+            end: start + 250_000,
             attributes,
         }
     }
@@ -671,16 +720,21 @@ mod tests {
         inline_edge.text("at_limit", &"y".repeat(INLINE_TEXT_FOR_TESTS));
         inline_edge.text("past_limit", &"z".repeat(INLINE_TEXT_FOR_TESTS + 1));
         inline_edge.text("unicode", "tâche.créée");
+        // Past two length bytes: a span of over 16 KiB.
+        let mut huge = Attributes::default();
+        huge.text("huge", &"h".repeat(20_000));
+        let none = Attributes::default();
         let records = vec![
-            record(0, 0, false, Attributes::default()),
-            record(1, 7, true, topic),
-            record(2, u64::MAX, false, mixed),
-            record(3, 1, false, inline_edge),
+            record(0, 0, false, &none),
+            record(1, 7, true, &topic),
+            record(2, u64::MAX, false, &mixed),
+            record(3, 1, false, &inline_edge),
+            record(4, 2, false, &huge),
         ];
         // Enough spans that every enclosing message needs a long length.
         let records: Vec<SpanRecord> = records
             .into_iter()
-            .chain((4..200).map(|n| record(n, n * 3, n % 2 == 0, Attributes::default())))
+            .chain((5..200).map(|n| record(n, n * 3, n % 2 == 0, &none)))
             .collect();
         let resource_attributes = vec![
             KeyValue::new("deployment.environment", "test"),
@@ -703,7 +757,8 @@ mod tests {
             )
             .build();
         let mut out = Vec::new();
-        Encoder::new(&resource, "event-router").encode(&records, &mut out);
+        let spans = encoded(&records);
+        Encoder::new(&resource, "event-router").request(&spans, &mut out);
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
 
         assert_eq!(request.resource_spans.len(), 1);
@@ -745,10 +800,24 @@ mod tests {
     }
 
     #[test]
+    fn spans_end_finds_whole_spans() {
+        let none = Attributes::default();
+        let mut long = Attributes::default();
+        long.text("long", &"l".repeat(200));
+        let one = encoded(&[record(1, 0, false, &none)]);
+        let two = encoded(&[record(2, 0, false, &long)]);
+        let both = [one.clone(), two.clone()].concat();
+        assert_eq!(spans_end(&both, 0), 0);
+        assert_eq!(spans_end(&both, 1), one.len());
+        assert_eq!(spans_end(&both, 2), both.len());
+        assert_eq!(spans_end(&both, 5), both.len());
+    }
+
+    #[test]
     fn an_empty_batch_is_a_valid_request() {
         let mut out = Vec::new();
-        let mut encoder = Encoder::new(&Resource::builder_empty().build(), "event-router");
-        encoder.encode(&[], &mut out);
+        let encoder = Encoder::new(&Resource::builder_empty().build(), "event-router");
+        encoder.request(&[], &mut out);
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
         assert!(request.resource_spans[0].scope_spans[0].spans.is_empty());
     }
@@ -823,16 +892,14 @@ mod tests {
     #[tokio::test]
     async fn http_export_posts_protobuf_with_the_configured_headers() {
         let (addr, mut requests) = collector(http::StatusCode::OK).await;
-        let first = vec![
-            record(1, 0, false, Attributes::default()),
-            record(2, 9, true, Attributes::default()),
-        ];
+        let none = Attributes::default();
+        let first = encoded(&[record(1, 0, false, &none), record(2, 9, true, &none)]);
         // Fewer spans, written over the first request's bytes.
-        let second = vec![record(3, 4, false, Attributes::default())];
+        let second = encoded(&[record(3, 4, false, &none)]);
         let sent = on_export_thread(move || {
             let resource = Resource::builder_empty().build();
             let mut exporter = OtlpExporter::new(http_config(addr), &resource).unwrap();
-            (exporter.export(&first), exporter.export(&second))
+            (exporter.export(&first, 2), exporter.export(&second, 1))
         })
         .await;
         assert_eq!(sent, (Ok(()), Ok(())));
@@ -858,10 +925,10 @@ mod tests {
         drop(closed);
         let (refused, unreachable) = on_export_thread(move || {
             let resource = Resource::builder_empty().build();
-            let spans = [record(1, 0, false, Attributes::default())];
+            let spans = encoded(&[record(1, 0, false, &Attributes::default())]);
             let mut refusing = OtlpExporter::new(http_config(addr), &resource).unwrap();
             let mut absent = OtlpExporter::new(http_config(dead), &resource).unwrap();
-            (refusing.export(&spans), absent.export(&spans))
+            (refusing.export(&spans, 1), absent.export(&spans, 1))
         })
         .await;
         let refused = refused.unwrap_err();

@@ -2,18 +2,22 @@
 //! thread that exports them.
 //!
 //! An event's steps finish a span each, so this path is built for that
-//! rate: a finished span is a plain [`SpanRecord`] pushed under a short
-//! lock into one buffer; the export thread swaps the buffer out and hands
-//! the records, in batches, to an [`Export`] (the OTLP exporter encodes
-//! them straight into protobuf). When the buffer is full (the exporter is
-//! slow or the collector down) spans are dropped and counted
-//! ([`Pipeline::dropped`], logged at shutdown, and exported as
-//! `event_router_trace_spans_dropped_total`): export never blocks event
-//! flow.
+//! rate: a finished span ([`SpanRecord`], timed by the [`SpanClock`]) is
+//! encoded at once as OTLP protobuf into a buffer of the thread that ended
+//! it, under that buffer's own lock, so recording threads never wait on
+//! each other and nothing is copied twice. The export thread takes the
+//! threads' buffers (when one holds a batch, or every
+//! `OTEL_BSP_SCHEDULE_DELAY`) and hands the bytes, in batches, to an
+//! [`Export`] (the OTLP exporter wraps them in a request and sends it).
+//! When a thread's buffer is full (the exporter is slow or the collector
+//! down) its spans are dropped and counted ([`Pipeline::dropped`], logged
+//! at shutdown, and exported as `event_router_trace_spans_dropped_total`):
+//! export never blocks event flow.
 //!
 //! Configured by the standard variables: `OTEL_TRACES_SAMPLER`,
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_SCHEDULE_DELAY`,
-//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+//! `OTEL_BSP_MAX_QUEUE_SIZE` (here: per recording thread),
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -29,7 +33,8 @@ use rand::{Rng, SeedableRng};
 /// `OTEL_BSP_SCHEDULE_DELAY` default: longest wait before buffered spans
 /// are exported.
 pub const DEFAULT_SCHEDULE_DELAY: Duration = Duration::from_millis(5000);
-/// `OTEL_BSP_MAX_QUEUE_SIZE` default: most spans buffered; more are dropped.
+/// `OTEL_BSP_MAX_QUEUE_SIZE` default: most spans buffered by one recording
+/// thread; more are dropped.
 pub const DEFAULT_MAX_QUEUE: usize = 2048;
 /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` default: most spans in one export call,
 /// and the buffer length that wakes the export thread early.
@@ -110,9 +115,77 @@ pub fn new_trace_id() -> u128 {
     RNG.with(|r| r.borrow_mut().random::<u128>()).max(1)
 }
 
+/// Nanoseconds since the Unix epoch of `time` (0 before it).
+pub fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// How often the export thread re-anchors the span clock to the system
+/// clock.
+const ANCHOR_EVERY: Duration = Duration::from_secs(1);
+
+/// The clock of span timestamps: Unix nanoseconds read from the CPU's
+/// time-stamp counter (`quanta`; the monotonic clock where there is no
+/// usable counter), a few nanoseconds a reading where the system clock
+/// costs tens in a virtual machine, and an event's steps read it six times.
+///
+/// The counter's nanoseconds are tied to the system clock by an offset the
+/// export thread renews every [`ANCHOR_EVERY`], so span times follow the
+/// system clock (NTP steps and slews included) within a second's drift of
+/// the counter's calibration, a few microseconds at most.
+#[derive(Debug)]
+pub struct SpanClock {
+    clock: quanta::Clock,
+    /// The counter reading nanoseconds are counted from.
+    origin: u64,
+    /// Unix nanoseconds at the origin, as of the last anchoring.
+    offset: AtomicU64,
+}
+
+impl SpanClock {
+    /// A clock anchored to the system clock now (calibrating the counter
+    /// first, once per process: up to 200 ms).
+    pub fn new() -> SpanClock {
+        let clock = quanta::Clock::new();
+        let origin = clock.raw();
+        let span_clock = SpanClock {
+            clock,
+            origin,
+            offset: AtomicU64::new(0),
+        };
+        span_clock.anchor();
+        span_clock
+    }
+
+    /// Now, in nanoseconds since the Unix epoch.
+    pub fn now(&self) -> u64 {
+        self.offset
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.since_origin())
+    }
+
+    fn since_origin(&self) -> u64 {
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
+    }
+
+    /// Ties the counter to the system clock as it reads now.
+    pub fn anchor(&self) {
+        let system = unix_nanos(SystemTime::now());
+        self.offset
+            .store(system.wrapping_sub(self.since_origin()), Ordering::Relaxed);
+    }
+}
+
+impl Default for SpanClock {
+    fn default() -> SpanClock {
+        SpanClock::new()
+    }
+}
+
 /// One finished span, as the event path records it.
 #[derive(Debug)]
-pub struct SpanRecord {
+pub struct SpanRecord<'a> {
     /// Span name.
     pub name: &'static str,
     /// Span kind.
@@ -125,12 +198,12 @@ pub struct SpanRecord {
     pub parent_id: u64,
     /// Whether the parent came from another process (a header).
     pub parent_remote: bool,
-    /// Start time.
-    pub start: SystemTime,
-    /// End time.
-    pub end: SystemTime,
+    /// Start time, in nanoseconds since the Unix epoch.
+    pub start: u64,
+    /// End time, in nanoseconds since the Unix epoch.
+    pub end: u64,
     /// Attributes.
-    pub attributes: Attributes,
+    pub attributes: &'a Attributes,
 }
 
 /// Most attributes a span records (an event step records at most four).
@@ -247,12 +320,14 @@ impl Attributes {
 
 /// Where the export thread sends finished spans.
 pub trait Export: Send + 'static {
-    /// Sends one batch of at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans;
-    /// the error says why they were not delivered.
+    /// Sends one batch of `count` spans (at most
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), given as the `ScopeSpans.spans`
+    /// fields [`super::otlp::encode_span`] wrote; the error says why they
+    /// were not delivered.
     ///
     /// # Errors
     /// Why the batch was lost (it is not retried).
-    fn export(&mut self, spans: &[SpanRecord]) -> Result<(), String>;
+    fn export(&mut self, spans: &[u8], count: usize) -> Result<(), String>;
 }
 
 /// How the pipeline buffers and exports.
@@ -290,18 +365,48 @@ impl PipelineConfig {
     }
 }
 
-/// The buffer shared by the event path and the export thread.
+/// The spans one thread has recorded and the export thread not yet taken.
+#[derive(Debug, Default)]
+struct Chunk {
+    /// Encoded `ScopeSpans.spans` fields.
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+/// A recording thread's buffer: locked by that thread for each span and by
+/// the export thread when it takes the spans, so recording threads never
+/// wait on each other.
+#[derive(Debug, Default)]
+struct Local {
+    chunk: Mutex<Chunk>,
+}
+
+thread_local! {
+    /// This thread's buffer, and the id of the pipeline it belongs to.
+    static LOCAL: RefCell<Option<(u64, Arc<Local>)>> = const { RefCell::new(None) };
+}
+
+/// Ids of pipelines, so that a thread's buffer is never fed to another.
+static PIPELINE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// What the event path and the export thread share.
 #[derive(Debug)]
 struct Buffer {
-    spans: Mutex<Vec<SpanRecord>>,
+    id: u64,
+    /// Every recording thread's buffer (dropped by the export thread once
+    /// its thread has ended and it is empty).
+    locals: Mutex<Vec<Arc<Local>>>,
     max_queue: usize,
     max_batch: usize,
+    /// Set when a thread's buffer reaches `max_batch` spans.
+    ready: AtomicBool,
     dropped: AtomicU64,
     /// The process-wide metric of dropped spans, fed alongside `dropped`.
     dropped_metric: Counter,
     exported: AtomicU64,
     stop: AtomicBool,
     worker: Thread,
+    clock: SpanClock,
 }
 
 /// A running pipeline: [`Pipeline::record`] from the event path, an export
@@ -330,14 +435,17 @@ impl Pipeline {
                 }
             })?;
         let buffer = Arc::new(Buffer {
-            spans: Mutex::new(Vec::with_capacity(config.max_batch)),
+            id: PIPELINE_IDS.fetch_add(1, Ordering::Relaxed),
+            locals: Mutex::new(Vec::new()),
             max_queue: config.max_queue,
             max_batch: config.max_batch,
+            ready: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             dropped_metric: super::metrics::metrics().trace_spans_dropped(),
             exported: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             worker: handle.thread().clone(),
+            clock: SpanClock::new(),
         });
         // The thread was just spawned and waits for this.
         let _ = tx.send(buffer.clone());
@@ -353,23 +461,44 @@ impl Pipeline {
         &self.sampler
     }
 
-    /// Buffers a finished span, or drops and counts it when the buffer is
-    /// full. Never blocks on the exporter.
-    pub fn record(&self, span: SpanRecord) {
+    /// Now, in the Unix nanoseconds of span timestamps.
+    pub fn now(&self) -> u64 {
+        self.buffer.clock.now()
+    }
+
+    /// Encodes a finished span into this thread's buffer, or drops and
+    /// counts it when that buffer is full (`OTEL_BSP_MAX_QUEUE_SIZE`
+    /// spans). Never blocks on the exporter.
+    pub fn record(&self, span: &SpanRecord<'_>) {
         let b = &self.buffer;
-        let len = {
-            let mut spans = b.spans.lock();
-            if spans.len() >= b.max_queue {
-                drop(spans);
+        let held = LOCAL.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let local = match &*slot {
+                Some((id, local)) if *id == b.id => local,
+                _ => {
+                    let local = Arc::new(Local::default());
+                    b.locals.lock().push(local.clone());
+                    &slot.insert((b.id, local)).1
+                }
+            };
+            let mut chunk = local.chunk.lock();
+            if chunk.spans >= b.max_queue {
+                return None;
+            }
+            super::otlp::encode_span(&mut chunk.bytes, span);
+            chunk.spans += 1;
+            Some(chunk.spans)
+        });
+        match held {
+            None => {
                 b.dropped.fetch_add(1, Ordering::Relaxed);
                 b.dropped_metric.inc();
-                return;
             }
-            spans.push(span);
-            spans.len()
-        };
-        if len == b.max_batch {
-            b.worker.unpark();
+            Some(n) if n == b.max_batch => {
+                b.ready.store(true, Ordering::Release);
+                b.worker.unpark();
+            }
+            Some(_) => {}
         }
     }
 
@@ -397,34 +526,65 @@ impl Pipeline {
 }
 
 fn export_loop<E: Export>(exporter: &mut E, buffer: &Buffer, delay: Duration) {
-    let mut spare = Vec::with_capacity(buffer.max_batch);
+    // Emptied chunks, swapped into the threads' buffers so that recording
+    // never grows a fresh one.
+    let mut spare: Vec<Chunk> = Vec::new();
+    let mut taken: Vec<Chunk> = Vec::new();
     let mut failing = false;
+    let mut anchored = std::time::Instant::now();
     loop {
-        let stopping = buffer.stop.load(Ordering::Acquire);
-        if !stopping && buffer.spans.lock().len() < buffer.max_batch {
-            std::thread::park_timeout(delay);
+        if anchored.elapsed() >= ANCHOR_EVERY {
+            buffer.clock.anchor();
+            anchored = std::time::Instant::now();
         }
-        let mut batch = std::mem::replace(&mut *buffer.spans.lock(), spare);
-        for chunk in batch.chunks(buffer.max_batch) {
-            match exporter.export(chunk) {
-                Ok(()) => {
-                    buffer
-                        .exported
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    failing = false;
-                }
-                Err(error) => {
-                    if !failing {
-                        tracing::warn!(%error, "exporting spans failed; dropping them");
-                    }
-                    failing = true;
+        let stopping = buffer.stop.load(Ordering::Acquire);
+        if !stopping && !buffer.ready.swap(false, Ordering::AcqRel) {
+            std::thread::park_timeout(delay);
+            buffer.ready.store(false, Ordering::Release);
+        }
+        {
+            // Taken under the list's lock, exported after it: a thread
+            // recording its first span never waits on a collector.
+            let mut locals = buffer.locals.lock();
+            for local in locals.iter() {
+                let mut chunk = local.chunk.lock();
+                if chunk.spans > 0 {
+                    let empty = spare.pop().unwrap_or_default();
+                    taken.push(std::mem::replace(&mut *chunk, empty));
                 }
             }
+            // A buffer only the list holds belongs to an ended thread.
+            locals.retain(|local| Arc::strong_count(local) > 1 || local.chunk.lock().spans > 0);
         }
-        // `batch` keeps its capacity and becomes the next buffer, so that
-        // recording (under the lock) never has to grow a fresh one.
-        batch.clear();
-        spare = batch;
+        for mut chunk in taken.drain(..) {
+            let mut rest = &chunk.bytes[..];
+            let mut left = chunk.spans;
+            while left > 0 {
+                let count = left.min(buffer.max_batch);
+                let end = if count == left {
+                    rest.len()
+                } else {
+                    super::otlp::spans_end(rest, count)
+                };
+                match exporter.export(&rest[..end], count) {
+                    Ok(()) => {
+                        buffer.exported.fetch_add(count as u64, Ordering::Relaxed);
+                        failing = false;
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "exporting spans failed; dropping them");
+                        }
+                        failing = true;
+                    }
+                }
+                rest = &rest[end..];
+                left -= count;
+            }
+            chunk.bytes.clear();
+            chunk.spans = 0;
+            spare.push(chunk);
+        }
         if stopping {
             return;
         }
@@ -440,12 +600,23 @@ mod tests {
     struct Accept;
 
     impl Export for Accept {
-        fn export(&mut self, _: &[SpanRecord]) -> Result<(), String> {
+        fn export(&mut self, _: &[u8], _: usize) -> Result<(), String> {
             Ok(())
         }
     }
 
-    fn span() -> SpanRecord {
+    /// Keeps every batch: its bytes and span count.
+    #[derive(Debug, Clone, Default)]
+    struct Keep(Arc<Mutex<Vec<(Vec<u8>, usize)>>>);
+
+    impl Export for Keep {
+        fn export(&mut self, spans: &[u8], count: usize) -> Result<(), String> {
+            self.0.lock().push((spans.to_vec(), count));
+            Ok(())
+        }
+    }
+
+    fn span(attributes: &Attributes) -> SpanRecord<'_> {
         SpanRecord {
             name: "test",
             kind: SpanKind::Internal,
@@ -453,9 +624,9 @@ mod tests {
             span_id: new_span_id(),
             parent_id: 0,
             parent_remote: false,
-            start: SystemTime::now(),
-            end: SystemTime::now(),
-            attributes: Attributes::default(),
+            start: unix_nanos(SystemTime::now()),
+            end: unix_nanos(SystemTime::now()),
+            attributes,
         }
     }
 
@@ -472,8 +643,9 @@ mod tests {
             max_batch: 3,
         };
         let pipeline = Pipeline::start(Accept, config).unwrap();
+        let none = Attributes::default();
         for _ in 0..5 {
-            pipeline.record(span());
+            pipeline.record(&span(&none));
         }
         assert_eq!(pipeline.dropped(), 3);
         // Other tests' pipelines may drop spans too: the metric is global.
@@ -485,6 +657,87 @@ mod tests {
         );
         pipeline.shutdown();
         assert_eq!((pipeline.exported(), pipeline.dropped()), (2, 3));
+    }
+
+    #[test]
+    fn spans_of_many_threads_are_exported_in_batches_that_decode() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+
+        let kept = Keep::default();
+        let config = PipelineConfig {
+            sampler: Sampler::AlwaysOn,
+            schedule_delay: Duration::from_millis(20),
+            max_queue: 1000,
+            max_batch: 64,
+        };
+        let pipeline = Arc::new(Pipeline::start(kept.clone(), config).unwrap());
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let pipeline = pipeline.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let mut attributes = Attributes::default();
+                        attributes.int("thread", t);
+                        attributes.int("i", i);
+                        // Past two length bytes' worth: a long attribute.
+                        if i % 10 == 0 {
+                            attributes.text("long", &"x".repeat(20_000));
+                        }
+                        pipeline.record(&span(&attributes));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        pipeline.shutdown();
+        assert_eq!((pipeline.exported(), pipeline.dropped()), (300, 0));
+        // Ended threads' buffers are let go once emptied.
+        assert!(pipeline.buffer.locals.lock().is_empty());
+        let encoder = super::super::otlp::Encoder::new(
+            &opentelemetry_sdk::Resource::builder_empty().build(),
+            "event-router",
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for (bytes, count) in kept.0.lock().iter() {
+            assert!((1..=64).contains(count), "batch of {count}");
+            let mut request = Vec::new();
+            encoder.request(bytes, &mut request);
+            let decoded = ExportTraceServiceRequest::decode(&request[..]).unwrap();
+            let spans = &decoded.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(spans.len(), *count);
+            for s in spans {
+                let int = |k: &str| {
+                    s.attributes.iter().find(|a| a.key == k).and_then(|a| {
+                        match a.value.as_ref()?.value.as_ref()? {
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(
+                                i,
+                            ) => Some(*i),
+                            _ => None,
+                        }
+                    })
+                };
+                assert!(seen.insert((int("thread").unwrap(), int("i").unwrap())));
+            }
+        }
+        assert_eq!(seen.len(), 300);
+    }
+
+    #[test]
+    fn the_span_clock_reads_the_system_clock_and_never_goes_back() {
+        let clock = SpanClock::new();
+        let mut last = clock.now();
+        for _ in 0..1000 {
+            let now = clock.now();
+            assert!(now >= last, "{now} < {last}");
+            last = now;
+        }
+        clock.anchor();
+        let system = unix_nanos(SystemTime::now());
+        let ours = clock.now();
+        assert!(ours.abs_diff(system) < 50_000_000, "{ours} vs {system}");
     }
 
     #[test]

@@ -41,10 +41,9 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use parking_lot::Mutex;
@@ -157,7 +156,8 @@ struct Pending {
     name: &'static str,
     kind: SpanKind,
     parent: Option<StepContext>,
-    start: SystemTime,
+    /// Unix nanoseconds.
+    start: u64,
     attributes: Attributes,
 }
 
@@ -184,7 +184,7 @@ impl EventSpan {
         name: &'static str,
         kind: SpanKind,
         parent: impl FnOnce() -> Option<StepContext>,
-        start: Option<SystemTime>,
+        start: Option<u64>,
         log: tracing::Span,
     ) -> EventSpan {
         let Some(pipeline) = pipeline() else {
@@ -214,7 +214,7 @@ impl EventSpan {
             name,
             kind,
             parent,
-            start: start.unwrap_or_else(SystemTime::now),
+            start: start.unwrap_or_else(|| pipeline.now()),
             attributes: Attributes::default(),
         });
         EventSpan {
@@ -279,20 +279,22 @@ impl EventSpan {
     }
 
     fn finish(&mut self) {
-        let (Some(p), Some(cx)) = (self.pending.take(), self.cx) else {
-            return;
-        };
-        p.pipeline.record(SpanRecord {
-            name: p.name,
-            kind: p.kind,
-            trace_id: cx.trace_id,
-            span_id: cx.span_id,
-            parent_id: p.parent.map_or(0, |p| p.span_id),
-            parent_remote: p.parent.is_some_and(|p| p.remote),
-            start: p.start,
-            end: SystemTime::now(),
-            attributes: p.attributes,
-        });
+        // Read in place (a `Pending` is a few hundred bytes) and then let go.
+        if let (Some(p), Some(cx)) = (&self.pending, self.cx) {
+            p.pipeline.record(&SpanRecord {
+                name: p.name,
+                kind: p.kind.clone(),
+                trace_id: cx.trace_id,
+                span_id: cx.span_id,
+                parent_id: p.parent.map_or(0, |p| p.span_id),
+                parent_remote: p.parent.is_some_and(|p| p.remote),
+                start: p.start,
+                // The clock is re-anchored now and then: never before the start.
+                end: p.pipeline.now().max(p.start),
+                attributes: &p.attributes,
+            });
+        }
+        self.pending = None;
     }
 }
 
@@ -346,11 +348,11 @@ pub fn inject(span: &EventSpan, headers: &mut Headers) {
 /// The start of a `validate` step, taken before parsing; the span itself is
 /// made by [`validated`] once the event's own `traceparent` is known.
 #[derive(Debug, Clone, Copy)]
-pub struct ValidateSpan(Option<SystemTime>);
+pub struct ValidateSpan(Option<u64>);
 
 /// The `validate` span of a publish; its parent is set by [`validated`].
 pub fn validate_span() -> ValidateSpan {
-    ValidateSpan(pipeline().map(|_| SystemTime::now()))
+    ValidateSpan(pipeline().map(Pipeline::now))
 }
 
 /// Ends validation of `event`: the `validate` span joins the event's trace
@@ -644,7 +646,17 @@ const MAX_TRACKED_DELIVERIES: usize = 100_000;
 /// delivering at once seldom wait on each other.
 const SHARDS: usize = 8;
 
-type Shard = HashMap<u64, StepContext, foldhash::fast::FixedState>;
+/// A delivery span's trace and span id (its other flags are known: it is
+/// sampled, and local).
+type Held = (u128, u64);
+
+type Shard = HashMap<u64, Held, foldhash::fast::FixedState>;
+
+/// A shard on cache lines of its own, so that locking one does not take
+/// its neighbour's line from the other core.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
 
 /// Remembers each in-flight sampled delivery's span context so that its ack
 /// or nack span becomes a child of its `deliver` span.
@@ -656,18 +668,19 @@ type Shard = HashMap<u64, StepContext, foldhash::fast::FixedState>;
 #[derive(Debug)]
 pub struct InFlightSpans {
     hasher: foldhash::quality::FixedState,
-    shards: [Mutex<Shard>; SHARDS],
-    /// Contexts held in all shards: while it is 0 (tracing off, or nothing
-    /// sampled in flight) an ack neither hashes nor locks.
-    held: AtomicUsize,
+    shards: [Padded; SHARDS],
+    /// Whether any context was ever held: until then (tracing off, or
+    /// nothing sampled) an ack neither hashes nor locks. Written once, so
+    /// reading it costs no cache traffic between cores.
+    used: AtomicBool,
 }
 
 impl Default for InFlightSpans {
     fn default() -> InFlightSpans {
         InFlightSpans {
             hasher: foldhash::quality::FixedState::default(),
-            shards: std::array::from_fn(|_| Mutex::default()),
-            held: AtomicUsize::new(0),
+            shards: std::array::from_fn(|_| Padded::default()),
+            used: AtomicBool::new(false),
         }
     }
 }
@@ -676,7 +689,7 @@ impl InFlightSpans {
     fn key(&self, subscription: &str, delivery_id: &str) -> (u64, &Mutex<Shard>) {
         use std::hash::BuildHasher;
         let key = self.hasher.hash_one((subscription, delivery_id));
-        (key, &self.shards[(key >> 58) as usize % SHARDS])
+        (key, &self.shards[(key >> 58) as usize % SHARDS].0)
     }
 
     /// Remembers `span` for `(subscription, delivery_id)` when it records.
@@ -684,26 +697,30 @@ impl InFlightSpans {
         let (true, Some(cx)) = (span.is_recording(), span.cx) else {
             return;
         };
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
         let (key, shard) = self.key(subscription, delivery_id);
         let mut shard = shard.lock();
         if shard.len() >= MAX_TRACKED_DELIVERIES / SHARDS {
-            self.held.fetch_sub(shard.len(), Ordering::Relaxed);
             shard.clear();
         }
-        if shard.insert(key, cx).is_none() {
-            self.held.fetch_add(1, Ordering::Relaxed);
-        }
+        shard.insert(key, (cx.trace_id, cx.span_id));
     }
 
     /// Forgets and returns the context of a delivery.
     pub fn take(&self, subscription: &str, delivery_id: &str) -> Option<StepContext> {
-        if self.held.load(Ordering::Relaxed) == 0 {
+        if !self.used.load(Ordering::Relaxed) {
             return None;
         }
         let (key, shard) = self.key(subscription, delivery_id);
-        let cx = shard.lock().remove(&key)?;
-        self.held.fetch_sub(1, Ordering::Relaxed);
-        Some(cx)
+        let (trace_id, span_id) = shard.lock().remove(&key)?;
+        Some(StepContext {
+            trace_id,
+            span_id,
+            sampled: true,
+            remote: false,
+        })
     }
 }
 
