@@ -31,7 +31,7 @@ static EXPORTED: AtomicU64 = AtomicU64::new(0);
 struct Discard;
 
 impl Export for Discard {
-    fn export(&mut self, _spans: &[u8], count: usize) -> Result<(), String> {
+    fn export(&mut self, _spans: &[&[u8]], count: usize) -> Result<(), String> {
         EXPORTED.fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
     }

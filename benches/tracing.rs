@@ -160,29 +160,34 @@ fn count_spans(body: &[u8]) -> Option<usize> {
 fn start_receiver() -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
     let addr = listener.local_addr().expect("receiver address");
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("receiver runtime");
-        runtime.block_on(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(|body: axum::body::Bytes| async move {
-                    if let Some(spans) = count_spans(&body) {
-                        EXPORTED.fetch_add(spans as u64, Ordering::Relaxed);
-                    }
-                    (
-                        [("content-type", "application/x-protobuf")],
-                        Vec::<u8>::new(),
-                    )
-                }),
-            );
-            let _ = axum::serve(listener, app).await;
+    // Named, so that a profile tells its share from the publisher's (the
+    // main thread's).
+    let spawned = std::thread::Builder::new()
+        .name("otlp-receiver".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("receiver runtime");
+            runtime.block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let app = axum::Router::new().route(
+                    "/v1/traces",
+                    axum::routing::post(|body: axum::body::Bytes| async move {
+                        if let Some(spans) = count_spans(&body) {
+                            EXPORTED.fetch_add(spans as u64, Ordering::Relaxed);
+                        }
+                        (
+                            [("content-type", "application/x-protobuf")],
+                            Vec::<u8>::new(),
+                        )
+                    }),
+                );
+                let _ = axum::serve(listener, app).await;
+            });
         });
-    });
+    spawned.expect("spawn the receiver thread");
     addr
 }
 
@@ -191,7 +196,7 @@ fn start_receiver() -> std::net::SocketAddr {
 struct Discard;
 
 impl Export for Discard {
-    fn export(&mut self, _spans: &[u8], count: usize) -> Result<(), String> {
+    fn export(&mut self, _spans: &[&[u8]], count: usize) -> Result<(), String> {
         EXPORTED.fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
     }

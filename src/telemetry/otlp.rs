@@ -252,10 +252,10 @@ impl Encoder {
     }
 
     /// Writes the request carrying `spans` (whole `ScopeSpans.spans` fields,
-    /// as [`encode_span`] writes them) into `out` (cleared first). The
+    /// as [`encode_span`] writes them, in pieces) into `out` (cleared first). The
     /// lengths are known up front, so the spans are copied once.
-    pub fn request(&self, spans: &[u8], out: &mut Vec<u8>) {
-        let scope_spans = self.scope.len() + spans.len();
+    pub fn request(&self, spans: &[&[u8]], out: &mut Vec<u8>) {
+        let scope_spans = self.scope.len() + spans.iter().map(|s| s.len()).sum::<usize>();
         let resource_spans = self.resource.len()
             + 1
             + encoded_len_varint(scope_spans as u64)
@@ -269,7 +269,9 @@ impl Encoder {
         encode_key(RESOURCE_SPANS_SCOPE_SPANS, WireType::LengthDelimited, out);
         encode_varint(scope_spans as u64, out);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(spans);
+        for piece in spans {
+            out.extend_from_slice(piece);
+        }
         out.extend_from_slice(&self.schema_url);
     }
 }
@@ -542,7 +544,7 @@ impl Transport {
 }
 
 impl Export for OtlpExporter {
-    fn export(&mut self, spans: &[u8], _count: usize) -> Result<(), String> {
+    fn export(&mut self, spans: &[&[u8]], _count: usize) -> Result<(), String> {
         let last = std::mem::take(&mut self.last);
         let capacity = last.len();
         let mut out = match last.try_into_mut() {
@@ -758,7 +760,10 @@ mod tests {
             .build();
         let mut out = Vec::new();
         let spans = encoded(&records);
-        Encoder::new(&resource, "event-router").request(&spans, &mut out);
+        // In two pieces, as the pipeline hands over spans of two threads.
+        let half = spans_end(&spans, 100);
+        Encoder::new(&resource, "event-router")
+            .request(&[&spans[..half], &spans[half..]], &mut out);
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
 
         assert_eq!(request.resource_spans.len(), 1);
@@ -818,6 +823,9 @@ mod tests {
         let mut out = Vec::new();
         let encoder = Encoder::new(&Resource::builder_empty().build(), "event-router");
         encoder.request(&[], &mut out);
+        let mut empty_piece = Vec::new();
+        encoder.request(&[&[]], &mut empty_piece);
+        assert_eq!(out, empty_piece);
         let request = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
         assert!(request.resource_spans[0].scope_spans[0].spans.is_empty());
     }
@@ -899,7 +907,10 @@ mod tests {
         let sent = on_export_thread(move || {
             let resource = Resource::builder_empty().build();
             let mut exporter = OtlpExporter::new(http_config(addr), &resource).unwrap();
-            (exporter.export(&first, 2), exporter.export(&second, 1))
+            (
+                exporter.export(&[&first], 2),
+                exporter.export(&[&second], 1),
+            )
         })
         .await;
         assert_eq!(sent, (Ok(()), Ok(())));
@@ -928,7 +939,7 @@ mod tests {
             let spans = encoded(&[record(1, 0, false, &Attributes::default())]);
             let mut refusing = OtlpExporter::new(http_config(addr), &resource).unwrap();
             let mut absent = OtlpExporter::new(http_config(dead), &resource).unwrap();
-            (refusing.export(&spans, 1), absent.export(&spans, 1))
+            (refusing.export(&[&spans], 1), absent.export(&[&spans], 1))
         })
         .await;
         let refused = refused.unwrap_err();

@@ -322,12 +322,12 @@ impl Attributes {
 pub trait Export: Send + 'static {
     /// Sends one batch of `count` spans (at most
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`), given as the `ScopeSpans.spans`
-    /// fields [`super::otlp::encode_span`] wrote; the error says why they
-    /// were not delivered.
+    /// fields [`super::otlp::encode_span`] wrote, in pieces to be sent one
+    /// after the other; the error says why they were not delivered.
     ///
     /// # Errors
     /// Why the batch was lost (it is not retried).
-    fn export(&mut self, spans: &[u8], count: usize) -> Result<(), String>;
+    fn export(&mut self, spans: &[&[u8]], count: usize) -> Result<(), String>;
 }
 
 /// How the pipeline buffers and exports.
@@ -532,6 +532,7 @@ fn export_loop<E: Export>(exporter: &mut E, buffer: &Buffer, delay: Duration) {
     let mut taken: Vec<Chunk> = Vec::new();
     let mut failing = false;
     let mut anchored = std::time::Instant::now();
+    let mut swept = std::time::Instant::now();
     loop {
         if anchored.elapsed() >= ANCHOR_EVERY {
             buffer.clock.anchor();
@@ -539,16 +540,25 @@ fn export_loop<E: Export>(exporter: &mut E, buffer: &Buffer, delay: Duration) {
         }
         let stopping = buffer.stop.load(Ordering::Acquire);
         if !stopping && !buffer.ready.swap(false, Ordering::AcqRel) {
-            std::thread::park_timeout(delay);
+            std::thread::park_timeout(delay.saturating_sub(swept.elapsed()));
             buffer.ready.store(false, Ordering::Release);
         }
+        // Woken because a thread's buffer holds a batch: only buffers that
+        // do are taken, so that requests carry whole batches; every
+        // schedule delay (and at shutdown) every buffer is.
+        let least = if stopping || swept.elapsed() >= delay {
+            swept = std::time::Instant::now();
+            1
+        } else {
+            buffer.max_batch
+        };
         {
             // Taken under the list's lock, exported after it: a thread
             // recording its first span never waits on a collector.
             let mut locals = buffer.locals.lock();
             for local in locals.iter() {
                 let mut chunk = local.chunk.lock();
-                if chunk.spans > 0 {
+                if chunk.spans >= least {
                     let empty = spare.pop().unwrap_or_default();
                     taken.push(std::mem::replace(&mut *chunk, empty));
                 }
@@ -556,37 +566,64 @@ fn export_loop<E: Export>(exporter: &mut E, buffer: &Buffer, delay: Duration) {
             // A buffer only the list holds belongs to an ended thread.
             locals.retain(|local| Arc::strong_count(local) > 1 || local.chunk.lock().spans > 0);
         }
-        for mut chunk in taken.drain(..) {
+        // Requests of `max_batch` spans, across threads' buffers: as few
+        // as the spans need.
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut count = 0;
+        for chunk in &taken {
             let mut rest = &chunk.bytes[..];
             let mut left = chunk.spans;
             while left > 0 {
-                let count = left.min(buffer.max_batch);
-                let end = if count == left {
+                let n = left.min(buffer.max_batch - count);
+                let end = if n == left {
                     rest.len()
                 } else {
-                    super::otlp::spans_end(rest, count)
+                    super::otlp::spans_end(rest, n)
                 };
-                match exporter.export(&rest[..end], count) {
-                    Ok(()) => {
-                        buffer.exported.fetch_add(count as u64, Ordering::Relaxed);
-                        failing = false;
-                    }
-                    Err(error) => {
-                        if !failing {
-                            tracing::warn!(%error, "exporting spans failed; dropping them");
-                        }
-                        failing = true;
-                    }
-                }
+                pieces.push(&rest[..end]);
+                count += n;
                 rest = &rest[end..];
-                left -= count;
+                left -= n;
+                if count == buffer.max_batch {
+                    send(exporter, buffer, &pieces, count, &mut failing);
+                    pieces.clear();
+                    count = 0;
+                }
             }
+        }
+        if count > 0 {
+            send(exporter, buffer, &pieces, count, &mut failing);
+        }
+        drop(pieces);
+        for mut chunk in taken.drain(..) {
             chunk.bytes.clear();
             chunk.spans = 0;
             spare.push(chunk);
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Hands one batch to the exporter; logs the first of a run of failures.
+fn send<E: Export>(
+    exporter: &mut E,
+    buffer: &Buffer,
+    pieces: &[&[u8]],
+    count: usize,
+    failing: &mut bool,
+) {
+    match exporter.export(pieces, count) {
+        Ok(()) => {
+            buffer.exported.fetch_add(count as u64, Ordering::Relaxed);
+            *failing = false;
+        }
+        Err(error) => {
+            if !*failing {
+                tracing::warn!(%error, "exporting spans failed; dropping them");
+            }
+            *failing = true;
         }
     }
 }
@@ -600,7 +637,7 @@ mod tests {
     struct Accept;
 
     impl Export for Accept {
-        fn export(&mut self, _: &[u8], _: usize) -> Result<(), String> {
+        fn export(&mut self, _: &[&[u8]], _: usize) -> Result<(), String> {
             Ok(())
         }
     }
@@ -610,8 +647,8 @@ mod tests {
     struct Keep(Arc<Mutex<Vec<(Vec<u8>, usize)>>>);
 
     impl Export for Keep {
-        fn export(&mut self, spans: &[u8], count: usize) -> Result<(), String> {
-            self.0.lock().push((spans.to_vec(), count));
+        fn export(&mut self, spans: &[&[u8]], count: usize) -> Result<(), String> {
+            self.0.lock().push((spans.concat(), count));
             Ok(())
         }
     }
@@ -704,7 +741,7 @@ mod tests {
         for (bytes, count) in kept.0.lock().iter() {
             assert!((1..=64).contains(count), "batch of {count}");
             let mut request = Vec::new();
-            encoder.request(bytes, &mut request);
+            encoder.request(&[bytes], &mut request);
             let decoded = ExportTraceServiceRequest::decode(&request[..]).unwrap();
             let spans = &decoded.resource_spans[0].scope_spans[0].spans;
             assert_eq!(spans.len(), *count);
