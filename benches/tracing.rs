@@ -233,7 +233,7 @@ async fn in_process_round(router: &Arc<Router>, events: usize, traceparent: Opti
             GROUP,
             ConsumeOptions {
                 max_in_flight: 1000,
-                name: String::new(),
+                ..ConsumeOptions::default()
             },
         )
         .await

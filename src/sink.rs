@@ -190,6 +190,7 @@ async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken)
     let options = ConsumeOptions {
         max_in_flight: target.max_in_flight,
         name: format!("sink-{}", uuid::Uuid::new_v4().simple()),
+        acks_carry_trace: false,
     };
     while !token.is_cancelled() {
         let consumer = tokio::select! {

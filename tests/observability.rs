@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use common::inproc::WsClient;
+use common::inproc::{SseClient, WsClient};
 use common::process::RouterProcess;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -392,6 +392,77 @@ async fn one_event_is_one_trace_from_publish_through_retry_to_dead_letter() {
     })
     .await;
     assert_eq!(one(&spans, ce_trace, "validate").parent, "b7ad6b7169203331");
+    drop(router);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Acks over HTTP (of an SSE stream's deliveries) find their delivery's
+/// span in the router's in-flight table; acks and nacks over a WebSocket
+/// come with the context the session kept. Both are children of `deliver`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_over_http_and_over_websocket_are_children_of_their_deliver_span() {
+    let (receiver, sink) = start_receiver().await;
+    let dir = temp_dir("http-ack");
+    let router = start_router(
+        &dir,
+        &otel_env(&format!("http://{receiver}"), "http/protobuf"),
+    );
+    let mut stream = SseClient::open(
+        router.addr(),
+        "/api/v1/events/stream?topics=otel.%23&group=sse-traced",
+        &[],
+    )
+    .await;
+    let mut publisher = WsClient::connect(router.addr(), "/ws").await;
+    publisher.publish(json!({"type":"otel.sse"})).await;
+    let delivered = stream.next_event().await.json();
+    let (sse_trace, sse_parent) = traceparent(&delivered["event"]["headers"]["traceparent"]);
+    let acked = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/subscriptions/sse-traced/ack",
+            router.http_url()
+        ))
+        .json(&json!({"delivery_id": delivered["delivery_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acked.status(), 200);
+    drop(stream);
+
+    let mut worker = WsClient::connect(router.addr(), "/ws").await;
+    worker
+        .subscribe(json!({"op":"subscribe","id":"w","topics":["otel.ws"],"group":"ws-traced"}))
+        .await;
+    publisher.publish(json!({"type":"otel.ws"})).await;
+    let first = worker.recv().await;
+    let (ws_trace, _) = traceparent(&first["event"]["headers"]["traceparent"]);
+    worker
+        .send(json!({"op":"nack","delivery_id":first["delivery_id"],"delay_ms":0}))
+        .await;
+    let second = worker.recv().await;
+    worker
+        .send(json!({"op":"ack","delivery_id":second["delivery_id"]}))
+        .await;
+
+    let spans = wait_for(&sink, "the HTTP ack and the WebSocket nack and ack", |s| {
+        s.iter().any(|s| s.trace_id == sse_trace && s.name == "ack")
+            && s.iter().any(|s| s.trace_id == ws_trace && s.name == "ack")
+            && s.iter().any(|s| s.trace_id == ws_trace && s.name == "nack")
+    })
+    .await;
+    let deliver = one(&spans, &sse_trace, "deliver");
+    assert_eq!(
+        deliver.span_id, sse_parent,
+        "the stream carried its deliver span"
+    );
+    assert_eq!(one(&spans, &sse_trace, "ack").parent, deliver.span_id);
+    let delivers = by_name(&spans, &ws_trace, "deliver");
+    assert_eq!(delivers.len(), 2, "{spans:#?}");
+    for (settled, delivery) in [("nack", &first), ("ack", &second)] {
+        let (_, parent) = traceparent(&delivery["event"]["headers"]["traceparent"]);
+        assert_eq!(one(&spans, &ws_trace, settled).parent, parent, "{settled}");
+        assert!(delivers.iter().any(|d| d.span_id == parent), "{spans:#?}");
+    }
     drop(router);
     let _ = std::fs::remove_dir_all(dir);
 }

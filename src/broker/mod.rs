@@ -227,6 +227,11 @@ pub struct ConsumeOptions {
     pub max_in_flight: usize,
     /// A name for stats and logs; a unique one is generated when empty.
     pub name: String,
+    /// Whether the consumer keeps each delivery's trace context and acks or
+    /// nacks it inside [`crate::telemetry::trace::settle_under`] (as a
+    /// WebSocket session does), so that the instrumented broker need not
+    /// remember it. Default `false`.
+    pub acks_carry_trace: bool,
 }
 
 impl Default for ConsumeOptions {
@@ -234,6 +239,7 @@ impl Default for ConsumeOptions {
         ConsumeOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             name: String::new(),
+            acks_carry_trace: false,
         }
     }
 }

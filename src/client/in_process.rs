@@ -138,7 +138,7 @@ impl InProcess {
             max_in_flight: spec
                 .max_in_flight
                 .unwrap_or(ConsumeOptions::default().max_in_flight),
-            name: String::new(),
+            ..ConsumeOptions::default()
         };
         let consumer = broker.consume(group, options).await.map_err(broker_error)?;
         let path = Forward {

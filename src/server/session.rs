@@ -38,6 +38,7 @@ use crate::event::Event;
 use crate::filter::Filter;
 use crate::router::{DEFAULT_REQUEST_TIMEOUT, Receipt, Router};
 use crate::selector::{Selector, SelectorError};
+use crate::telemetry::trace::{self, StepContext};
 use crate::topic::Pattern;
 
 /// Most `request`s one connection may have waiting at once.
@@ -163,8 +164,10 @@ struct SubscriptionHandle {
     _stop: DropGuard,
 }
 
-/// Delivery ids of a connection's durable deliveries, to route acks.
-type InFlight = Arc<Mutex<HashMap<String, Arc<SubscriptionTag>>>>;
+/// A connection's durable deliveries by id, to route acks: the
+/// subscription, and the delivery's trace context (when spans are recorded)
+/// for the ack's or nack's span.
+type InFlight = Arc<Mutex<HashMap<String, (Arc<SubscriptionTag>, Option<StepContext>)>>>;
 
 /// One connection's state. See the module docs.
 pub struct Session {
@@ -481,6 +484,9 @@ impl Session {
                 ConsumeOptions {
                     max_in_flight,
                     name: String::new(),
+                    // Acks come back over this connection, which keeps each
+                    // delivery's trace context (not over SSE: by HTTP).
+                    acks_carry_trace: dialect != Dialect::Sse,
                 },
             )
             .await?;
@@ -511,7 +517,7 @@ impl Session {
         if handle.tag.group.is_some() {
             self.in_flight
                 .lock()
-                .retain(|_, tag| !Arc::ptr_eq(tag, &handle.tag));
+                .retain(|_, (tag, _)| !Arc::ptr_eq(tag, &handle.tag));
         }
         Ok(())
     }
@@ -553,10 +559,17 @@ impl Session {
     ) -> Result<Settled, ApiError> {
         let broker = self.router.broker();
         let mut last = None;
-        for group in self.groups_for(delivery_id, subscription_id)? {
-            let result = match &nack {
-                None => broker.ack(&group, delivery_id).await,
-                Some(options) => broker.nack(&group, delivery_id, options.clone()).await,
+        let (groups, kept) = self.groups_for(delivery_id, subscription_id)?;
+        for group in groups {
+            let settle = match &nack {
+                None => broker.ack(&group, delivery_id),
+                Some(options) => broker.nack(&group, delivery_id, options.clone()),
+            };
+            // A delivery made on this connection: its span's parent is the
+            // context kept with it (else the broker looks for it).
+            let result = match kept {
+                Some(parent) => trace::settle_under(parent, settle).await,
+                None => settle.await,
             };
             match result {
                 Ok(()) => return Ok(Settled::Done),
@@ -572,12 +585,13 @@ impl Session {
 
     /// The groups that may hold `delivery_id`: the one it was delivered
     /// from when known, else every group this connection consumes. Empty
-    /// means a live delivery.
+    /// means a live delivery. With them, the delivery's trace context when
+    /// it was made on this connection.
     fn groups_for(
         &self,
         delivery_id: &str,
         subscription_id: Option<&str>,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<(Vec<String>, Option<Option<StepContext>>), ApiError> {
         if let Some(sid) = subscription_id {
             let handle = self.subscriptions.get(sid).ok_or_else(|| {
                 ApiError::new(
@@ -586,17 +600,21 @@ impl Session {
                     format!("this connection has no subscription {sid:?}"),
                 )
             })?;
-            self.in_flight.lock().remove(delivery_id);
-            return Ok(handle.tag.group.iter().cloned().collect());
+            let kept = self.in_flight.lock().remove(delivery_id);
+            return Ok((
+                handle.tag.group.iter().cloned().collect(),
+                kept.map(|(_, trace)| trace),
+            ));
         }
-        if let Some(tag) = self.in_flight.lock().remove(delivery_id) {
-            return Ok(tag.group.iter().cloned().collect());
+        if let Some((tag, trace)) = self.in_flight.lock().remove(delivery_id) {
+            return Ok((tag.group.iter().cloned().collect(), Some(trace)));
         }
-        Ok(self
+        let groups = self
             .subscriptions
             .values()
             .filter_map(|h| h.tag.group.clone())
-            .collect())
+            .collect();
+        Ok((groups, None))
     }
 
     fn start_request(
@@ -946,7 +964,8 @@ async fn forward_durable(
                         map.clear();
                     }
                     for d in &deliveries {
-                        map.insert(d.delivery_id.clone(), tag.clone());
+                        let trace = trace::delivery_context(&d.event);
+                        map.insert(d.delivery_id.clone(), (tag.clone(), trace));
                     }
                 }
                 for d in deliveries {

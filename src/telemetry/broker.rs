@@ -51,7 +51,9 @@ fn since(event: &Event) -> Option<f64> {
 
 struct InstrumentedConsumer {
     inner: Consumer,
-    in_flight: Arc<InFlightSpans>,
+    /// Where delivery spans wait for their acks, unless the consumer keeps
+    /// them itself (`ConsumeOptions::acks_carry_trace`).
+    in_flight: Option<Arc<InFlightSpans>>,
 }
 
 #[async_trait]
@@ -63,8 +65,9 @@ impl ConsumerHandle for InstrumentedConsumer {
             let span =
                 trace::deliver_span(&d.subscription, &d.delivery_id, d.attempt, &mut d.event);
             m.delivered(&d.subscription, d.attempt, since(&d.event));
-            self.in_flight
-                .insert(&d.subscription, &d.delivery_id, &span);
+            if let Some(in_flight) = &self.in_flight {
+                in_flight.insert(&d.subscription, &d.delivery_id, &span);
+            }
         }
         Ok(deliveries)
     }
@@ -132,15 +135,17 @@ impl Broker for InstrumentedBroker {
     }
 
     async fn consume(&self, subscription: &str, options: ConsumeOptions) -> Result<Consumer> {
+        let in_flight = (!options.acks_carry_trace).then(|| self.in_flight.clone());
         let inner = self.inner.consume(subscription, options).await?;
         Ok(Consumer::new(Box::new(InstrumentedConsumer {
             inner,
-            in_flight: self.in_flight.clone(),
+            in_flight,
         })))
     }
 
     async fn ack(&self, subscription: &str, delivery_id: &str) -> Result<()> {
-        let parent = self.in_flight.take(subscription, delivery_id);
+        let parent =
+            trace::settling().unwrap_or_else(|| self.in_flight.take(subscription, delivery_id));
         let span = trace::ack_span(subscription, delivery_id, parent);
         let result = span.scope(self.inner.ack(subscription, delivery_id)).await;
         if result.is_ok() {
@@ -155,7 +160,8 @@ impl Broker for InstrumentedBroker {
         delivery_id: &str,
         options: NackOptions,
     ) -> Result<()> {
-        let parent = self.in_flight.take(subscription, delivery_id);
+        let parent =
+            trace::settling().unwrap_or_else(|| self.in_flight.take(subscription, delivery_id));
         let span = trace::nack_span(subscription, delivery_id, options.reason.as_deref(), parent);
         let result = span
             .scope(self.inner.nack(subscription, delivery_id, options))

@@ -637,6 +637,62 @@ pub fn inject_http(span: &EventSpan, headers: &mut http::HeaderMap) {
     }
 }
 
+thread_local! {
+    /// The delivery context of the [`settle_under`] being polled here.
+    static SETTLING: Cell<Option<Option<StepContext>>> = const { Cell::new(None) };
+}
+
+/// Whether spans are recorded (an exporter is installed and on), so that a
+/// caller keeping delivery contexts for [`settle_under`] reads them only
+/// then.
+pub fn is_on() -> bool {
+    pipeline().is_some()
+}
+
+/// The delivery's span context as a caller that keeps it (a WebSocket
+/// session, from the delivered event's `traceparent`) knows it: that
+/// caller consumes with `ConsumeOptions::acks_carry_trace`, and its acks
+/// and nacks run inside [`settle_under`] with it.
+pub fn delivery_context(event: &Event) -> Option<StepContext> {
+    if is_on() {
+        extract(&event.headers)
+    } else {
+        None
+    }
+}
+
+/// Runs `future`, an ack or nack of one delivery, with `parent` as the
+/// parent of its span (the `deliver` span's context the caller kept, or
+/// `None`: then the step makes no span). The instrumented broker then
+/// looks nothing up in its in-flight table.
+pub fn settle_under<F: Future + Unpin>(parent: Option<StepContext>, future: F) -> Settling<F> {
+    Settling { parent, future }
+}
+
+/// The future of [`settle_under`].
+#[derive(Debug)]
+pub struct Settling<F> {
+    parent: Option<StepContext>,
+    future: F,
+}
+
+impl<F: Future + Unpin> Future for Settling<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let previous = SETTLING.replace(Some(this.parent));
+        let result = Pin::new(&mut this.future).poll(cx);
+        SETTLING.set(previous);
+        result
+    }
+}
+
+/// Inside [`settle_under`]: the delivery context it was given.
+pub fn settling() -> Option<Option<StepContext>> {
+    SETTLING.get()
+}
+
 /// Most deliveries whose span is remembered for their ack or nack; past it
 /// a shard of the table is cleared (later acks of those deliveries then
 /// make no span).

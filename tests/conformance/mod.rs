@@ -160,7 +160,7 @@ async fn publish(broker: &Arc<dyn Broker>, event: Event) -> Published {
 async fn consumer(broker: &Arc<dyn Broker>, subscription: &str, max_in_flight: usize) -> Consumer {
     let options = ConsumeOptions {
         max_in_flight,
-        name: String::new(),
+        ..ConsumeOptions::default()
     };
     broker
         .consume(subscription, options)
