@@ -663,7 +663,7 @@ mod tests {
             name: Cow::Borrowed(record.name),
             start_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.start),
             end_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(record.end),
-            attributes: sdk_attributes(&record.attributes),
+            attributes: sdk_attributes(record.attributes),
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
             links: SpanLinks::default(),

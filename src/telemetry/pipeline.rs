@@ -642,9 +642,12 @@ mod tests {
         }
     }
 
-    /// Keeps every batch: its bytes and span count.
+    /// One exported batch: its bytes and span count.
+    type Batch = (Vec<u8>, usize);
+
+    /// Keeps every batch.
     #[derive(Debug, Clone, Default)]
-    struct Keep(Arc<Mutex<Vec<(Vec<u8>, usize)>>>);
+    struct Keep(Arc<Mutex<Vec<Batch>>>);
 
     impl Export for Keep {
         fn export(&mut self, spans: &[&[u8]], count: usize) -> Result<(), String> {
