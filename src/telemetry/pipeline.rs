@@ -471,7 +471,9 @@ impl Pipeline {
     /// spans). Never blocks on the exporter.
     pub fn record(&self, span: &SpanRecord<'_>) {
         let b = &self.buffer;
-        let held = LOCAL.with(|slot| {
+        // `try_with`: a span ending while this thread's locals are torn
+        // down (a task dropped at thread exit) is dropped, not a panic.
+        let held = LOCAL.try_with(|slot| {
             let mut slot = slot.borrow_mut();
             let local = match &*slot {
                 Some((id, local)) if *id == b.id => local,
@@ -489,6 +491,7 @@ impl Pipeline {
             chunk.spans += 1;
             Some(chunk.spans)
         });
+        let held = held.ok().flatten();
         match held {
             None => {
                 b.dropped.fetch_add(1, Ordering::Relaxed);
