@@ -317,14 +317,25 @@ impl<F: Future + Unpin> Future for Scoped<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         let _entered = this.span.log.enter();
-        let step = if this.span.on { this.span.cx } else { None };
-        let previous = step.map(|step| CURRENT.replace(Some(step)));
-        let result = Pin::new(&mut this.future).poll(cx);
-        if let Some(previous) = previous {
-            CURRENT.set(previous);
+        match this.span.cx.filter(|_| this.span.on) {
+            Some(step) => poll_with(&CURRENT, Some(step), &mut this.future, cx),
+            None => Pin::new(&mut this.future).poll(cx),
         }
-        result
     }
+}
+
+/// Polls `future` with thread-local `cell` set to `value`, and puts the
+/// cell's previous value back after (steps' scopes nest).
+fn poll_with<T: Copy + 'static, F: Future + Unpin>(
+    cell: &'static std::thread::LocalKey<Cell<T>>,
+    value: T,
+    future: &mut F,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<F::Output> {
+    let previous = cell.replace(value);
+    let result = Pin::new(future).poll(cx);
+    cell.set(previous);
+    result
 }
 
 fn record_trace_id(log: &tracing::Span, cx: Option<StepContext>) {
@@ -642,23 +653,14 @@ thread_local! {
     static SETTLING: Cell<Option<Option<StepContext>>> = const { Cell::new(None) };
 }
 
-/// Whether spans are recorded (an exporter is installed and on), so that a
-/// caller keeping delivery contexts for [`settle_under`] reads them only
-/// then.
-pub fn is_on() -> bool {
-    pipeline().is_some()
-}
-
 /// The delivery's span context as a caller that keeps it (a WebSocket
 /// session, from the delivered event's `traceparent`) knows it: that
 /// caller consumes with `ConsumeOptions::acks_carry_trace`, and its acks
-/// and nacks run inside [`settle_under`] with it.
+/// and nacks run inside [`settle_under`] with it. Read only while spans
+/// are recorded.
 pub fn delivery_context(event: &Event) -> Option<StepContext> {
-    if is_on() {
-        extract(&event.headers)
-    } else {
-        None
-    }
+    pipeline()?;
+    extract(&event.headers)
 }
 
 /// Runs `future`, an ack or nack of one delivery, with `parent` as the
@@ -681,10 +683,7 @@ impl<F: Future + Unpin> Future for Settling<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        let previous = SETTLING.replace(Some(this.parent));
-        let result = Pin::new(&mut this.future).poll(cx);
-        SETTLING.set(previous);
-        result
+        poll_with(&SETTLING, Some(this.parent), &mut this.future, cx)
     }
 }
 
