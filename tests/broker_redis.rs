@@ -167,59 +167,6 @@ async fn publish_fails_fast_while_redis_is_down_and_recovers_after_restart() {
 }
 
 #[tokio::test]
-async fn partitions_of_a_dropped_replica_are_taken_over_after_the_lease_expires() {
-    let server = RedisServer::start();
-    let prefix = prefix();
-    let a = connect(&server.url(), &prefix).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.owned_partitions().len() < 16 {
-        assert!(Instant::now() < deadline, "a never owned everything");
-        sleep(Duration::from_millis(50)).await;
-    }
-    a.ensure_subscription(spec("jobs")).await.expect("ensure");
-    let b = connect(&server.url(), &prefix).await;
-    // Dropped without close: leases are not released and expire.
-    drop(a);
-    let mut c = b
-        .consume("jobs", ConsumeOptions::default())
-        .await
-        .expect("consume");
-    b.publish(event("jobs.x", 7), PublishOptions::default())
-        .await
-        .expect("publish");
-    let got = next(&mut c, Duration::from_secs(10)).await;
-    assert_eq!(got[0].event.payload["n"], 7);
-    assert_eq!(b.owned_partitions().len(), 16);
-    b.close().await;
-}
-
-#[tokio::test]
-async fn close_hands_partitions_over_at_once() {
-    let server = RedisServer::start();
-    let prefix = prefix();
-    let a = connect(&server.url(), &prefix).await;
-    let b = connect(&server.url(), &prefix).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.owned_partitions().len() + b.owned_partitions().len() < 16 {
-        assert!(Instant::now() < deadline, "partitions not all owned");
-        sleep(Duration::from_millis(50)).await;
-    }
-    a.close().await;
-    // Well before the 1 s lease would expire: b sees a gone from the
-    // membership and acquires the released leases on its next ticks.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while b.owned_partitions().len() < 16 {
-        assert!(
-            Instant::now() < deadline,
-            "b owns {:?}",
-            b.owned_partitions()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-    b.close().await;
-}
-
-#[tokio::test]
 async fn deliveries_held_by_a_dead_replica_are_reclaimed_as_ack_timeouts() {
     let server = RedisServer::start();
     let prefix = prefix();
@@ -247,73 +194,6 @@ async fn deliveries_held_by_a_dead_replica_are_reclaimed_as_ack_timeouts() {
     assert_eq!(again[0].attempt, 2);
     b.ack("work", &again[0].delivery_id).await.expect("ack");
     b.close().await;
-}
-
-#[tokio::test]
-async fn ingest_trimming_never_drops_entries_not_yet_routed() {
-    let server = RedisServer::start();
-    let prefix = prefix();
-    // One partition, whose lease another (absent) replica holds: nothing
-    // routes it until the lease is deleted.
-    let lease = format!("{prefix}:lease:{{p00-0}}");
-    let ingest = format!("{prefix}:in:{{p00-0}}");
-    assert!(
-        server
-            .command(&format!("SET {lease} elsewhere PX 60000"))
-            .starts_with("+OK")
-    );
-    let broker = RedisBroker::connect(RedisBrokerConfig {
-        partitions: 1,
-        history_max_len: 10,
-        ..config(&server.url(), &prefix)
-    })
-    .await
-    .expect("connect");
-    broker
-        .ensure_subscription(spec("trim"))
-        .await
-        .expect("subscription");
-    for n in 0..300 {
-        broker
-            .publish(event("trim.x", n), PublishOptions::default())
-            .await
-            .expect("publish");
-    }
-    assert_eq!(
-        server.command(&format!("XLEN {ingest}")).trim(),
-        ":300",
-        "unrouted entries survive a length cap of 10"
-    );
-    server.command(&format!("DEL {lease}"));
-    let mut consumer = broker
-        .consume("trim", ConsumeOptions::default())
-        .await
-        .expect("consume");
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while seen.len() < 300 && Instant::now() < deadline {
-        for d in next(&mut consumer, Duration::from_secs(10)).await {
-            seen.insert(d.event.payload["n"].as_u64().expect("n"));
-            broker.ack("trim", &d.delivery_id).await.expect("ack");
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        300,
-        "every event was routed after the lease freed"
-    );
-    broker
-        .publish(event("trim.x", 300), PublishOptions::default())
-        .await
-        .expect("publish");
-    let len: u64 = server
-        .command(&format!("XLEN {ingest}"))
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .expect("XLEN reply");
-    assert!(len < 300, "routed entries are trimmed again: {len} left");
-    broker.close().await;
 }
 
 /// Consumer names in the group of `band` of subscription `name`.

@@ -4,8 +4,8 @@
 //! consumer has free slots, in a spawned task that registers what it took
 //! before returning: a caller that cancels `next` loses nothing, the next
 //! call picks the result up. When nothing is ready it waits for a local
-//! wake-up (an entry routed here, an ack, a nack), the next retry's due
-//! time, or `poll_interval` (entries routed by other replicas).
+//! wake-up (a publish on any replica, an ack, a nack), the next retry's due
+//! time, or `poll_interval` (in case a wake-up was lost).
 //!
 //! Dropping the consumer returns its in-flight deliveries to the front of
 //! their bands (ownership moves to a `~returned` pseudo-consumer that
@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::deliver::{drop_expired, release};
+use super::deliver::{dead_letter_unreadable, drop_expired, release};
 use super::keys::RETURNED;
 use super::subs::{self, Sub};
 use super::{Shared, is_nogroup};
@@ -228,7 +228,7 @@ async fn fetch(
 ) -> Result<Fetched> {
     let reply = match run_fetch(&shared, &state, &sub, count).await {
         Err(e) if is_nogroup(&e) => {
-            subs::init_keys(&shared, sub.name(), &sub.keys, &[]).await?;
+            subs::init_keys(&shared, sub.name(), &sub.keys).await?;
             run_fetch(&shared, &state, &sub, count).await?
         }
         other => other?,
@@ -264,13 +264,17 @@ async fn fetch(
             .get(3)
             .and_then(|v| redis::from_redis_value_ref(v).ok())
             .unwrap_or_default();
-        let event = fields
-            .get("ev")
-            .and_then(|json| serde_json::from_str::<Event>(json).ok());
-        let Some(event) = event else {
-            tracing::warn!(subscription = %sub.name(), %id, "unreadable band entry dropped");
-            drop_expired(&shared, &sub, band, &id).await?;
-            continue;
+        let event = match fields.get("ev").map(|json| serde_json::from_str::<Event>(json)) {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => {
+                let reason = format!("unreadable event: {e}");
+                dead_letter_unreadable(&shared, &sub, band, &id, &reason).await?;
+                continue;
+            }
+            None => {
+                dead_letter_unreadable(&shared, &sub, band, &id, "entry holds no event").await?;
+                continue;
+            }
         };
         if event.ttl.is_some() && event.is_expired() {
             drop_expired(&shared, &sub, band, &id).await?;

@@ -9,6 +9,13 @@
 //! entry's delivery count in the band's PEL. A delivery id is
 //! `<band>-<stream id>`, so any replica can ack or nack it.
 //!
+//! An ack is a plain `XACK` (concurrent acks of a subscription go out as
+//! one pipeline); the acked entry stays in its band until a trim pass
+//! (`trim.lua`, about once a second per subscription with local consumers)
+//! cuts every band below its floor: the oldest entry still pending, or the
+//! first not yet delivered, whichever comes first. Redis 7.0 has no
+//! `XACKDEL`; an `XDEL` per ack cost more than the trim.
+//!
 //! Ack timeouts are enforced by the replica whose consumer holds the
 //! delivery (it knows the deadline); held deliveries are kept alive
 //! (owner-checked `XCLAIM … JUSTID`) every third of `reclaim_idle`, so a
@@ -57,8 +64,11 @@ struct AckQueue {
     flushing: bool,
 }
 
-/// Acks sent in one `ack_many.lua` call at most.
+/// Acks sent in one pipeline at most.
 const ACK_BATCH: usize = 512;
+
+/// Acked entries are trimmed from a subscription's bands this often.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 impl Local {
     /// The wake-up of a subscription's local consumers.
@@ -153,9 +163,9 @@ pub(super) async fn consume(
     sub: Arc<Sub>,
     options: ConsumeOptions,
 ) -> Result<Consumer> {
-    // Events published before this call are in the bands before the first
-    // fetch, so priority order holds across them.
-    super::route::barrier(shared).await?;
+    // Wake-ups from publishes on other replicas; subscribed before the
+    // first fetch so that nothing stored after it goes unnoticed.
+    super::live::ensure_wake(shared, &sub.record.sid, sub.keys.wake()).await?;
     let id = shared.next_id();
     let display = if options.name.is_empty() {
         format!("consumer-{id}")
@@ -278,26 +288,37 @@ async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
             let n = queue.waiting.len().min(ACK_BATCH);
             queue.waiting.drain(..n).collect()
         };
-        let mut inv = shared.scripts.ack_many.prepare_invoke();
-        inv.key(sub.keys.info());
-        for band in sub.keys.bands() {
-            inv.key(band);
-        }
+        let mut pipe = redis::pipe();
         for (band, id, _) in &batch {
-            inv.arg(*band).arg(id);
+            pipe.cmd("XACK").arg(sub.keys.band(*band)).arg(BAND_GROUP).arg(id);
         }
         let mut conn = shared.conn();
-        let outcome: Result<Vec<i64>> = shared.call(inv.invoke_async(&mut conn)).await;
+        let outcome: Result<Vec<i64>> = shared.call(pipe.query_async(&mut conn)).await;
         match outcome {
             Ok(done) if done.len() == batch.len() => {
+                let acked: i64 = done.iter().sum();
                 for ((_, _, tx), n) in batch.into_iter().zip(done) {
                     let _ = tx.send(Ok(n == 1));
+                }
+                // After the XACKs, and only when something was acked: a
+                // blind HINCRBY would recreate the `info` of a subscription
+                // deleted meanwhile.
+                if acked > 0 {
+                    let _ = shared
+                        .call(
+                            redis::cmd("HINCRBY")
+                                .arg(sub.keys.info())
+                                .arg("acked")
+                                .arg(acked)
+                                .query_async::<i64>(&mut conn),
+                        )
+                        .await;
                 }
             }
             Ok(_) => {
                 for (_, _, tx) in batch {
                     let _ = tx.send(Err(BrokerError::Internal(
-                        "ack script returned the wrong number of results".into(),
+                        "ack pipeline returned the wrong number of results".into(),
                     )));
                 }
             }
@@ -334,6 +355,9 @@ struct Failure<'a> {
     min_idle: Duration,
     /// The event's trace, for a dead-letter span outside any other span.
     trace: Option<StepContext>,
+    /// Dead-letter at once, whatever the attempts (an entry that cannot
+    /// be delivered at all).
+    now: bool,
 }
 
 /// Runs `fail.lua`; returns whether the delivery was pending (and is now
@@ -350,8 +374,8 @@ async fn fail(shared: &Shared, sub: &Sub, band: usize, id: &str, f: Failure<'_>)
         .arg(band)
         .arg(f.reason)
         .arg(f.delay.map_or(-1, millis))
-        .arg(spec.max_attempts)
-        .arg(if spec.dead_letter { "1" } else { "0" })
+        .arg(if f.now { 1 } else { spec.max_attempts })
+        .arg(if spec.dead_letter || f.now { "1" } else { "0" })
         .arg(shared.config.dead_letter_max)
         .arg(millis(spec.backoff.initial))
         .arg(millis(spec.backoff.max))
@@ -366,6 +390,29 @@ async fn fail(shared: &Shared, sub: &Sub, band: usize, id: &str, f: Failure<'_>)
         crate::telemetry::trace::dead_lettered_entry(sub.name(), f.reason, f.trace);
     }
     Ok(outcome != 0)
+}
+
+/// Dead-letters a band entry that a consumer just read but that cannot be
+/// delivered (its event does not parse): loud, never a silent drop.
+pub(super) async fn dead_letter_unreadable(
+    shared: &Shared,
+    sub: &Sub,
+    band: usize,
+    id: &str,
+    reason: &str,
+) -> Result<()> {
+    tracing::error!(subscription = %sub.name(), entry = %id, %reason,
+        "stored event cannot be delivered; dead-lettered");
+    let failure = Failure {
+        reason,
+        delay: None,
+        owner: "",
+        min_idle: Duration::ZERO,
+        trace: None,
+        now: true,
+    };
+    fail(shared, sub, band, id, failure).await?;
+    Ok(())
 }
 
 /// Rejects a delivery from any replica.
@@ -392,6 +439,7 @@ pub(super) async fn nack(
         min_idle: Duration::ZERO,
         // The `nack` span is current: the dead letter is its child.
         trace: None,
+        now: false,
     };
     let pending = fail(shared, sub, band, id, failure).await?;
     shared.deliver.forget(sid, delivery_id);
@@ -418,6 +466,7 @@ async fn expire_one(shared: &Shared, state: &ConsumerState, delivery_id: &str) {
         owner: &state.pel_name,
         min_idle: Duration::ZERO,
         trace: held.trace,
+        now: false,
     };
     if let Err(e) = fail(shared, &sub, held.band, &held.entry, failure).await {
         tracing::warn!(subscription = %sub.name(), error = %e,
@@ -437,6 +486,7 @@ pub(super) fn start_maintenance(shared: &Arc<Shared>) {
     shared.tasks.spawn(async move {
         let mut last_keepalive = Instant::now();
         let mut last_janitor = Instant::now();
+        let mut last_trim = Instant::now();
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
@@ -447,6 +497,11 @@ pub(super) fn start_maintenance(shared: &Arc<Shared>) {
             if last_keepalive.elapsed() >= keepalive_every {
                 last_keepalive = Instant::now();
                 keep_alive(&shared).await;
+            }
+            if last_trim.elapsed() >= TRIM_EVERY {
+                last_trim = Instant::now();
+                trim_local(&shared).await;
+                trim_history(&shared).await;
             }
             if last_janitor.elapsed() >= janitor_every {
                 last_janitor = Instant::now();
@@ -518,6 +573,56 @@ async fn keep_alive(shared: &Shared) {
     }
 }
 
+/// Cuts acked entries out of the bands of every subscription that has a
+/// consumer on this replica (others are trimmed by the janitor pass).
+async fn trim_local(shared: &Shared) {
+    let mut sids: Vec<String> = shared.deliver.snapshot().iter().map(|c| c.sid.clone()).collect();
+    sids.sort_unstable();
+    sids.dedup();
+    for sid in sids {
+        if let Some(sub) = shared.subs.by_sid(&sid)
+            && let Err(e) = trim(shared, &sub).await
+        {
+            tracing::debug!(subscription = %sub.name(), error = %e, "trim failed");
+        }
+    }
+}
+
+/// Cuts the acked entries of one subscription's bands (`trim.lua`).
+pub(super) async fn trim(shared: &Shared, sub: &Sub) -> Result<()> {
+    let mut inv = shared.scripts.trim.prepare_invoke();
+    for band in sub.keys.bands() {
+        inv.key(band);
+    }
+    let mut conn = shared.conn();
+    shared.call(inv.invoke_async::<i64>(&mut conn)).await?;
+    Ok(())
+}
+
+/// Trims every partition's history by age (`MINID ~`); the length cap is
+/// applied by each publish's `XADD`.
+async fn trim_history(shared: &Shared) {
+    let age = shared.config.history_max_age;
+    if age.is_zero() {
+        return;
+    }
+    let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let minid = now_ms().saturating_sub(age).max(1);
+    let mut pipe = redis::pipe();
+    for p in 0..shared.keys.partitions() {
+        pipe.cmd("XTRIM")
+            .arg(shared.keys.history(p))
+            .arg("MINID")
+            .arg("~")
+            .arg(minid)
+            .ignore();
+    }
+    let mut conn = shared.conn();
+    if let Err(e) = shared.call(pipe.query_async::<()>(&mut conn)).await {
+        tracing::debug!(error = %e, "history age trim failed");
+    }
+}
+
 /// Fails deliveries idle longer than `reclaim_idle` (their consumer's
 /// replica is dead) as ack timeouts.
 async fn janitor(shared: &Shared) -> Result<()> {
@@ -552,6 +657,7 @@ async fn janitor(shared: &Shared) -> Result<()> {
                     // This replica never read the event: a dead letter
                     // here starts a trace of its own.
                     trace: None,
+                    now: false,
                 };
                 if fail(shared, &sub, band, &p.id, failure).await? {
                     tracing::info!(subscription = %sub.name(), consumer = %p.consumer,
@@ -560,6 +666,7 @@ async fn janitor(shared: &Shared) -> Result<()> {
             }
         }
         forget_dead_consumers(shared, &sub).await?;
+        trim(shared, &sub).await?;
     }
     Ok(())
 }
@@ -586,7 +693,6 @@ async fn forget_dead_consumers(shared: &Shared, sub: &Sub) -> Result<()> {
 
 /// Spec and counters of a subscription.
 pub(super) async fn info(shared: &Shared, sub: &Sub) -> Result<SubscriptionInfo> {
-    super::route::barrier(shared).await?;
     let keys = &sub.keys;
     let mut pipe = redis::pipe();
     pipe.cmd("HGETALL").arg(keys.info());
@@ -594,11 +700,11 @@ pub(super) async fn info(shared: &Shared, sub: &Sub) -> Result<SubscriptionInfo>
     pipe.cmd("XLEN").arg(keys.dlq());
     pipe.cmd("HGETALL").arg(keys.consumers());
     for band in keys.bands() {
-        pipe.cmd("XLEN").arg(&band);
+        pipe.cmd("XINFO").arg("GROUPS").arg(&band);
     }
     let mut conn = shared.conn();
     type Head = (HashMap<String, String>, u64, u64, HashMap<String, i64>);
-    let (head, lens): (Head, Vec<u64>) = {
+    let (head, groups): (Head, Vec<Option<redis::streams::StreamInfoGroupsReply>>) = {
         let values: Vec<redis::Value> = shared.call(pipe.query_async(&mut conn)).await?;
         let mut it = values.into_iter();
         let parse_err = |e: redis::ParsingError| BrokerError::Internal(format!("info reply: {e}"));
@@ -607,10 +713,11 @@ pub(super) async fn info(shared: &Shared, sub: &Sub) -> Result<SubscriptionInfo>
         let retry = redis::from_redis_value(next()).map_err(parse_err)?;
         let dlq = redis::from_redis_value(next()).map_err(parse_err)?;
         let consumers = redis::from_redis_value(next()).map_err(parse_err)?;
-        let lens = (0..BANDS)
-            .map(|_| redis::from_redis_value(next()).map_err(parse_err))
-            .collect::<Result<Vec<u64>>>()?;
-        ((counters, retry, dlq, consumers), lens)
+        // A missing band (data loss) reads as an error: nothing stored.
+        let groups = (0..BANDS)
+            .map(|_| redis::from_redis_value(next()).ok())
+            .collect();
+        ((counters, retry, dlq, consumers), groups)
     };
     let (counters, retrying, dead_letters, consumers) = head;
     let mut in_flight = 0u64;
@@ -635,12 +742,21 @@ pub(super) async fn info(shared: &Shared, sub: &Sub) -> Result<SubscriptionInfo>
         }
     }
     let in_flight = in_flight.saturating_sub(returned);
-    let stored: u64 = lens.iter().sum();
+    let mut undelivered = 0u64;
+    for (band, reply) in keys.bands().iter().zip(&groups) {
+        let group = reply
+            .as_ref()
+            .and_then(|r| r.groups.iter().find(|g| g.name == BAND_GROUP));
+        undelivered += match group.and_then(|g| g.lag) {
+            Some(lag) => lag as u64,
+            None => count_after(shared, band, group.map(|g| g.last_delivered_id.as_str())).await?,
+        };
+    }
     let alive_after = now_ms() - i64::try_from(shared.config.reclaim_idle.as_millis()).unwrap_or(0);
     let get = |k: &str| counters.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
     Ok(SubscriptionInfo {
         spec: sub.spec().clone(),
-        pending: stored.saturating_sub(in_flight),
+        pending: undelivered + returned,
         in_flight,
         retrying,
         dead_letters,
@@ -651,6 +767,27 @@ pub(super) async fn info(shared: &Shared, sub: &Sub) -> Result<SubscriptionInfo>
         dead_lettered: get("dead_lettered"),
         expired: get("expired"),
     })
+}
+
+/// Entries of a band after `last` (all when `None`), when Redis cannot
+/// tell the group's lag (entries deleted after its position). Counted up to
+/// a bound: this is for status, not for delivery.
+async fn count_after(shared: &Shared, band: &str, last: Option<&str>) -> Result<u64> {
+    const MAX_COUNT: usize = 100_000;
+    let start = last.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+    let mut conn = shared.conn();
+    let page: StreamRangeReply = shared
+        .call(
+            redis::cmd("XRANGE")
+                .arg(band)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(MAX_COUNT)
+                .query_async(&mut conn),
+        )
+        .await?;
+    Ok(page.ids.len() as u64)
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,10 @@
 //! Key names of the Redis layout (DESIGN §6), one function per key kind.
 //!
-//! Every key carries a hash tag (`{...}`) so that each Lua script touches a
-//! single slot and the same names work on Redis Cluster: `{pNN-k}` for an
-//! ingest partition, `{sid}` for a durable subscription, `{cfg}` and
-//! `{nodes}` for cluster-wide config and membership.
+//! Every key carries a hash tag (`{...}`) so that each transaction or Lua
+//! script touches a single slot and the same names work on Redis Cluster:
+//! `{pNN-k}` for a partition (history, fence, counters, live channel),
+//! `{sid}` for a durable subscription, `{cfg}` and `{nodes}` for
+//! cluster-wide config and membership.
 //!
 //! Partition tags are precomputed so that their CRC16 slots spread evenly
 //! over the 16384 cluster slots: naive `{0}..{15}` lands unevenly on three
@@ -18,9 +19,6 @@ pub(super) const BANDS: usize = 10;
 
 /// Name of the consumer group on every priority band.
 pub(super) const BAND_GROUP: &str = "g";
-
-/// Name of the consumer group on every ingest partition.
-pub(super) const ROUTER_GROUP: &str = "router";
 
 /// Pseudo-consumer holding deliveries released by departed consumers;
 /// fetches take them first, so they keep their place at the band's front.
@@ -44,7 +42,7 @@ impl Keys {
         }
     }
 
-    /// Number of ingest partitions.
+    /// Number of partitions.
     pub(super) fn partitions(&self) -> u32 {
         self.tags.len() as u32
     }
@@ -53,20 +51,29 @@ impl Keys {
         &self.tags[partition as usize]
     }
 
-    /// `er:in:{p}`: ingest stream of a partition.
-    pub(super) fn ingest(&self, partition: u32) -> String {
+    /// `er:h:{p}`: history stream of a partition (every event published
+    /// into it, trimmed by length and age; no consumer group).
+    pub(super) fn history(&self, partition: u32) -> String {
+        format!("{}:h:{{{}}}", self.prefix, self.tag(partition))
+    }
+
+    /// `er:in:{p}`: the ingest stream of the first Redis layout; only
+    /// looked for, to refuse a Redis that holds that layout.
+    pub(super) fn v1_ingest(&self, partition: u32) -> String {
         format!("{}:in:{{{}}}", self.prefix, self.tag(partition))
     }
 
-    /// `er:meta:{p}`: `epoch` and `seq` of a partition, and when its age
-    /// trim was last checked (`agecheck`).
+    /// `er:meta:{p}`: `seq`, events published into a partition.
     pub(super) fn meta(&self, partition: u32) -> String {
         format!("{}:meta:{{{}}}", self.prefix, self.tag(partition))
     }
 
-    /// `er:lease:{p}`: which replica routes a partition.
-    pub(super) fn lease(&self, partition: u32) -> String {
-        format!("{}:lease:{{{}}}", self.prefix, self.tag(partition))
+    /// `er:fence:{p}`: the partition's copy of the routing config
+    /// generation. Every subscription change bumps every partition's
+    /// fence before it returns; every publish transaction reads the fence
+    /// of its partition atomically with its writes.
+    pub(super) fn fence(&self, partition: u32) -> String {
+        format!("{}:fence:{{{}}}", self.prefix, self.tag(partition))
     }
 
     /// `er:dd:{p}:<eid>`: stream id of a recently published event id
@@ -88,6 +95,11 @@ impl Keys {
     /// `er:{cfg}:ver`: routing config version, bumped on every change.
     pub(super) fn cfg_version(&self) -> String {
         format!("{}:{{cfg}}:ver", self.prefix)
+    }
+
+    /// `er:{cfg}:layout`: which key layout the data under this prefix uses.
+    pub(super) fn layout(&self) -> String {
+        format!("{}:{{cfg}}:layout", self.prefix)
     }
 
     /// `er:{nodes}`: replica id → heartbeat (ms).
@@ -115,9 +127,10 @@ impl SubKeys {
         format!("{}:info", self.base)
     }
 
-    /// `:hwm`: partition → last routed ingest id.
-    pub(super) fn hwm(&self) -> String {
-        format!("{}:hwm", self.base)
+    /// `:wake`: shard channel that publishers notify when they add
+    /// entries, so that consumers on other replicas fetch at once.
+    pub(super) fn wake(&self) -> String {
+        format!("{}:wake", self.base)
     }
 
     /// `:q1`..`:q10`: priority band streams.
@@ -149,7 +162,6 @@ impl SubKeys {
     pub(super) fn all(&self) -> Vec<String> {
         let mut keys = vec![
             self.info(),
-            self.hwm(),
             self.retry(),
             self.dlq(),
             self.consumers(),
@@ -238,7 +250,7 @@ mod tests {
             let s = u32::from(slot(tag.as_bytes()));
             assert_eq!(s / 1024, p, "tag {tag} slot {s}");
         }
-        assert_eq!(keys.ingest(3), format!("er:in:{{{}}}", keys.tag(3)));
+        assert_eq!(keys.history(3), format!("er:h:{{{}}}", keys.tag(3)));
     }
 
     #[test]

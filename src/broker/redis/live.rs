@@ -1,15 +1,17 @@
-//! Live fan-out: every replica `SSUBSCRIBE`s to every partition's shard
-//! channel and matches locally (REDIS.md §3.6).
+//! Sharded pub/sub on one RESP3 connection per replica: live fan-out and
+//! the wake-ups of durable consumers.
 //!
-//! A message is `seq:epoch:stream id:event JSON`. Per partition the
-//! listener remembers the last (epoch, seq, id) it delivered: a message
-//! with a sequence gap (a lost message, a reconnect) is preceded by a
-//! catch-up `XRANGE` of the ingest stream; duplicates are skipped; a new
-//! epoch (Redis lost its data) resets the position. After a reconnect, and
-//! whenever the channel has been quiet for a while, every partition is
-//! compared with its `meta.seq` and caught up.
-//!
-//! The same messages wake the router of a partition this replica owns.
+//! - Live: a publish transaction `SPUBLISH`es its events (JSON, one per
+//!   line) on each partition's channel. A replica subscribes to every
+//!   partition's channel when its first live subscription arrives, and
+//!   that subscription is returned only once Redis has confirmed them, so
+//!   every event published after it reaches it. Matching happens locally.
+//!   At most once: what is published while the connection is down is not
+//!   recovered (durable subscriptions are the way not to miss anything).
+//! - Wake-ups: a publish notifies each subscription it wrote into on the
+//!   subscription's `wake` channel; a replica subscribes to it when a local
+//!   consumer joins, and wakes its local consumers on every message. A lost
+//!   wake-up costs at most `poll_interval` of latency.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -17,15 +19,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
-use redis::streams::StreamRangeReply;
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-use super::publish::{entry_event, parse_id};
 use super::{Shared, map_err};
 use crate::broker::live::Pushed;
 use crate::broker::{BrokerError, LiveQueue, LiveStream, LiveSubscription, Result};
@@ -33,10 +33,7 @@ use crate::event::Event;
 use crate::selector::Selector;
 use crate::topic::TopicTrie;
 
-/// Catch-up reads at most this many entries per partition at once.
-const CATCH_UP_MAX: usize = 1000;
-/// Without any message for this long, partitions are checked for missed
-/// messages and the connection is probed.
+/// Without any message for this long, the connection is probed.
 const QUIET: Duration = Duration::from_secs(2);
 
 struct Entry {
@@ -77,7 +74,8 @@ impl Drop for Guard {
 }
 
 impl LiveIndex {
-    /// Registers a subscription; events published from now on reach it.
+    /// Registers a subscription; events published from now on reach it
+    /// (call [`ensure_partitions`] first).
     pub(super) fn subscribe(&self, shared: &Arc<Shared>, sub: LiveSubscription) -> LiveStream {
         let id = shared.next_id();
         let guard: Box<dyn Any + Send + Sync> = Box::new(Guard {
@@ -158,51 +156,145 @@ impl LiveIndex {
     }
 }
 
-/// Where the listener is in one partition.
-#[derive(Debug, Clone, Default)]
-struct Position {
-    epoch: Option<String>,
-    seq: i64,
-    /// Last stream id seen ("" before any).
-    id: String,
+/// What a channel carries.
+#[derive(Debug, Clone)]
+enum Channel {
+    /// A partition's live events.
+    Live,
+    /// A durable subscription's wake-ups, by its key id.
+    Wake(String),
 }
 
-/// The listener's state.
-struct Listener {
-    shared: Weak<Shared>,
-    channels: HashMap<String, u32>,
-    positions: Vec<Position>,
-    /// Kept so the connection stays open; pushes arrive on `rx`.
-    _conn: MultiplexedConnection,
-    rx: UnboundedReceiver<PushInfo>,
+/// The pub/sub connection and the channels this replica wants.
+#[derive(Default)]
+pub(super) struct PubSub {
+    /// A handle on the current connection (replaced on reconnect).
+    conn: Mutex<Option<MultiplexedConnection>>,
+    channels: RwLock<HashMap<String, Channel>>,
+    /// Serializes subscribing, so that a caller returns only once its
+    /// channels are confirmed.
+    subscribing: tokio::sync::Mutex<()>,
+    /// Partition channels are subscribed.
+    live_on: std::sync::atomic::AtomicBool,
+    /// Asks the listener to reconnect now (a subscribe found the
+    /// connection broken).
+    reconnect_now: tokio::sync::Notify,
+    /// Bumped after every reconnect that subscribed every wanted channel.
+    generation: std::sync::atomic::AtomicU64,
+    reconnected: tokio::sync::Notify,
 }
 
-/// Subscribes to every partition channel and starts the listener.
+/// Opens the pub/sub connection and starts the listener.
 ///
 /// # Errors
-/// [`BrokerError::Unavailable`] if the subscription cannot be made.
+/// [`BrokerError::Unavailable`] if Redis cannot be reached.
 pub(super) async fn start(shared: &Arc<Shared>) -> Result<()> {
-    let (conn, rx) = subscribe(shared).await?;
-    let channels = (0..shared.keys.partitions())
-        .map(|p| (shared.keys.live(p), p))
-        .collect();
+    let (conn, rx) = connect(shared).await?;
+    *shared.pubsub.conn.lock() = Some(conn);
     let mut listener = Listener {
         shared: Arc::downgrade(shared),
-        channels,
-        positions: vec![Position::default(); shared.keys.partitions() as usize],
-        _conn: conn,
         rx,
     };
-    listener.init_positions(shared).await?;
     let token = shared.token.clone();
     shared.tasks.spawn(async move { listener.run(token).await });
     Ok(())
 }
 
-/// A RESP3 connection subscribed to every partition channel.
-async fn subscribe(
-    shared: &Shared,
-) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
+/// Subscribes to every partition's live channel (once per replica).
+///
+/// # Errors
+/// [`BrokerError::Unavailable`] if Redis does not confirm in time.
+pub(super) async fn ensure_partitions(shared: &Shared) -> Result<()> {
+    if shared.pubsub.live_on.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let _one = shared.pubsub.subscribing.lock().await;
+    if shared.pubsub.live_on.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let channels: Vec<String> = (0..shared.keys.partitions())
+        .map(|p| shared.keys.live(p))
+        .collect();
+    {
+        let mut map = shared.pubsub.channels.write();
+        for c in &channels {
+            map.insert(c.clone(), Channel::Live);
+        }
+    }
+    subscribe_all(shared, &channels).await?;
+    shared.pubsub.live_on.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Subscribes to a durable subscription's wake channel (once per replica).
+///
+/// # Errors
+/// [`BrokerError::Unavailable`] if Redis does not confirm in time.
+pub(super) async fn ensure_wake(shared: &Shared, sid: &str, channel: String) -> Result<()> {
+    if shared.pubsub.channels.read().contains_key(&channel) {
+        return Ok(());
+    }
+    let _one = shared.pubsub.subscribing.lock().await;
+    if shared.pubsub.channels.read().contains_key(&channel) {
+        return Ok(());
+    }
+    // Wanted from now on, whatever happens below: a reconnect subscribes
+    // to every wanted channel.
+    shared
+        .pubsub
+        .channels
+        .write()
+        .insert(channel.clone(), Channel::Wake(sid.to_string()));
+    subscribe_all(shared, std::slice::from_ref(&channel)).await
+}
+
+/// Subscribes to `channels`; when the connection is broken, has the
+/// listener reconnect (which subscribes to every wanted channel, these
+/// included) and waits for it, at most `command_timeout`.
+async fn subscribe_all(shared: &Shared, channels: &[String]) -> Result<()> {
+    let generation = shared.pubsub.generation.load(Ordering::Acquire);
+    let Err(e) = subscribe_on_current(shared, channels).await else {
+        return Ok(());
+    };
+    let reconnected = shared.pubsub.reconnected.notified();
+    tokio::pin!(reconnected);
+    reconnected.as_mut().enable();
+    if shared.pubsub.generation.load(Ordering::Acquire) != generation {
+        return Ok(());
+    }
+    shared.pubsub.reconnect_now.notify_one();
+    match tokio::time::timeout(shared.config.command_timeout, reconnected).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(e),
+    }
+}
+
+async fn subscribe_on_current(shared: &Shared, channels: &[String]) -> Result<()> {
+    let Some(mut conn) = shared.pubsub.conn.lock().clone() else {
+        return Err(BrokerError::Unavailable("redis pub/sub connection is down".into()));
+    };
+    for channel in channels {
+        // One channel per command: the connection matches one confirmation
+        // to one request.
+        shared
+            .call(
+                redis::cmd("SSUBSCRIBE")
+                    .arg(channel)
+                    .query_async::<Value>(&mut conn),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The listener's state.
+struct Listener {
+    shared: Weak<Shared>,
+    rx: UnboundedReceiver<PushInfo>,
+}
+
+/// A RESP3 connection whose pushes go to the returned receiver.
+async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
     let info = shared
         .config
         .url
@@ -219,88 +311,42 @@ async fn subscribe(
         .set_push_sender(tx)
         .set_connection_timeout(Some(shared.config.command_timeout))
         .set_response_timeout(Some(shared.config.command_timeout));
-    let mut conn = shared
+    let conn = shared
         .call(client.get_multiplexed_async_connection_with_config(&config))
         .await?;
-    for p in 0..shared.keys.partitions() {
-        // One channel per command: the connection matches one confirmation
-        // to one request.
-        shared
-            .call(
-                redis::cmd("SSUBSCRIBE")
-                    .arg(shared.keys.live(p))
-                    .query_async::<Value>(&mut conn),
-            )
-            .await?;
-    }
     Ok((conn, rx))
 }
 
-/// Whether stream id `a` is after `b` (`b` empty: nothing seen yet).
-fn newer_id(a: &str, b: &str) -> bool {
-    match (parse_id(a), parse_id(b)) {
-        (Some(a), Some(b)) => a > b,
-        _ => false,
-    }
-}
-
-/// Splits `seq:epoch:id:json`.
-fn parse_message(payload: &[u8]) -> Option<(i64, &str, &str, &str)> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(4, ':');
-    let seq = parts.next()?.parse().ok()?;
-    Some((seq, parts.next()?, parts.next()?, parts.next()?))
-}
-
 impl Listener {
-    async fn init_positions(&mut self, shared: &Shared) -> Result<()> {
-        for p in 0..shared.keys.partitions() {
-            let mut conn = shared.conn();
-            let (epoch, last): (Option<String>, StreamRangeReply) = shared
-                .call(
-                    redis::pipe()
-                        .cmd("HGET")
-                        .arg(shared.keys.meta(p))
-                        .arg("epoch")
-                        .cmd("XREVRANGE")
-                        .arg(shared.keys.ingest(p))
-                        .arg("+")
-                        .arg("-")
-                        .arg("COUNT")
-                        .arg(1)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            let pos = &mut self.positions[p as usize];
-            pos.epoch = epoch;
-            if let Some(entry) = last.ids.first() {
-                pos.id = entry.id.clone();
-                pos.seq = entry.get::<i64>("seq").unwrap_or(0);
-            }
-        }
-        Ok(())
-    }
-
     async fn run(&mut self, token: tokio_util::sync::CancellationToken) {
         loop {
-            let push = tokio::select! {
-                _ = token.cancelled() => return,
-                push = self.rx.recv() => push,
-                _ = tokio::time::sleep(QUIET) => {
-                    self.quiet().await;
-                    continue;
-                }
-            };
+            // Held while waiting: the broker's drop cancels `token`.
             let Some(shared) = self.shared.upgrade() else {
                 return;
+            };
+            let push = tokio::select! {
+                _ = token.cancelled() => return,
+                _ = shared.pubsub.reconnect_now.notified() => {
+                    drop(shared);
+                    if !self.reconnect(&token).await {
+                        return;
+                    }
+                    continue;
+                }
+                push = self.rx.recv() => push,
+                _ = tokio::time::sleep(QUIET) => {
+                    drop(shared);
+                    if !self.probe().await && !self.reconnect(&token).await {
+                        return;
+                    }
+                    continue;
+                }
             };
             match push {
                 Some(PushInfo {
                     kind: PushKind::SMessage,
                     data,
-                }) => {
-                    self.on_message(&shared, &data).await;
-                }
+                }) => on_message(&shared, &data),
                 Some(PushInfo {
                     kind: PushKind::Disconnection,
                     ..
@@ -316,145 +362,47 @@ impl Listener {
         }
     }
 
-    async fn on_message(&mut self, shared: &Shared, data: &[Value]) {
-        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-            (data.first(), data.get(1))
-        else {
-            return;
-        };
-        let Some(&p) = std::str::from_utf8(channel)
-            .ok()
-            .and_then(|c| self.channels.get(c))
-        else {
-            return;
-        };
-        shared.partition_wake[p as usize].notify_one();
-        let Some((seq, epoch, id, json)) = parse_message(payload) else {
-            return;
-        };
-        let pos = &mut self.positions[p as usize];
-        if pos.epoch.as_deref().is_some_and(|e| e != epoch) {
-            tracing::warn!(
-                partition = p,
-                "partition epoch changed (redis lost data); live position reset"
-            );
-            *pos = Position::default();
-        }
-        if seq <= pos.seq && newer_id(id, &pos.id) {
-            // Same epoch, older sequence, newer entry: Redis came back from
-            // an AOF that missed its last writes (`appendfsync everysec`).
-            // Follow the new sequence instead of dropping everything until
-            // it catches up with the old one.
-            tracing::warn!(
-                partition = p,
-                "partition sequence went back (redis restarted without its last writes)"
-            );
-            *pos = Position {
-                epoch: Some(epoch.to_string()),
-                seq: seq - 1,
-                id: String::new(),
-            };
-        }
-        if seq > self.positions[p as usize].seq + 1 {
-            self.catch_up(shared, p).await;
-        }
-        let pos = &mut self.positions[p as usize];
-        if seq <= pos.seq {
-            return;
-        }
-        *pos = Position {
-            epoch: Some(epoch.to_string()),
-            seq,
-            id: id.to_string(),
-        };
-        // Every message also wakes the partition's router; only parse the
-        // event when someone here listens live.
-        if shared.live.len() == 0 {
-            return;
-        }
-        if let Ok(event) = serde_json::from_str::<Event>(json) {
-            shared.live.dispatch(shared, event);
-        }
-    }
-
-    /// Delivers entries of partition `p` after the last position.
-    async fn catch_up(&mut self, shared: &Shared, p: u32) {
-        let pos = self.positions[p as usize].clone();
-        let start = if pos.id.is_empty() {
-            "-".to_string()
-        } else {
-            format!("({}", pos.id)
-        };
-        let mut conn = shared.conn();
-        let page: Result<StreamRangeReply> = shared
-            .call(
-                redis::cmd("XRANGE")
-                    .arg(shared.keys.ingest(p))
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(CATCH_UP_MAX)
-                    .query_async(&mut conn),
-            )
-            .await;
-        let Ok(page) = page else { return };
-        for entry in &page.ids {
-            let seq = entry.get::<i64>("seq").unwrap_or(0);
-            let pos = &mut self.positions[p as usize];
-            if seq <= pos.seq {
-                continue;
-            }
-            pos.seq = seq;
-            pos.id = entry.id.clone();
-            if let Some(event) = entry_event(entry) {
-                shared.live.dispatch(shared, event);
-            }
-        }
-    }
-
-    /// No message for a while: catch up partitions whose `seq` moved on
-    /// without us (messages lost silently).
-    async fn quiet(&mut self) {
+    /// Whether the connection still answers.
+    async fn probe(&self) -> bool {
         let Some(shared) = self.shared.upgrade() else {
-            return;
+            return true;
         };
-        let mut pipe = redis::pipe();
-        for p in 0..shared.keys.partitions() {
-            pipe.cmd("HGET").arg(shared.keys.meta(p)).arg("seq");
-        }
-        let mut conn = shared.conn();
-        let Ok(seqs) = shared
-            .call(pipe.query_async::<Vec<Option<i64>>>(&mut conn))
+        let Some(mut conn) = shared.pubsub.conn.lock().clone() else {
+            return false;
+        };
+        shared
+            .call(redis::cmd("PING").query_async::<Value>(&mut conn))
             .await
-        else {
-            return;
-        };
-        for (p, seq) in seqs.into_iter().enumerate() {
-            if seq.unwrap_or(0) > self.positions[p].seq {
-                self.catch_up(&shared, p as u32).await;
-            }
-        }
+            .is_ok()
     }
 
-    /// Reconnects with backoff, then catches up every partition. Returns
-    /// false when the broker is gone.
+    /// Reconnects with backoff and subscribes again to every wanted
+    /// channel; wakes every local consumer (wake-ups may have been lost).
+    /// Returns false when the broker is gone.
     async fn reconnect(&mut self, token: &tokio_util::sync::CancellationToken) -> bool {
         let mut delay = Duration::from_millis(50);
         loop {
             let Some(shared) = self.shared.upgrade() else {
                 return false;
             };
-            match subscribe(&shared).await {
+            match connect(&shared).await {
                 Ok((conn, rx)) => {
-                    self._conn = conn;
+                    *shared.pubsub.conn.lock() = Some(conn);
                     self.rx = rx;
-                    for p in 0..shared.keys.partitions() {
-                        self.catch_up(&shared, p).await;
+                    let channels: Vec<String> =
+                        shared.pubsub.channels.read().keys().cloned().collect();
+                    match subscribe_on_current(&shared, &channels).await {
+                        Ok(()) => {
+                            shared.pubsub.generation.fetch_add(1, Ordering::AcqRel);
+                            shared.pubsub.reconnected.notify_waiters();
+                            shared.deliver.wake_all();
+                            tracing::info!("redis pub/sub resubscribed");
+                            return true;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "pub/sub resubscribe failed"),
                     }
-                    tracing::info!("live fan-out resubscribed");
-                    return true;
                 }
-                Err(e) => tracing::debug!(error = %e, "live resubscribe failed"),
+                Err(e) => tracing::debug!(error = %e, "pub/sub reconnect failed"),
             }
             drop(shared);
             tokio::select! {
@@ -462,6 +410,34 @@ impl Listener {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+fn on_message(shared: &Shared, data: &[Value]) {
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.first(), data.get(1))
+    else {
+        return;
+    };
+    let Some(kind) = std::str::from_utf8(channel)
+        .ok()
+        .and_then(|c| shared.pubsub.channels.read().get(c).cloned())
+    else {
+        return;
+    };
+    match kind {
+        Channel::Wake(sid) => shared.deliver.notify(&sid),
+        Channel::Live => {
+            if shared.live.len() == 0 {
+                return;
+            }
+            for line in payload.split(|&b| b == b'\n') {
+                match serde_json::from_slice::<Event>(line) {
+                    Ok(event) => shared.live.dispatch(shared, event),
+                    Err(e) => tracing::warn!(error = %e, "unreadable live message skipped"),
+                }
+            }
         }
     }
 }

@@ -4,49 +4,44 @@
 //!
 //! # Layout
 //!
-//! - [`keys`]: key names and hash tags (one slot per script).
-//! - `scripts/*.lua`: every multi-step change is one Lua script.
-//! - [`subs`]: durable subscriptions in the `{cfg}` hash, cached per replica.
-//! - [`publish`]: partitioning, the publish script, history and replay.
-//! - [`lease`]: heartbeats, rendezvous assignment and fenced partition leases.
-//! - [`route`]: the per-partition loop that copies ingest entries into the
-//!   priority bands of matching durable subscriptions.
+//! - [`keys`]: key names and hash tags (one slot per transaction or script).
+//! - [`subs`]: durable subscriptions in the `{cfg}` hash, cached per
+//!   replica, and the per-partition fences that changes bump.
+//! - [`publish`]: routing at publish in one `MULTI`/`EXEC` (no script),
+//!   the fence check and its compensation, history and replay.
 //! - [`deliver`]: consumers, ack/nack, ack timeouts, keep-alive, reclaim of
-//!   dead consumers' deliveries, dead letters.
-//! - [`live`]: live fan-out over sharded pub/sub with gap recovery.
+//!   dead consumers' deliveries, dead letters, trimming of acked entries.
+//! - [`live`]: live fan-out and consumer wake-ups over sharded pub/sub.
+//! - `scripts/*.lua`: the multi-step changes off the publish path (fetch,
+//!   failure, keep-alive, redrive, janitor, trim).
 //!
 //! # What happens on a crash
 //!
-//! - A replica that dies loses nothing: its partition leases expire after
-//!   `lease_ttl` and the next owner claims the ingest entries it had read but
-//!   not routed; its consumers' deliveries stop being kept alive and are
-//!   reclaimed after `reclaim_idle` as failed attempts (ack timeout).
-//! - A stale owner that wakes up (SIGCONT) cannot duplicate or reorder:
-//!   routing is deduplicated by a per-subscription, per-partition high-water
-//!   mark.
+//! - A publish is answered only after its transaction ran: a replica that
+//!   dies before has stored all of it or nothing (one Redis), and its
+//!   client did not get `202`.
+//! - A replica that dies loses nothing else: its consumers' deliveries stop
+//!   being kept alive and are reclaimed after `reclaim_idle` as failed
+//!   attempts (ack timeout).
 //! - Redis restarting without persistence loses data; consumer groups are
-//!   recreated on `NOGROUP`, and live readers see a new epoch.
+//!   recreated on `NOGROUP`.
 
 mod consumer;
 mod deliver;
 mod keys;
-mod lease;
 mod live;
+mod membership;
 mod publish;
-mod route;
 mod subs;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,23 +59,24 @@ use keys::Keys;
 pub struct RedisBrokerConfig {
     /// `redis://[user:password@]host:port[/db]`. Required.
     pub url: String,
-    /// Ingest partitions: the unit of routing parallelism and per-key order.
-    /// Every replica of a cluster must use the same value. Default 16.
+    /// History partitions: the unit of per-key order in history and of
+    /// spreading over Redis Cluster slots. Every replica of a cluster must
+    /// use the same value. Default 16.
     pub partitions: u32,
     /// Prefix of every key; deployments (or tests) with different prefixes
     /// share nothing. Default `er`.
     pub key_prefix: String,
-    /// Lifetime of a partition lease; an owner that stops renewing loses
-    /// its partitions after this long. Renewed every third of it; replica
-    /// heartbeats go every fifth, and a replica is dead after two thirds
-    /// without one. Default 15 s.
+    /// Replicas heartbeat into the membership set every fifth of this; a
+    /// replica without a heartbeat for two thirds of it is shown as gone.
+    /// Default 15 s.
     pub lease_ttl: Duration,
-    /// This replica's id in membership, leases and consumer names. Empty
+    /// This replica's id in membership and consumer names. Empty
     /// (the default) generates one per process incarnation, so a restarted
     /// replica never inherits a dead one's deliveries.
     pub node_id: String,
-    /// How long events stay in history (ingest streams are trimmed with
-    /// `MINID ~`, so a little longer). Default 1 h; zero means no age limit.
+    /// How long events stay in history (history streams are trimmed with
+    /// `MINID ~` about once a second, so a little longer). Default 1 h;
+    /// zero means no age limit.
     pub history_max_age: Duration,
     /// Most events kept per partition (`MAXLEN ~`). Default 100 000; zero
     /// means no length limit.
@@ -91,15 +87,21 @@ pub struct RedisBrokerConfig {
     /// Producer dedup window: an event whose id was published within this
     /// long is not stored again (its first stream position is returned),
     /// so a publisher that retries after a lost confirmation does not
-    /// duplicate it. Costs one key per event for the window. Default zero:
-    /// off.
+    /// duplicate it. Costs one key per event for the window and a read
+    /// before each publish transaction. Default zero: off.
     pub dedup_window: Duration,
+    /// Redis replicas that must acknowledge a publish (`WAIT`) before it is
+    /// answered; fewer within `wait_timeout` fails the publish with
+    /// [`BrokerError::Unavailable`] (the event is stored on the master and
+    /// may survive). Default 0: off.
+    pub wait_replicas: u32,
+    /// How long a publish waits for `wait_replicas`. Default 1 s.
+    pub wait_timeout: Duration,
     /// Bound of every Redis call; a call that takes longer fails with
     /// [`BrokerError::Unavailable`] (publish never hangs). Default 2 s.
     pub command_timeout: Duration,
-    /// Idle consumers poll for deliveries routed by other replicas this
-    /// often; routers re-check their partitions this often when no live
-    /// notification arrived. Default 100 ms.
+    /// Idle consumers poll this often in case a wake-up was lost (every
+    /// publish wakes them through pub/sub). Default 100 ms.
     pub poll_interval: Duration,
     /// Replicas re-read the routing config this often. Default 1 s.
     pub config_poll: Duration,
@@ -130,6 +132,8 @@ impl RedisBrokerConfig {
     pub const DEFAULT_CONFIG_POLL: Duration = Duration::from_secs(1);
     /// Default of [`Self::reclaim_idle`].
     pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(30);
+    /// Default of [`Self::wait_timeout`].
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
     /// Defaults for everything but the URL.
     pub fn new(url: impl Into<String>) -> RedisBrokerConfig {
@@ -143,6 +147,8 @@ impl RedisBrokerConfig {
             history_max_len: Self::DEFAULT_HISTORY_MAX_LEN,
             dead_letter_max: Self::DEFAULT_DEAD_LETTER_MAX,
             dedup_window: Duration::ZERO,
+            wait_replicas: 0,
+            wait_timeout: Self::DEFAULT_WAIT_TIMEOUT,
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
             poll_interval: Self::DEFAULT_POLL_INTERVAL,
             config_poll: Self::DEFAULT_CONFIG_POLL,
@@ -165,6 +171,9 @@ impl RedisBrokerConfig {
         if self.lease_ttl < Duration::from_millis(100) {
             return bad("lease_ttl must be at least 100 ms");
         }
+        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
+            return bad("wait_timeout must be greater than zero when wait_replicas is set");
+        }
         if self.command_timeout.is_zero() || self.poll_interval.is_zero() {
             return bad("command_timeout and poll_interval must be greater than zero");
         }
@@ -179,10 +188,10 @@ impl RedisBrokerConfig {
 /// number of router replicas can share one Redis.
 ///
 /// Connect with [`RedisBroker::connect`]; it starts background tasks
-/// (membership and leases, routing of owned partitions, the live listener,
-/// ack timeouts and keep-alive) that stop on [`Broker::close`] or drop.
-/// Close gracefully to hand partitions over at once; a dropped broker's
-/// leases expire after `lease_ttl`.
+/// (membership, the pub/sub listener, ack timeouts, keep-alive, trimming)
+/// that stop on [`Broker::close`] or drop. Close gracefully to hand
+/// in-flight deliveries back at once; a dropped broker's are reclaimed
+/// after `reclaim_idle`.
 ///
 /// # Examples
 /// ```no_run
@@ -205,16 +214,13 @@ pub(super) struct Shared {
     scripts: Scripts,
     subs: subs::Registry,
     live: live::LiveIndex,
+    pubsub: live::PubSub,
     deliver: deliver::Local,
-    /// Wakes the router of a partition (live notification of a new entry).
-    partition_wake: Vec<Notify>,
     token: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
     counters: Counters,
     next_id: AtomicU64,
-    /// Partitions this replica currently routes, with their lease tokens.
-    owned: Mutex<HashMap<u32, lease::Owned>>,
 }
 
 /// Per-replica counters (live fan-out is local to each replica).
@@ -228,41 +234,31 @@ struct Counters {
 /// Every Lua script, loaded once; `Script` re-sends its body on `NOSCRIPT`
 /// (after a Redis restart or failover).
 struct Scripts {
-    publish: Script,
-    route: Script,
     fetch: Script,
     ack: Script,
-    ack_many: Script,
     fail: Script,
     hold: Script,
     sub_init: Script,
     cfg_put: Script,
-    lease_renew: Script,
-    lease_release: Script,
     redrive: Script,
     enqueue: Script,
-    ingest_read: Script,
     janitor: Script,
+    trim: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            publish: Script::new(include_str!("scripts/publish.lua")),
-            route: Script::new(include_str!("scripts/route.lua")),
             fetch: Script::new(include_str!("scripts/fetch.lua")),
             ack: Script::new(include_str!("scripts/ack.lua")),
-            ack_many: Script::new(include_str!("scripts/ack_many.lua")),
             fail: Script::new(include_str!("scripts/fail.lua")),
             hold: Script::new(include_str!("scripts/hold.lua")),
             sub_init: Script::new(include_str!("scripts/sub_init.lua")),
             cfg_put: Script::new(include_str!("scripts/cfg_put.lua")),
-            lease_renew: Script::new(include_str!("scripts/lease_renew.lua")),
-            lease_release: Script::new(include_str!("scripts/lease_release.lua")),
             redrive: Script::new(include_str!("scripts/redrive.lua")),
             enqueue: Script::new(include_str!("scripts/enqueue.lua")),
-            ingest_read: Script::new(include_str!("scripts/ingest_read.lua")),
             janitor: Script::new(include_str!("scripts/janitor.lua")),
+            trim: Script::new(include_str!("scripts/trim.lua")),
         }
     }
 }
@@ -340,7 +336,7 @@ impl Shared {
     }
 
     /// Stops background tasks and live streams; returns consumers'
-    /// deliveries and releases leases when `graceful`.
+    /// deliveries and leaves the membership when `graceful`.
     async fn shutdown(self: &Arc<Self>, graceful: bool) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -350,7 +346,7 @@ impl Shared {
         self.deliver.wake_all();
         if graceful {
             self.deliver.release_all(self).await;
-            lease::release_all(self).await;
+            membership::leave(self).await;
         }
         self.tasks.close();
         let _ = tokio::time::timeout(self.config.command_timeout, self.tasks.wait()).await;
@@ -358,12 +354,14 @@ impl Shared {
 }
 
 impl RedisBroker {
-    /// Connects, creates the ingest consumer groups, loads the routing
-    /// config, subscribes to live fan-out and starts the background tasks.
+    /// Connects, checks the key layout, loads the routing config, opens the
+    /// pub/sub listener and starts the background tasks.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when Redis cannot be reached within
-    /// `command_timeout`; [`BrokerError::Internal`] for an invalid config.
+    /// `command_timeout`; [`BrokerError::Internal`] for an invalid config
+    /// or a Redis that holds data of the first (ingest/lease) layout under
+    /// the same key prefix.
     pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker> {
         config.validate()?;
         let client = redis::Client::open(config.url.as_str())
@@ -391,26 +389,25 @@ impl RedisBroker {
         };
         let keys = Keys::new(&config.key_prefix, config.partitions);
         let shared = Arc::new(Shared {
-            partition_wake: (0..config.partitions).map(|_| Notify::new()).collect(),
             keys,
             node_id,
             conn,
             scripts: Scripts::new(),
             subs: subs::Registry::default(),
             live: live::LiveIndex::default(),
+            pubsub: live::PubSub::default(),
             deliver: deliver::Local::default(),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
-            owned: Mutex::new(HashMap::new()),
             config,
         });
-        route::create_groups(&shared).await?;
+        check_layout(&shared).await?;
         subs::reload(&shared).await?;
         live::start(&shared).await?;
-        lease::start(&shared);
+        membership::start(&shared);
         subs::start_watch(&shared);
         deliver::start_maintenance(&shared);
         tracing::info!(node = %shared.node_id, prefix = %shared.config.key_prefix, "redis broker connected");
@@ -427,12 +424,59 @@ impl RedisBroker {
         &self.shared.config
     }
 
-    /// Partitions this replica routes now (for tests and status).
-    pub fn owned_partitions(&self) -> Vec<u32> {
-        let mut owned: Vec<u32> = self.shared.owned.lock().keys().copied().collect();
-        owned.sort_unstable();
-        owned
+}
+
+/// The key layout this code writes (`er:{cfg}:layout`).
+const LAYOUT: &str = "2";
+
+/// Refuses data of the first layout under the same prefix (its ingest
+/// streams and leases mean nothing here, and its subscriptions would never
+/// be fed), then marks the prefix as this layout.
+async fn check_layout(shared: &Shared) -> Result<()> {
+    let keys = &shared.keys;
+    let mut conn = shared.conn();
+    let (layout, subs, ingest): (Option<String>, bool, bool) = shared
+        .call(
+            redis::pipe()
+                .cmd("GET")
+                .arg(keys.layout())
+                .cmd("EXISTS")
+                .arg(keys.cfg_subs())
+                .cmd("EXISTS")
+                .arg(keys.v1_ingest(0))
+                .query_async(&mut conn),
+        )
+        .await?;
+    match layout.as_deref() {
+        Some(LAYOUT) => return Ok(()),
+        Some(other) => {
+            return Err(BrokerError::Internal(format!(
+                "redis holds key layout {other:?} under prefix {:?}, this router writes layout {LAYOUT}; \
+                 use another --redis-key-prefix or a newer router",
+                shared.config.key_prefix
+            )));
+        }
+        None if subs || ingest => {
+            return Err(BrokerError::Internal(format!(
+                "redis holds data of the first key layout (ingest streams and partition leases) under \
+                 prefix {:?}; this router routes at publish and cannot use it. Delete those keys \
+                 (for example `redis-cli --scan --pattern '{}:*' | xargs redis-cli del`) or start \
+                 with another --redis-key-prefix",
+                shared.config.key_prefix, shared.config.key_prefix
+            )));
+        }
+        None => {}
     }
+    shared
+        .call(
+            redis::cmd("SET")
+                .arg(keys.layout())
+                .arg(LAYOUT)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await?;
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -480,24 +524,24 @@ impl Broker for RedisBroker {
         }
     }
 
-    /// One script on the event's partition: `HINCRBY seq`, `XADD`,
-    /// `SPUBLISH`. Once it returns the event is in Redis; routing into
-    /// durable subscriptions follows asynchronously (by the partition's
-    /// owner), and survives any replica crash.
+    /// One `MULTI`/`EXEC`: the event into its partition's history and into
+    /// every matching durable subscription, checked against the config
+    /// fence (see [`publish`]). Once it returns the event is routed.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] within `command_timeout` when Redis is
-    /// down; the event may or may not have been stored.
+    /// down; the event may or may not have been stored (retry with the same
+    /// id under a `dedup_window` to be safe).
     async fn publish(&self, event: Event, options: PublishOptions) -> Result<Published> {
         let mut out = publish::publish(&self.shared, vec![event], &options).await?;
         out.pop()
             .ok_or_else(|| BrokerError::Internal("publish returned nothing".into()))
     }
 
-    /// Events are grouped by partition, one script per partition, in order
-    /// of first appearance. With `options.atomic`, every event goes to the
-    /// first event's partition in one script: all or nothing, at the cost
-    /// of per-key order against other publishes of the same keys.
+    /// The whole batch is one transaction on one Redis: all or nothing,
+    /// whatever `options.atomic` says. With `options.atomic`, every event
+    /// goes to the first event's partition, at the cost of per-key order
+    /// against other publishes of the same keys.
     async fn publish_batch(
         &self,
         events: Vec<Event>,
@@ -507,10 +551,12 @@ impl Broker for RedisBroker {
     }
 
     /// Matching happens on this replica against every partition's live
-    /// channel; a gap in a partition's sequence (lost pub/sub message,
-    /// reconnect) is filled from the ingest stream.
+    /// channel, which it subscribes to (and waits for) on its first live
+    /// subscription. At most once: messages published while the pub/sub
+    /// connection is down are not recovered.
     async fn subscribe_live(&self, subscription: LiveSubscription) -> Result<LiveStream> {
         self.shared.check_open()?;
+        live::ensure_partitions(&self.shared).await?;
         Ok(self.shared.live.subscribe(&self.shared, subscription))
     }
 
@@ -549,7 +595,8 @@ impl Broker for RedisBroker {
         deliver::consume(&self.shared, sub, options).await
     }
 
-    /// `XACK` + `XDEL` of the delivery's band entry; works from any replica.
+    /// `XACK` of the delivery's band entry (batched with concurrent acks);
+    /// acked entries are trimmed later. Works from any replica.
     async fn ack(&self, subscription: &str, delivery_id: &str) -> Result<()> {
         self.shared.check_open()?;
         let sub = subs::lookup(&self.shared, subscription).await?;
@@ -588,7 +635,7 @@ impl Broker for RedisBroker {
         deliver::purge(&self.shared, &sub, selection).await
     }
 
-    /// Reads the ingest streams, filtering on the events' `time` (stream ids
+    /// Reads the history streams, filtering on the events' `time` (stream ids
     /// can be skewed), merged in storage order. Cursors are
     /// `<partition>-<stream id>`.
     async fn history(&self, query: HistoryQuery) -> Result<Vec<HistoryEntry>> {
@@ -606,28 +653,12 @@ impl Broker for RedisBroker {
     /// `published` and `history_len` are cluster-wide (read from Redis);
     /// live counters are this replica's.
     async fn stats(&self) -> Result<BrokerStats> {
-        // One pipelined read of every lease, timed: the owners for `status`
-        // and the round trip for the metrics.
         let started = std::time::Instant::now();
-        let mut pipe = redis::pipe();
-        for p in 0..self.shared.keys.partitions() {
-            pipe.get(self.shared.keys.lease(p));
-        }
         let mut conn = self.shared.conn();
-        let leases: Vec<Option<String>> = self.shared.call(pipe.query_async(&mut conn)).await?;
+        self.shared
+            .call(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await?;
         let round_trip_seconds = started.elapsed().as_secs_f64();
-        let partitions = (0..)
-            .zip(leases)
-            .map(|(partition, lease)| super::PartitionOwner {
-                partition,
-                // A lease holds `NODE:TOKEN`.
-                owner: lease.map(|l| {
-                    l.rsplit_once(':')
-                        .map_or(l.as_str(), |(n, _)| n)
-                        .to_string()
-                }),
-            })
-            .collect();
         let (published, history_len) = publish::totals(&self.shared).await?;
         let c = &self.shared.counters;
         Ok(BrokerStats {
@@ -641,8 +672,8 @@ impl Broker for RedisBroker {
             subscriptions: self.shared.subs.all().len() as u64,
             history_len,
             round_trip_seconds: Some(round_trip_seconds),
-            owned_partitions: Some(self.owned_partitions()),
-            partitions: Some(partitions),
+            owned_partitions: None,
+            partitions: None,
         })
     }
 
@@ -658,8 +689,8 @@ impl Broker for RedisBroker {
             .is_ok()
     }
 
-    /// Returns consumers' in-flight deliveries to their groups, releases
-    /// partition leases, ends live streams and stops background tasks.
+    /// Returns consumers' in-flight deliveries to their groups, leaves the
+    /// membership, ends live streams and stops background tasks.
     async fn close(&self) {
         self.shared.shutdown(true).await;
     }

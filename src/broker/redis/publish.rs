@@ -1,18 +1,49 @@
-//! Publishing into ingest partitions, and reading them back as history.
+//! Publishing: routing at publish, in one transaction, and reading the
+//! partitions' history back.
 //!
 //! An event's partition is the jump hash of its `key`, or of its topic when
-//! it has none, so one key's events stay in order. Each ingest entry holds
-//! `eid, topic, key, prio, ts, seq, ev` (`ev` is the whole event as JSON).
-//! History is the ingest streams themselves, trimmed by age (`MINID ~`) and
-//! length (`MAXLEN ~`); it is filtered on the events' `time`, never on
-//! stream ids, which can run ahead of the wall clock after a failover.
+//! it has none, so one key's events stay in order. The publishing replica
+//! matches every event against its cached routing table (topic trie, then
+//! filters) and writes, in one `MULTI`/`EXEC` with no script:
+//!
+//! - the event into its partition's history stream `er:h:{p}` (fields `ts`,
+//!   `ev`; `MAXLEN ~` keeps it bounded, the maintenance loop trims by age);
+//! - the event into the priority band of every matching durable
+//!   subscription (field `ev`);
+//! - `HINCRBY seq` of each partition touched (the published counter);
+//! - one `SPUBLISH` per partition of the batch's events (live fan-out; a
+//!   replica subscribes only while it has live subscribers, so this costs
+//!   little when nobody listens) and one per subscription written to (the
+//!   wake-up of consumers on other replicas);
+//! - `GET` of each partition's fence.
+//!
+//! # The fence
+//!
+//! A subscription change bumps every partition's fence after its record is
+//! written and before it returns (and, for a delete, before its keys are
+//! dropped). The transaction reads the fence atomically with its writes.
+//! When it differs from the generation the routing table was built at, the
+//! publisher reloads the table (which is then at least as new as every
+//! change that returned before the transaction ran) and compensates before
+//! answering: it adds the event to subscriptions that match now and were
+//! missed, removes it from those that no longer match, and drops the keys
+//! of deleted subscriptions it wrote into (recreated by its `XADD`).
+//! Hence a subscription whose creation returned before a publish began
+//! gets the event, and one whose deletion returned before gets nothing.
+//!
+//! History is read back filtered on the events' `time`, never on stream
+//! ids, which can run ahead of the wall clock after a failover.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use redis::Value;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use super::keys::partition_of;
-use super::{Shared, now_ms};
+use super::subs::{self, Routes, Sub};
+use super::Shared;
 use crate::broker::{BrokerError, HistoryEntry, HistoryQuery, PublishOptions, Published, Result};
 use crate::event::Event;
 
@@ -31,7 +62,23 @@ pub(super) fn partition(shared: &Shared, event: &Event) -> u32 {
     partition_of(key, shared.keys.partitions())
 }
 
-/// Stores `events` (see `Broker::publish_batch` for grouping and atomicity).
+/// One event of a publish, as planned.
+struct Planned {
+    partition: u32,
+    json: String,
+    /// The event's time (ms), kept beside it for history reads.
+    ts: i64,
+    band: usize,
+    /// Subscriptions (indices into the table) it is written to.
+    subs: Vec<usize>,
+    /// Stored already within the dedup window: its first history id.
+    duplicate_of: Option<String>,
+    /// Expired before it could be routed: stored in history only.
+    expired: bool,
+}
+
+/// Stores and routes `events` (see `Broker::publish_batch`: with or without
+/// `atomic`, one transaction holds the whole batch).
 pub(super) async fn publish(
     shared: &Shared,
     events: Vec<Event>,
@@ -41,97 +88,301 @@ pub(super) async fn publish(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    // (partition, indices of its events in input order), in order of first
-    // appearance.
-    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
-    if options.atomic && events.len() > 1 {
-        groups.push((partition(shared, &events[0]), (0..events.len()).collect()));
-    } else {
-        for (i, event) in events.iter().enumerate() {
-            let p = partition(shared, event);
-            match groups.iter_mut().find(|(gp, _)| *gp == p) {
-                Some((_, idx)) => idx.push(i),
-                None => groups.push((p, vec![i])),
-            }
-        }
-    }
-    // One script per partition, all in flight at once (pipelined on the
-    // shared connection); each partition's events stay in order.
-    let stores = groups
-        .iter()
-        .map(|(p, idx)| store(shared, *p, idx.iter().map(|&i| &events[i])));
-    let stored = futures::future::try_join_all(stores).await?;
-    let mut out: Vec<Option<Published>> = vec![None; events.len()];
-    for ((p, idx), stored) in groups.into_iter().zip(stored) {
-        for (&i, (id, _seq)) in idx.iter().zip(stored) {
-            out[i] = Some(Published {
-                id: events[i].id.clone(),
-                partition: p,
-                cursor: format!("{p}-{id}"),
-            });
-        }
-    }
-    out.into_iter()
-        .map(|p| {
-            p.ok_or_else(|| BrokerError::Internal("publish script returned too few ids".into()))
-        })
-        .collect()
-}
-
-/// Runs the publish script for events of one partition; returns their
-/// (stream id, seq).
-async fn store<'a>(
-    shared: &Shared,
-    partition: u32,
-    events: impl Iterator<Item = &'a Event>,
-) -> Result<Vec<(String, i64)>> {
-    let keys = &shared.keys;
-    let mut inv = shared.scripts.publish.prepare_invoke();
-    inv.key(keys.ingest(partition))
-        .key(keys.meta(partition))
-        .key(keys.live(partition));
-    let minid = if shared.config.history_max_age.is_zero() {
-        "0".to_string()
-    } else {
-        let age = i64::try_from(shared.config.history_max_age.as_millis()).unwrap_or(i64::MAX);
-        now_ms().saturating_sub(age).max(1).to_string()
-    };
-    let epoch = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let events: Vec<&Event> = events.collect();
-    let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-    if window > 0 {
-        for event in &events {
-            inv.key(keys.dedup(partition, &event.id));
-        }
-    }
-    inv.arg(epoch)
-        .arg(minid)
-        .arg(shared.config.history_max_len)
-        .arg(events.len())
-        .arg(window);
+    let routes = shared.subs.routes();
+    let atomic_partition = (options.atomic && events.len() > 1).then(|| partition(shared, &events[0]));
+    let now = jiff::Timestamp::now();
+    let mut planned = Vec::with_capacity(events.len());
+    let mut matched = Vec::new();
     for event in &events {
         let json = serde_json::to_string(event)
             .map_err(|e| BrokerError::Internal(format!("encode event: {e}")))?;
-        inv.arg(&event.id)
-            .arg(&event.topic)
-            .arg(event.key.as_deref().unwrap_or(""))
-            .arg(event.priority.get())
-            .arg(event.time.as_millisecond())
-            .arg(json);
+        let expired = event.ttl.is_some() && event.is_expired_at(now);
+        if expired {
+            matched.clear();
+        } else {
+            routes.matching(event, &mut matched);
+        }
+        planned.push(Planned {
+            partition: atomic_partition.unwrap_or_else(|| partition(shared, event)),
+            json,
+            ts: event.time.as_millisecond(),
+            band: usize::from(event.priority.get()),
+            subs: matched.clone(),
+            duplicate_of: None,
+            expired,
+        });
+    }
+    if !shared.config.dedup_window.is_zero() {
+        find_duplicates(shared, &events, &mut planned).await?;
+    }
+    let written = transact(shared, &routes, &planned).await?;
+    if written.fences_moved {
+        compensate(shared, &routes, &events, &planned, &written).await?;
+    }
+    if !shared.config.dedup_window.is_zero() {
+        remember(shared, &events, &planned, &written.history).await?;
+    }
+    let expired = planned.iter().filter(|p| p.expired).count() as u64;
+    if expired > 0 {
+        shared.counters.expired.fetch_add(expired, Ordering::Relaxed);
+    }
+    Ok(events
+        .iter()
+        .zip(&planned)
+        .zip(written.history)
+        .map(|((event, plan), id)| Published {
+            id: event.id.clone(),
+            partition: plan.partition,
+            cursor: format!("{}-{id}", plan.partition),
+        })
+        .collect())
+}
+
+/// What a publish transaction wrote.
+struct Written {
+    /// History id of every event (the first id of a duplicate).
+    history: Vec<String>,
+    /// Band entry id per (event index, subscription index).
+    bands: HashMap<(usize, usize), String>,
+    /// A partition's fence differs from the routing table's.
+    fences_moved: bool,
+}
+
+/// Runs the publish transaction (and `WAIT`, when configured).
+async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Result<Written> {
+    let keys = &shared.keys;
+    let cap = shared.config.history_max_len;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    // Per partition touched: events stored, and the live message.
+    let mut partitions: Vec<(u32, u64, String)> = Vec::new();
+    let mut woken: Vec<usize> = Vec::new();
+    for plan in planned.iter().filter(|p| p.duplicate_of.is_none()) {
+        let history = keys.history(plan.partition);
+        let cmd = pipe.cmd("XADD").arg(&history);
+        if cap > 0 {
+            cmd.arg("MAXLEN").arg("~").arg(cap);
+        }
+        cmd.arg("*")
+            .arg("ts")
+            .arg(plan.ts)
+            .arg("ev")
+            .arg(&plan.json);
+        for &i in &plan.subs {
+            pipe.cmd("XADD")
+                .arg(routes.subs[i].keys.band(plan.band))
+                .arg("*")
+                .arg("ev")
+                .arg(&plan.json);
+            if !woken.contains(&i) {
+                woken.push(i);
+            }
+        }
+        match partitions.iter_mut().find(|(p, ..)| *p == plan.partition) {
+            Some((_, n, live)) => {
+                *n += 1;
+                live.push('\n');
+                live.push_str(&plan.json);
+            }
+            None => partitions.push((plan.partition, 1, plan.json.clone())),
+        }
+    }
+    for (p, n, live) in &partitions {
+        pipe.cmd("HINCRBY").arg(keys.meta(*p)).arg("seq").arg(*n).ignore();
+        pipe.cmd("SPUBLISH").arg(keys.live(*p)).arg(live).ignore();
+        pipe.cmd("GET").arg(keys.fence(*p));
+    }
+    for &i in &woken {
+        pipe.cmd("SPUBLISH").arg(routes.subs[i].keys.wake()).arg("").ignore();
     }
     let mut conn = shared.conn();
-    let flat: Vec<redis::Value> = shared.call(inv.invoke_async(&mut conn)).await?;
-    let mut out = Vec::with_capacity(events.len());
-    for pair in flat.chunks(2) {
-        let id: String = redis::from_redis_value_ref(&pair[0])
-            .map_err(|e| BrokerError::Internal(format!("publish reply: {e}")))?;
-        let seq: i64 = pair
-            .get(1)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or(0);
-        out.push((id, seq));
+    let values: Vec<Value> = if partitions.is_empty() {
+        Vec::new()
+    } else {
+        shared.call(pipe.query_async(&mut conn)).await?
+    };
+    let wait = shared.config.wait_replicas;
+    if wait > 0 && !partitions.is_empty() {
+        // On the same connection right after the transaction, so it waits
+        // for the replication offset of these writes.
+        let timeout = u64::try_from(shared.config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        let acked: i64 = shared
+            .call(redis::cmd("WAIT").arg(wait).arg(timeout).query_async(&mut conn))
+            .await?;
+        if acked < i64::from(wait) {
+            return Err(BrokerError::Unavailable(format!(
+                "stored, but only {acked} of {wait} redis replicas acknowledged it within {:?}; \
+                 it may be lost if the master fails",
+                shared.config.wait_timeout
+            )));
+        }
     }
-    Ok(out)
+    let bad = || BrokerError::Internal("publish transaction: unexpected reply".into());
+    let mut it = values.into_iter();
+    let text = |it: &mut std::vec::IntoIter<Value>| -> Result<String> {
+        it.next()
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .ok_or_else(bad)
+    };
+    let mut written = Written {
+        history: Vec::with_capacity(planned.len()),
+        bands: HashMap::new(),
+        fences_moved: false,
+    };
+    for (e, plan) in planned.iter().enumerate() {
+        if let Some(first) = &plan.duplicate_of {
+            // `#n`: the same id earlier in this batch.
+            let id = match first.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => written.history.get(n).cloned().ok_or_else(bad)?,
+                None => first.clone(),
+            };
+            written.history.push(id);
+            continue;
+        }
+        written.history.push(text(&mut it)?);
+        for &i in &plan.subs {
+            written.bands.insert((e, i), text(&mut it)?);
+        }
+    }
+    for (p, ..) in &partitions {
+        let fence: i64 = it
+            .next()
+            .map(|v| redis::from_redis_value::<Option<i64>>(v).map(Option::unwrap_or_default))
+            .transpose()
+            .map_err(|_| bad())?
+            .ok_or_else(bad)?;
+        if routes.fences.get(*p as usize).copied().unwrap_or(0) != fence {
+            written.fences_moved = true;
+        }
+    }
+    for &i in &woken {
+        shared.deliver.notify(&routes.subs[i].record.sid);
+    }
+    Ok(written)
+}
+
+/// The routing config changed under the transaction: reload, and bring the
+/// events' placement in line with the new table (see the module doc).
+async fn compensate(
+    shared: &Shared,
+    old: &Routes,
+    events: &[Event],
+    planned: &[Planned],
+    written: &Written,
+) -> Result<()> {
+    let new = subs::reload(shared).await?;
+    let mut pipe = redis::pipe();
+    let mut dropped: Vec<Arc<Sub>> = Vec::new();
+    let mut woken: Vec<Arc<Sub>> = Vec::new();
+    let mut matched = Vec::new();
+    let mut any = false;
+    for (e, (event, plan)) in events.iter().zip(planned).enumerate() {
+        if plan.duplicate_of.is_some() || plan.expired {
+            continue;
+        }
+        new.matching(event, &mut matched);
+        // Written under the old table but not wanted by the new one.
+        for &i in &plan.subs {
+            let sub = &old.subs[i];
+            let wanted = matched
+                .iter()
+                .any(|&j| new.subs[j].record.sid == sub.record.sid);
+            if wanted {
+                continue;
+            }
+            if new.by_sid(&sub.record.sid).is_some() {
+                if let Some(id) = written.bands.get(&(e, i)) {
+                    pipe.cmd("XDEL").arg(sub.keys.band(plan.band)).arg(id).ignore();
+                    any = true;
+                }
+            } else if !dropped.iter().any(|d| d.record.sid == sub.record.sid) {
+                dropped.push(sub.clone());
+            }
+        }
+        // Wanted by the new table but not written.
+        for &j in &matched {
+            let sub = &new.subs[j];
+            let done = plan
+                .subs
+                .iter()
+                .any(|&i| old.subs[i].record.sid == sub.record.sid);
+            if !done {
+                pipe.cmd("XADD")
+                    .arg(sub.keys.band(plan.band))
+                    .arg("*")
+                    .arg("ev")
+                    .arg(&plan.json)
+                    .ignore();
+                any = true;
+                if !woken.iter().any(|w| w.record.sid == sub.record.sid) {
+                    woken.push(sub.clone());
+                }
+            }
+        }
+    }
+    for sub in &woken {
+        pipe.cmd("SPUBLISH").arg(sub.keys.wake()).arg("").ignore();
+    }
+    if any {
+        let mut conn = shared.conn();
+        shared.call(pipe.query_async::<()>(&mut conn)).await?;
+    }
+    for sub in &dropped {
+        subs::drop_keys(shared, &sub.keys).await?;
+    }
+    for sub in &woken {
+        shared.deliver.notify(&sub.record.sid);
+    }
+    tracing::debug!(added = woken.len(), dropped = dropped.len(), "publish raced a subscription change; placement corrected");
+    Ok(())
+}
+
+/// Marks events whose id was published within the dedup window.
+async fn find_duplicates(shared: &Shared, events: &[Event], planned: &mut [Planned]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for (event, plan) in events.iter().zip(planned.iter()) {
+        pipe.cmd("GET").arg(shared.keys.dedup(plan.partition, &event.id));
+    }
+    let mut conn = shared.conn();
+    let known: Vec<Option<String>> = shared.call(pipe.query_async(&mut conn)).await?;
+    let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
+    for (i, (event, known)) in events.iter().zip(known).enumerate() {
+        match known {
+            Some(id) => planned[i].duplicate_of = Some(id),
+            None => {
+                if let Some(&first) = first_in_batch.get(event.id.as_str()) {
+                    // Stored by this batch already: resolved in `remember`.
+                    planned[i].duplicate_of = Some(format!("#{first}"));
+                } else {
+                    first_in_batch.insert(&event.id, i);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records the history id of every newly stored event for the dedup window.
+async fn remember(shared: &Shared, events: &[Event], planned: &[Planned], history: &[String]) -> Result<()> {
+    let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+    let mut pipe = redis::pipe();
+    let mut any = false;
+    for ((event, plan), id) in events.iter().zip(planned).zip(history) {
+        if plan.duplicate_of.is_none() {
+            pipe.cmd("SET")
+                .arg(shared.keys.dedup(plan.partition, &event.id))
+                .arg(id)
+                .arg("PX")
+                .arg(window)
+                .ignore();
+            any = true;
+        }
+    }
+    if any {
+        let mut conn = shared.conn();
+        shared.call(pipe.query_async::<()>(&mut conn)).await?;
+    }
+    Ok(())
 }
 
 /// A stream id as a comparable pair.
@@ -161,7 +412,7 @@ async fn cursor_key(shared: &Shared, cursor: &str) -> Result<Option<SortKey>> {
     let found: StreamRangeReply = shared
         .call(
             redis::cmd("XRANGE")
-                .arg(shared.keys.ingest(p))
+                .arg(shared.keys.history(p))
                 .arg(id)
                 .arg(id)
                 .query_async(&mut conn),
@@ -175,7 +426,7 @@ async fn cursor_key(shared: &Shared, cursor: &str) -> Result<Option<SortKey>> {
     Ok(Some((ms, ts, seq, p)))
 }
 
-/// The event stored in an ingest (or band) entry.
+/// The event stored in a history (or band) entry.
 pub(super) fn entry_event(entry: &StreamId) -> Option<Event> {
     let json: String = entry.get("ev")?;
     serde_json::from_str(&json).ok()
@@ -214,7 +465,7 @@ async fn scan_partition(
     after: Option<SortKey>,
     limit: usize,
 ) -> Result<Vec<(SortKey, HistoryEntry)>> {
-    let key = shared.keys.ingest(p);
+    let key = shared.keys.history(p);
     let mut start = match after {
         // Entries of the same millisecond in other partitions may sort
         // after the cursor (by event time), so start at its millisecond.
@@ -280,7 +531,7 @@ pub(super) async fn totals(shared: &Arc<Shared>) -> Result<(u64, u64)> {
     let mut pipe = redis::pipe();
     for p in 0..shared.keys.partitions() {
         pipe.cmd("HGET").arg(shared.keys.meta(p)).arg("seq");
-        pipe.cmd("XLEN").arg(shared.keys.ingest(p));
+        pipe.cmd("XLEN").arg(shared.keys.history(p));
     }
     let mut conn = shared.conn();
     let values: Vec<Option<u64>> = shared.call(pipe.query_async(&mut conn)).await?;

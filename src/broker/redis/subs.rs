@@ -4,10 +4,17 @@
 //! A record is `{sid, created_ms, spec}` as JSON; `sid` names the
 //! subscription's keys (`er:s:{sid}:*`), so a subscription deleted and
 //! created again under the same name starts from fresh keys. Every change
-//! is a compare-and-set that bumps `er:{cfg}:ver`; replicas reload when a
-//! poll (every `config_poll`) sees a new version, and routers check the
-//! version before each batch so that an event published after
-//! `ensure_subscription` returned is never routed with an older config.
+//! is a compare-and-set that bumps `er:{cfg}:ver`, then bumps every
+//! partition's fence (`er:fence:{p}`) before it returns; replicas reload
+//! when a poll (every `config_poll`) sees a new version, and publishers
+//! reload when their transaction reads a fence other than the one their
+//! routing table was built at (see `publish` for why that is enough).
+//!
+//! Order of a change, which the fence argument relies on:
+//! - create: the keys (bands and their groups), then the record, then the
+//!   fences;
+//! - update: the record, then the fences;
+//! - delete: the record, then the fences, then the keys.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,9 +61,29 @@ impl Sub {
 #[derive(Default)]
 pub(super) struct Routes {
     pub(super) version: i64,
+    /// Every partition's fence, read before the config: the table is at
+    /// least as new as these generations.
+    pub(super) fences: Vec<i64>,
     pub(super) trie: TopicTrie<usize>,
     pub(super) subs: Vec<Arc<Sub>>,
     by_name: HashMap<String, usize>,
+}
+
+impl Routes {
+    /// The subscriptions `event` goes to: topic trie, then filters.
+    /// Indices into `subs`, ascending.
+    pub(super) fn matching(&self, event: &crate::event::Event, out: &mut Vec<usize>) {
+        out.clear();
+        self.trie.matches_into(&event.topic, out);
+        out.retain(|&i| self.subs[i].spec().selector.matches_filter(event));
+        out.sort_unstable();
+        out.dedup();
+    }
+
+    /// A subscription by its key id.
+    pub(super) fn by_sid(&self, sid: &str) -> Option<&Arc<Sub>> {
+        self.subs.iter().find(|s| s.record.sid == sid)
+    }
 }
 
 /// The cached config; swapped whole on reload.
@@ -92,9 +119,10 @@ impl Registry {
     }
 }
 
-fn build(shared: &Shared, version: i64, raw: HashMap<String, String>) -> Routes {
+fn build(shared: &Shared, version: i64, fences: Vec<i64>, raw: HashMap<String, String>) -> Routes {
     let mut routes = Routes {
         version,
+        fences,
         ..Routes::default()
     };
     let mut names: Vec<(String, String)> = raw.into_iter().collect();
@@ -134,23 +162,45 @@ pub(super) async fn version(shared: &Shared) -> Result<i64> {
     Ok(v.unwrap_or(0))
 }
 
-/// Re-reads the config from Redis and swaps it in.
-pub(super) async fn reload(shared: &Shared) -> Result<()> {
+/// Re-reads the config from Redis and swaps it in. The partitions' fences
+/// are read first (same connection, so in that order): the table is at
+/// least as new as the generations it is tagged with.
+pub(super) async fn reload(shared: &Shared) -> Result<Arc<Routes>> {
     let mut conn = shared.conn();
-    let (version, raw): (Option<i64>, HashMap<String, String>) = shared
-        .call(
-            redis::pipe()
-                .cmd("GET")
-                .arg(shared.keys.cfg_version())
-                .cmd("HGETALL")
-                .arg(shared.keys.cfg_subs())
-                .query_async(&mut conn),
-        )
-        .await?;
-    let routes = build(shared, version.unwrap_or(0), raw);
-    *shared.subs.routes.write() = Arc::new(routes);
+    let mut pipe = redis::pipe();
+    for p in 0..shared.keys.partitions() {
+        pipe.cmd("GET").arg(shared.keys.fence(p));
+    }
+    pipe.cmd("GET")
+        .arg(shared.keys.cfg_version())
+        .cmd("HGETALL")
+        .arg(shared.keys.cfg_subs());
+    let mut values: Vec<redis::Value> = shared.call(pipe.query_async(&mut conn)).await?;
+    let bad = |e: redis::ParsingError| BrokerError::Internal(format!("config reply: {e}"));
+    let raw: HashMap<String, String> =
+        redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(bad)?;
+    let version: Option<i64> =
+        redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(bad)?;
+    let fences = values
+        .iter()
+        .map(|v| redis::from_redis_value_ref::<Option<i64>>(v).map(Option::unwrap_or_default))
+        .collect::<std::result::Result<Vec<i64>, _>>()
+        .map_err(bad)?;
+    let routes = Arc::new(build(shared, version.unwrap_or(0), fences, raw));
+    *shared.subs.routes.write() = routes.clone();
     shared.deliver.wake_all();
-    Ok(())
+    Ok(routes)
+}
+
+/// Bumps every partition's fence: publishers whose routing table is older
+/// than this change find out in their next transaction.
+async fn bump_fences(shared: &Shared) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for p in 0..shared.keys.partitions() {
+        pipe.cmd("INCR").arg(shared.keys.fence(p)).ignore();
+    }
+    let mut conn = shared.conn();
+    shared.call(pipe.query_async::<()>(&mut conn)).await
 }
 
 /// Reloads if Redis has a newer version than the cache.
@@ -179,23 +229,14 @@ pub(super) async fn lookup(shared: &Shared, name: &str) -> Result<Arc<Sub>> {
 
 /// Creates the subscription's keys (and repairs missing consumer groups);
 /// returns the server time in ms.
-/// `marks` are the starting high-water marks of a new subscription.
-pub(super) async fn init_keys(
-    shared: &Shared,
-    name: &str,
-    keys: &SubKeys,
-    marks: &[String],
-) -> Result<i64> {
+pub(super) async fn init_keys(shared: &Shared, name: &str, keys: &SubKeys) -> Result<i64> {
     let mut conn = shared.conn();
     let mut inv = shared.scripts.sub_init.prepare_invoke();
-    inv.key(keys.info()).key(keys.hwm());
+    inv.key(keys.info());
     for band in keys.bands() {
         inv.key(band);
     }
     inv.arg(name);
-    for (p, mark) in marks.iter().enumerate() {
-        inv.arg(p).arg(mark);
-    }
     shared.call(inv.invoke_async(&mut conn)).await
 }
 
@@ -238,7 +279,7 @@ pub(super) async fn ensure(shared: &Shared, spec: GroupSpec) -> Result<()> {
         let record = match old.as_deref().map(serde_json::from_str::<SubRecord>) {
             Some(Ok(existing)) => {
                 let keys = shared.keys.sub(&existing.sid);
-                init_keys(shared, &spec.name, &keys, &[]).await?;
+                init_keys(shared, &spec.name, &keys).await?;
                 SubRecord {
                     spec: spec.clone(),
                     ..existing
@@ -246,9 +287,8 @@ pub(super) async fn ensure(shared: &Shared, spec: GroupSpec) -> Result<()> {
             }
             _ => {
                 let sid = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-                let marks = super::route::tails(shared).await?;
                 let keys = shared.keys.sub(&sid);
-                let created_ms = init_keys(shared, &spec.name, &keys, &marks).await?;
+                let created_ms = init_keys(shared, &spec.name, &keys).await?;
                 SubRecord {
                     sid,
                     created_ms,
@@ -259,7 +299,9 @@ pub(super) async fn ensure(shared: &Shared, spec: GroupSpec) -> Result<()> {
         let json = to_json(&record)?;
         let old = old.unwrap_or_default();
         if old == json || put(shared, &spec.name, &old, &json).await? {
-            return reload(shared).await;
+            bump_fences(shared).await?;
+            reload(shared).await?;
+            return Ok(());
         }
         if old.is_empty() {
             drop_keys(shared, &shared.keys.sub(&record.sid)).await?;
@@ -271,7 +313,8 @@ pub(super) async fn ensure(shared: &Shared, spec: GroupSpec) -> Result<()> {
     )))
 }
 
-async fn drop_keys(shared: &Shared, keys: &SubKeys) -> Result<()> {
+/// Deletes every key of a subscription.
+pub(super) async fn drop_keys(shared: &Shared, keys: &SubKeys) -> Result<()> {
     let mut conn = shared.conn();
     // `info` goes first in the same command, so routers and consumers that
     // race with the deletion see the subscription gone and write nothing.
@@ -293,6 +336,9 @@ pub(super) async fn delete(shared: &Shared, name: &str) -> Result<bool> {
             return Ok(false);
         };
         if put(shared, name, &old, "").await? {
+            // Fences before keys: a publisher that writes into the keys
+            // after they are gone sees the new fence and deletes them again.
+            bump_fences(shared).await?;
             if let Ok(record) = serde_json::from_str::<SubRecord>(&old) {
                 drop_keys(shared, &shared.keys.sub(&record.sid)).await?;
             }

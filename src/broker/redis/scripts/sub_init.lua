@@ -1,13 +1,9 @@
 -- Creates (or repairs after data loss) a subscription's keys.
--- KEYS[1] info hash, KEYS[2] hwm hash, KEYS[3..12] priority bands 1..10.
--- ARGV[1] name, then pairs (partition, starting high-water mark) for a new
--- subscription (existing marks are never lowered).
+-- KEYS[1] info hash, KEYS[2..11] priority bands 1..10.
+-- ARGV[1] name.
 -- Returns the server time in ms.
 redis.call('HSETNX', KEYS[1], 'name', ARGV[1])
-for i = 2, #ARGV, 2 do
-  redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
-end
-for i = 3, #KEYS do
+for i = 2, #KEYS do
   redis.pcall('XGROUP', 'CREATE', KEYS[i], 'g', '0', 'MKSTREAM')
 end
 local t = redis.call('TIME')

@@ -1,7 +1,0 @@
--- Gives up a partition lease if it is still ours.
--- KEYS[1] lease. ARGV[1] our token. Returns 1 or 0.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
