@@ -822,7 +822,7 @@ pub(super) async fn dead_letters(
         .await?;
     let mut out = Vec::with_capacity(page.ids.len());
     for entry in &page.ids {
-        let Some(event) = entry_event(entry) else {
+        let Some(event) = entry_event(entry).or_else(|| unreadable_event(entry)) else {
             continue;
         };
         let hist: String = entry.get("hist").unwrap_or_else(|| "[]".into());
@@ -847,6 +847,17 @@ pub(super) async fn dead_letters(
     }
     Ok(out)
 }
+
+/// What a dead letter whose stored event does not parse shows instead:
+/// an event of type [`UNREADABLE_TOPIC`] whose payload holds the stored
+/// text as `raw`, so that it can be listed, inspected and purged.
+fn unreadable_event(entry: &redis::streams::StreamId) -> Option<Event> {
+    let raw: String = entry.get("ev")?;
+    Event::new(UNREADABLE_TOPIC, serde_json::json!({ "raw": raw })).ok()
+}
+
+/// Type of the stand-in event of an unreadable dead letter.
+const UNREADABLE_TOPIC: &str = "router.unreadable";
 
 /// Valid stream ids of a selection (`None` = all).
 fn selected_ids(selection: &DeadLetterSelection) -> Option<Vec<&str>> {

@@ -156,7 +156,8 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
     pipe.atomic();
     // Per partition touched: events stored, and the live message.
     let mut partitions: Vec<(u32, u64, String)> = Vec::new();
-    let mut woken: Vec<usize> = Vec::new();
+    // Subscriptions written to, with how many events.
+    let mut woken: Vec<(usize, u64)> = Vec::new();
     for plan in planned.iter().filter(|p| p.duplicate_of.is_none()) {
         let history = keys.history(plan.partition);
         let cmd = pipe.cmd("XADD").arg(&history);
@@ -174,8 +175,9 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
                 .arg("*")
                 .arg("ev")
                 .arg(&plan.json);
-            if !woken.contains(&i) {
-                woken.push(i);
+            match woken.iter_mut().find(|(j, _)| *j == i) {
+                Some((_, n)) => *n += 1,
+                None => woken.push((i, 1)),
             }
         }
         match partitions.iter_mut().find(|(p, ..)| *p == plan.partition) {
@@ -192,8 +194,10 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
         pipe.cmd("SPUBLISH").arg(keys.live(*p)).arg(live).ignore();
         pipe.cmd("GET").arg(keys.fence(*p));
     }
-    for &i in &woken {
-        pipe.cmd("SPUBLISH").arg(routes.subs[i].keys.wake()).arg("").ignore();
+    for &(i, n) in &woken {
+        let keys = &routes.subs[i].keys;
+        pipe.cmd("HINCRBY").arg(keys.info()).arg("routed").arg(n).ignore();
+        pipe.cmd("SPUBLISH").arg(keys.wake()).arg("").ignore();
     }
     let mut conn = shared.conn();
     let values: Vec<Value> = if partitions.is_empty() {
@@ -255,7 +259,7 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
             written.fences_moved = true;
         }
     }
-    for &i in &woken {
+    for &(i, _) in &woken {
         shared.deliver.notify(&routes.subs[i].record.sid);
     }
     Ok(written)
@@ -293,6 +297,7 @@ async fn compensate(
             if new.by_sid(&sub.record.sid).is_some() {
                 if let Some(id) = written.bands.get(&(e, i)) {
                     pipe.cmd("XDEL").arg(sub.keys.band(plan.band)).arg(id).ignore();
+                    pipe.cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(-1).ignore();
                     any = true;
                 }
             } else if !dropped.iter().any(|d| d.record.sid == sub.record.sid) {
@@ -313,6 +318,7 @@ async fn compensate(
                     .arg("ev")
                     .arg(&plan.json)
                     .ignore();
+                pipe.cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(1).ignore();
                 any = true;
                 if !woken.iter().any(|w| w.record.sid == sub.record.sid) {
                     woken.push(sub.clone());

@@ -1,0 +1,471 @@
+//! Routing at publish on Redis (DESIGN §6 v2), against a real
+//! `redis-server`: the config fence under subscription changes racing
+//! publishes at full rate, trimming of acked entries, refusal of the first
+//! key layout, and dead-lettering of stored events that cannot be read.
+//!
+//! The races use two brokers on one Redis: `pub_side` publishes with a
+//! routing table that it never refreshes by polling (`config_poll` of an
+//! hour), `cfg_side` changes subscriptions. Only the fence can tell the
+//! publisher about a change.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use event_router::broker::{
+    Broker, BrokerError, ConsumeOptions, GroupSpec, PublishOptions, RedisBroker,
+    RedisBrokerConfig,
+};
+use event_router::{Event, Selector};
+use serde_json::json;
+use tokio::time::{Instant, sleep, timeout};
+
+fn prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+fn config(url: &str, prefix: &str) -> RedisBrokerConfig {
+    RedisBrokerConfig {
+        key_prefix: prefix.to_string(),
+        poll_interval: Duration::from_millis(20),
+        config_poll: Duration::from_secs(3600),
+        command_timeout: Duration::from_millis(2000),
+        reclaim_idle: Duration::from_millis(900),
+        ..RedisBrokerConfig::new(url)
+    }
+}
+
+async fn connect(url: &str, prefix: &str) -> RedisBroker {
+    RedisBroker::connect(config(url, prefix))
+        .await
+        .expect("connect to redis")
+}
+
+fn spec(name: &str, filter: Option<serde_json::Value>) -> GroupSpec {
+    GroupSpec::new(
+        name,
+        Selector::parse(&["race.#"], filter.as_ref()).expect("selector"),
+    )
+}
+
+/// Publishers numbering their events per task; `started[t]` is the number
+/// of task `t`'s events whose publish has begun.
+struct Publishers {
+    started: Vec<Arc<AtomicU64>>,
+    acked: Arc<parking_lot::Mutex<HashSet<(u64, u64)>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const TASKS: u64 = 4;
+
+impl Publishers {
+    fn start(broker: Arc<RedisBroker>) -> Publishers {
+        let acked = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut started = Vec::new();
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let counter = Arc::new(AtomicU64::new(0));
+            started.push(counter.clone());
+            let (broker, acked, stop) = (broker.clone(), acked.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                // Bounded: at most 200,000 events per task.
+                for k in 0..200_000u64 {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    counter.store(k + 1, Ordering::SeqCst);
+                    let event =
+                        Event::new("race.x", json!({ "t": t, "k": k })).expect("event");
+                    if broker.publish(event, PublishOptions::default()).await.is_ok() {
+                        acked.lock().insert((t, k));
+                    }
+                }
+            }));
+        }
+        Publishers {
+            started,
+            acked,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Per task: events numbered at or above this began after now.
+    fn snapshot(&self) -> Vec<u64> {
+        self.started
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    async fn stop(self) -> HashSet<(u64, u64)> {
+        self.stop.store(true, Ordering::Release);
+        for task in self.tasks {
+            task.await.expect("publisher task");
+        }
+        Arc::try_unwrap(self.acked)
+            .map(parking_lot::Mutex::into_inner)
+            .unwrap_or_else(|a| a.lock().clone())
+    }
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+async fn sid(conn: &mut redis::aio::MultiplexedConnection, prefix: &str, name: &str) -> String {
+    let record: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{cfg}}:subs"))
+        .arg(name)
+        .query_async(conn)
+        .await
+        .expect("subscription record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("record JSON");
+    record["sid"].as_str().expect("sid").to_string()
+}
+
+/// `(t, k)` of every event stored in a subscription's default band.
+async fn stored(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    sid: &str,
+) -> HashSet<(u64, u64)> {
+    let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:s:{{{sid}}}:q5"))
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE band");
+    page.ids
+        .iter()
+        .map(|e| {
+            let json: String = e.get("ev").expect("ev");
+            let v: serde_json::Value = serde_json::from_str(&json).expect("event JSON");
+            let p = if v.get("payload").is_some() {
+                &v["payload"]
+            } else {
+                &v["data"]
+            };
+            (p["t"].as_u64().expect("t"), p["k"].as_u64().expect("k"))
+        })
+        .collect()
+}
+
+/// Lets the publishers run a little between changes.
+async fn pause(i: u64) {
+    sleep(Duration::from_millis(5 + (i * 7) % 20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_created_while_publishing_get_every_event_published_after_creation_returned()
+{
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let pub_side = Arc::new(connect(&server.url(), &prefix).await);
+    let cfg_side = connect(&server.url(), &prefix).await;
+    let publishers = Publishers::start(pub_side.clone());
+    sleep(Duration::from_millis(100)).await;
+    let mut created = Vec::new();
+    for i in 0..12 {
+        let name = format!("new-{i}");
+        cfg_side
+            .ensure_subscription(spec(&name, None))
+            .await
+            .expect("create");
+        created.push((name, publishers.snapshot()));
+        pause(i).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let acked = publishers.stop().await;
+    let mut conn = redis_conn(&server.url()).await;
+    let mut checked = 0;
+    for (name, after) in &created {
+        let sid = sid(&mut conn, &prefix, name).await;
+        let got = stored(&mut conn, &prefix, &sid).await;
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|(t, k)| *k >= after[*t as usize])
+            .filter(|e| !got.contains(e))
+            .collect();
+        checked += acked.iter().filter(|(t, k)| *k >= after[*t as usize]).count();
+        assert!(
+            missing.is_empty(),
+            "{name}: {} events published after its creation returned are missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    assert!(checked > 100, "the publishers ran during the changes ({checked} checked)");
+    println!("create race: {} events acknowledged, {checked} (event, subscription) pairs checked", acked.len());
+    pub_side.close().await;
+    cfg_side.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_subscriptions_get_nothing_published_after_their_delete_returned() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let pub_side = Arc::new(connect(&server.url(), &prefix).await);
+    let cfg_side = connect(&server.url(), &prefix).await;
+    let mut conn = redis_conn(&server.url()).await;
+    let mut sids = Vec::new();
+    for i in 0..12 {
+        let name = format!("gone-{i}");
+        cfg_side
+            .ensure_subscription(spec(&name, None))
+            .await
+            .expect("create");
+        sids.push((name.clone(), sid(&mut conn, &prefix, &name).await));
+    }
+    // The publisher's table holds them all (read now, not polled later).
+    assert_eq!(pub_side.subscriptions().await.expect("list").len(), 12);
+    let publishers = Publishers::start(pub_side.clone());
+    sleep(Duration::from_millis(100)).await;
+    for (i, (name, _)) in sids.iter().enumerate() {
+        assert!(cfg_side.delete_subscription(name).await.expect("delete"));
+        pause(i as u64).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let acked = publishers.stop().await;
+    assert!(acked.len() > 100, "the publishers ran ({} events)", acked.len());
+    for (name, sid) in &sids {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:s:{{{sid}}}:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        assert!(
+            keys.is_empty(),
+            "{name} was deleted, yet it holds {keys:?} (events published after its delete)"
+        );
+    }
+    let err = pub_side
+        .consume("gone-3", ConsumeOptions::default())
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(BrokerError::UnknownSubscription(_))),
+        "{err:?}"
+    );
+    pub_side.close().await;
+    cfg_side.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_updated_while_publishing_applies_to_every_event_published_after_the_update() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let pub_side = Arc::new(connect(&server.url(), &prefix).await);
+    let cfg_side = connect(&server.url(), &prefix).await;
+    let mut conn = redis_conn(&server.url()).await;
+    // Each subscription first takes everything, then only task 0's events.
+    let names: Vec<String> = (0..8).map(|i| format!("upd-{i}")).collect();
+    for name in &names {
+        cfg_side
+            .ensure_subscription(spec(name, None))
+            .await
+            .expect("create");
+    }
+    let publishers = Publishers::start(pub_side.clone());
+    sleep(Duration::from_millis(100)).await;
+    let mut updated = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        cfg_side
+            .ensure_subscription(spec(name, Some(json!({ "payload.t": 0 }))))
+            .await
+            .expect("update");
+        updated.push(publishers.snapshot());
+        pause(i as u64).await;
+    }
+    sleep(Duration::from_millis(100)).await;
+    let acked = publishers.stop().await;
+    for (name, after) in names.iter().zip(&updated) {
+        let sid = sid(&mut conn, &prefix, name).await;
+        let got = stored(&mut conn, &prefix, &sid).await;
+        let wrong: Vec<_> = got
+            .iter()
+            .filter(|(t, k)| *t != 0 && *k >= after[*t as usize])
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{name}: {} events of other tasks published after the update were kept, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        let missing = acked
+            .iter()
+            .filter(|(t, k)| *t == 0 && *k >= after[0])
+            .filter(|e| !got.contains(e))
+            .count();
+        assert_eq!(missing, 0, "{name}: matching events published after the update are missing");
+    }
+    pub_side.close().await;
+    cfg_side.close().await;
+}
+
+#[tokio::test]
+async fn acked_entries_are_trimmed_from_the_bands_but_held_ones_stay() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let broker = connect(&server.url(), &prefix).await;
+    broker
+        .ensure_subscription(GroupSpec::new(
+            "trim",
+            Selector::parse(&["trim.#"], None).expect("selector"),
+        ))
+        .await
+        .expect("subscription");
+    let events: Vec<Event> = (0..600)
+        .map(|n| Event::new("trim.x", json!({ "n": n })).expect("event"))
+        .collect();
+    broker
+        .publish_batch(events, PublishOptions::default())
+        .await
+        .expect("publish");
+    let mut conn = redis_conn(&server.url()).await;
+    let sid = sid(&mut conn, &prefix, "trim").await;
+    let band = format!("{prefix}:s:{{{sid}}}:q5");
+    let mut consumer = broker
+        .consume(
+            "trim",
+            ConsumeOptions {
+                max_in_flight: 1000,
+                ..ConsumeOptions::default()
+            },
+        )
+        .await
+        .expect("consume");
+    let mut held = None;
+    let mut seen = 0;
+    while seen < 600 {
+        let batch = timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("deliveries in time")
+            .expect("consumer");
+        for d in batch {
+            seen += 1;
+            if held.is_none() {
+                // The first delivery stays unacked: everything after it is
+                // acked, but the floor is this one.
+                held = Some(d);
+                continue;
+            }
+            broker.ack("trim", &d.delivery_id).await.expect("ack");
+        }
+    }
+    let held = held.expect("a held delivery");
+    let held_entry = held.delivery_id.split_once('-').expect("band-id").1.to_string();
+    // The held entry pins the floor: nothing is trimmed past it.
+    sleep(Duration::from_millis(2500)).await;
+    let len: u64 = redis::cmd("XLEN").arg(&band).query_async(&mut conn).await.expect("XLEN");
+    assert_eq!(len, 600, "entries after an unacked one are kept");
+    broker.ack("trim", &held.delivery_id).await.expect("ack held");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let len: u64 = redis::cmd("XLEN").arg(&band).query_async(&mut conn).await.expect("XLEN");
+        if len < 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acked entries not trimmed: {len} left");
+        sleep(Duration::from_millis(100)).await;
+    }
+    let gone: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&band)
+        .arg(&held_entry)
+        .arg(&held_entry)
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    assert!(gone.ids.is_empty(), "the acked held entry is trimmed too");
+    let info = broker.subscription("trim").await.expect("info");
+    assert_eq!((info.pending, info.in_flight, info.acked), (0, 0, 600));
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn a_redis_holding_the_first_layout_is_refused_with_what_to_do() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    // The first layout's subscriptions hash, without a layout mark.
+    let reply = server.command(&format!(
+        "HSET {prefix}:{{cfg}}:subs jobs record"
+    ));
+    assert!(reply.starts_with(":1"), "{reply}");
+    let err = RedisBroker::connect(config(&server.url(), &prefix))
+        .await
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("first key layout") && message.contains("--redis-key-prefix"),
+        "{message}"
+    );
+    // Another prefix on the same Redis is fine.
+    connect(&server.url(), &format!("{prefix}b")).await.close().await;
+}
+
+#[tokio::test]
+async fn a_stored_event_that_cannot_be_read_is_dead_lettered_with_the_reason() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let broker = connect(&server.url(), &prefix).await;
+    broker
+        .ensure_subscription(GroupSpec::new(
+            "deep",
+            Selector::parse(&["deep.#"], None).expect("selector"),
+        ))
+        .await
+        .expect("subscription");
+    let mut conn = redis_conn(&server.url()).await;
+    let sid = sid(&mut conn, &prefix, "deep").await;
+    // What serde cannot read back: JSON nested past its recursion limit.
+    let deep = format!(
+        r#"{{"id":"e1","type":"deep.x","payload":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}:s:{{{sid}}}:q5"))
+        .arg("*")
+        .arg("ev")
+        .arg(&deep)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    broker
+        .publish(
+            Event::new("deep.x", json!({ "ok": true })).expect("event"),
+            PublishOptions::default(),
+        )
+        .await
+        .expect("publish");
+    let mut consumer = broker
+        .consume("deep", ConsumeOptions::default())
+        .await
+        .expect("consume");
+    let got = timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("in time")
+        .expect("consumer");
+    assert_eq!(got.len(), 1, "only the readable event is delivered");
+    assert_eq!(got[0].event.payload["ok"], true);
+    let dead = broker
+        .dead_letters("deep", Default::default())
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains("unreadable event"), "{}", dead[0].reason);
+    assert_eq!(dead[0].event.topic, "router.unreadable");
+    assert_eq!(dead[0].event.payload["raw"], deep.as_str());
+    broker.close().await;
+}
