@@ -11,6 +11,11 @@
 //!   one fetch concurrently). An event
 //!   counts when its ack returns: publish → route → deliver → ack.
 //!   Latency is from the event's creation (its `time`) to its delivery.
+//! - The closed loop runs three times: with the consumed subscription
+//!   alone; with 9 more subscriptions that match nothing (their topics
+//!   differ), which should cost nothing; with 9 more that match every
+//!   event (not consumed), whose extra Redis CPU per event, divided by 9,
+//!   is the cost of one more matching subscription.
 //! - Then the same at a fixed `--rate` (default 5,000 events/s) for
 //!   `--seconds`, open loop, for latency percentiles under a steady load.
 //!
@@ -19,6 +24,7 @@
 //!   event costs in raw `XADD`s of the ceiling run, which bounds the ratio.
 //!
 //! Run: `cargo bench --bench redis_durable -- [--events N] [--batch B] [--rate R] [--seconds S]`
+//! (the v2 figures in docs/redis.md use `--events 200000 --batch 64`).
 
 #[path = "../tests/common/redis.rs"]
 #[allow(dead_code)]
@@ -174,7 +180,7 @@ impl Profile {
     /// Prints CPU and Redis commands per event; with the cost of a raw
     /// `XADD`, also what they amount to in raw `XADD`s, which bounds the
     /// ratio to the ceiling.
-    fn print(&self, port: u16, events: u64, raw: Option<&RawCost>) {
+    fn print(&self, port: u16, events: u64, raw: Option<&RawCost>) -> f64 {
         let now = redis_info(port);
         let cpu = own_cpu() - self.cpu;
         let n = events.max(1) as f64;
@@ -215,6 +221,7 @@ impl Profile {
                 100.0 * raw.usec / commands,
             );
         }
+        redis_us
     }
 }
 
@@ -290,7 +297,21 @@ fn report(label: &str, run: &Run, elapsed: Duration) -> f64 {
     rate
 }
 
-async fn fresh(server: &redis_server::RedisServer, prefix: &str) -> Arc<RedisBroker> {
+/// Subscriptions besides `bench` in a closed-loop run.
+#[derive(Clone, Copy)]
+enum Others {
+    None,
+    /// Nine that match nothing.
+    NineUnmatched,
+    /// Nine that match every event and are not consumed.
+    NineMatching,
+}
+
+async fn fresh(
+    server: &redis_server::RedisServer,
+    prefix: &str,
+    others: Others,
+) -> Arc<RedisBroker> {
     let config = RedisBrokerConfig {
         key_prefix: prefix.to_string(),
         ..RedisBrokerConfig::new(server.url())
@@ -304,34 +325,40 @@ async fn fresh(server: &redis_server::RedisServer, prefix: &str) -> Arc<RedisBro
         .ensure_subscription(spec)
         .await
         .expect("subscription");
+    let pattern = match others {
+        Others::None => return broker,
+        Others::NineUnmatched => "other.#",
+        Others::NineMatching => "bench.#",
+    };
+    for i in 0..9 {
+        let spec = GroupSpec::new(
+            format!("other-{i}"),
+            Selector::parse(&[pattern], None).expect("selector"),
+        );
+        broker
+            .ensure_subscription(spec)
+            .await
+            .expect("subscription");
+    }
     broker
 }
 
-fn new_run() -> Arc<Run> {
-    Arc::new(Run {
-        acked: AtomicU64::new(0),
-        latency: Mutex::new(Histogram::new(3).expect("histogram")),
-    })
+/// What a closed-loop run measured.
+struct Closed {
+    rate: f64,
+    redis_us: f64,
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
-    let server = redis_server::RedisServer::start();
-    let payload = "x".repeat(PAYLOAD_BYTES - 20);
-
-    let before = redis_info(server.port());
-    let ceiling = raw_ceiling(server.port());
-    let raw = RawCost::between(&before, &redis_info(server.port()));
-    match ceiling {
-        Some(c) => println!(
-            "raw ceiling: redis-benchmark XADD pipelined (-P 16 -c 4), 256-byte field: {c:.0} requests/s"
-        ),
-        None => println!("raw ceiling: redis-benchmark not available"),
-    }
-
-    // Closed loop: as fast as it goes.
-    let broker = fresh(&server, "b1").await;
+/// One closed-loop run: as fast as it goes.
+async fn closed_loop(
+    server: &redis_server::RedisServer,
+    prefix: &str,
+    a: &Args,
+    others: Others,
+    label: &str,
+    raw: Option<&RawCost>,
+) -> Closed {
+    let broker = fresh(server, prefix, others).await;
     let run = new_run();
     let consumers = start_consumers(&broker, &run, a.events);
     let profile = Profile::start(server.port());
@@ -363,23 +390,76 @@ async fn main() {
     wait_acked(&run, total, Duration::from_secs(300)).await;
     let rate = report(
         &format!(
-            "router durable, closed loop ({PUBLISHERS} publishers x batch {}, {CONSUMERS} consumers)",
+            "router durable, closed loop, {label} ({PUBLISHERS} publishers x batch {}, {CONSUMERS} consumers)",
             a.batch
         ),
         &run,
         started.elapsed(),
     );
-    profile.print(server.port(), total, raw.as_ref());
-    if let Some(c) = ceiling {
-        println!("router / raw ceiling: {:.1}%", 100.0 * rate / c);
-    }
+    let redis_us = profile.print(server.port(), total, raw);
     for c in consumers {
         c.abort();
     }
     broker.close().await;
+    Closed { rate, redis_us }
+}
+
+
+fn new_run() -> Arc<Run> {
+    Arc::new(Run {
+        acked: AtomicU64::new(0),
+        latency: Mutex::new(Histogram::new(3).expect("histogram")),
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let server = redis_server::RedisServer::start();
+    let payload = "x".repeat(PAYLOAD_BYTES - 20);
+
+    let before = redis_info(server.port());
+    let ceiling = raw_ceiling(server.port());
+    let raw = RawCost::between(&before, &redis_info(server.port()));
+    match ceiling {
+        Some(c) => println!(
+            "raw ceiling: redis-benchmark XADD pipelined (-P 16 -c 4), 256-byte field: {c:.0} requests/s"
+        ),
+        None => println!("raw ceiling: redis-benchmark not available"),
+    }
+
+    let mut runs = Vec::new();
+    for (i, (others, label)) in [
+        (Others::None, "1 subscription"),
+        (Others::NineUnmatched, "10 subscriptions, 1 matching"),
+        (Others::NineMatching, "10 subscriptions, all matching, 1 consumed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let closed = closed_loop(&server, &format!("b1{i}"), &a, others, label, raw.as_ref()).await;
+        if let Some(c) = ceiling {
+            println!("router / raw ceiling: {:.1}%", 100.0 * closed.rate / c);
+        }
+        runs.push(closed);
+    }
+    if let [one, unmatched, matching] = &runs[..] {
+        println!(
+            "9 non-matching subscriptions: throughput {:.1}% of 1 subscription's",
+            100.0 * unmatched.rate / one.rate
+        );
+        let extra = (matching.redis_us - one.redis_us) / 9.0;
+        match raw.as_ref() {
+            Some(raw) => println!(
+                "each extra matching subscription: {extra:.1} us of Redis CPU per event = {:.2} raw XADDs",
+                extra / raw.cpu_us
+            ),
+            None => println!("each extra matching subscription: {extra:.1} us of Redis CPU per event"),
+        }
+    }
 
     // Open loop at a fixed rate.
-    let broker = fresh(&server, "b2").await;
+    let broker = fresh(&server, "b2", Others::None).await;
     let run = new_run();
     let total = (a.rate * a.seconds as f64) as u64;
     let consumers = start_consumers(&broker, &run, total);

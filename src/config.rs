@@ -293,17 +293,18 @@ pub struct RedisSection {
     /// embedded in-memory broker runs instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Ingest partitions, the unit of routing parallelism and of per-key
-    /// order. Every replica must use the same value. Default 16; 1..=1024.
+    /// History partitions, the unit of per-key order in history and of
+    /// spreading over Redis Cluster slots. Every replica must use the same
+    /// value. Default 16; 1..=1024.
     pub partitions: u32,
     /// Prefix of every Redis key; routers with different prefixes share
     /// nothing. Default `er`; must not be empty or contain braces.
     pub key_prefix: String,
-    /// Lifetime of a partition lease: a replica that stops renewing (crash,
-    /// stall) loses its partitions after this long. Default `15s`; at
-    /// least `100ms`.
+    /// Membership heartbeat span: replicas heartbeat every fifth of it, and
+    /// `status` shows a replica silent for two thirds of it as gone.
+    /// Default `15s`; at least `100ms`.
     #[serde(with = "duration")]
-    pub lease_ttl: Duration,
+    pub membership_ttl: Duration,
     /// A durable delivery held this long without keep-alive belongs to a
     /// dead replica and is redelivered (as an ack timeout). Default `30s`;
     /// at least `30ms`.
@@ -318,7 +319,15 @@ pub struct RedisSection {
     /// per event for the window. Default `0s`: off.
     #[serde(with = "duration")]
     pub dedup_window: Duration,
-    /// This replica's id in membership, leases and consumer names. Default
+    /// Redis replicas that must acknowledge every publish (`WAIT`) before
+    /// it is answered; fewer within `wait_timeout` answers 503 (the event
+    /// is on the master and may survive). Default 0: off.
+    pub wait_replicas: u32,
+    /// How long a publish waits for `wait_replicas`. Default `1s`; zero is
+    /// rejected when `wait_replicas` is set.
+    #[serde(with = "duration")]
+    pub wait_timeout: Duration,
+    /// This replica's id in membership and consumer names. Default
     /// empty: a fresh id per process start (host name plus a random
     /// suffix), so a restarted replica never inherits a dead one's work.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -331,10 +340,12 @@ impl Default for RedisSection {
             url: None,
             partitions: RedisBrokerConfig::DEFAULT_PARTITIONS,
             key_prefix: RedisBrokerConfig::DEFAULT_KEY_PREFIX.to_string(),
-            lease_ttl: RedisBrokerConfig::DEFAULT_LEASE_TTL,
+            membership_ttl: RedisBrokerConfig::DEFAULT_MEMBERSHIP_TTL,
             reclaim_idle: RedisBrokerConfig::DEFAULT_RECLAIM_IDLE,
             command_timeout: RedisBrokerConfig::DEFAULT_COMMAND_TIMEOUT,
             dedup_window: Duration::ZERO,
+            wait_replicas: 0,
+            wait_timeout: RedisBrokerConfig::DEFAULT_WAIT_TIMEOUT,
             node_id: String::new(),
         }
     }
@@ -406,14 +417,20 @@ impl Config {
                 format!("{} is outside 1..=1024", r.partitions),
             );
         }
+        if r.wait_replicas > 0 && r.wait_timeout.is_zero() {
+            return invalid(
+                "redis.wait_timeout",
+                "must not be 0s when redis.wait_replicas is set".into(),
+            );
+        }
         if r.key_prefix.is_empty() || r.key_prefix.contains(['{', '}']) {
             return invalid(
                 "redis.key_prefix",
                 format!("{:?} must be non-empty and free of braces", r.key_prefix),
             );
         }
-        if r.lease_ttl < Duration::from_millis(100) {
-            return invalid("redis.lease_ttl", "must be at least 100ms".into());
+        if r.membership_ttl < Duration::from_millis(100) {
+            return invalid("redis.membership_ttl", "must be at least 100ms".into());
         }
         if r.reclaim_idle < Duration::from_millis(30) {
             return invalid("redis.reclaim_idle", "must be at least 30ms".into());
@@ -464,14 +481,15 @@ impl Config {
         let mut c = RedisBrokerConfig::new(r.url.clone()?);
         c.partitions = r.partitions;
         c.key_prefix.clone_from(&r.key_prefix);
-        c.lease_ttl = r.lease_ttl;
+        c.membership_ttl = r.membership_ttl;
         c.reclaim_idle = r.reclaim_idle;
         c.command_timeout = r.command_timeout;
         c.dedup_window = r.dedup_window;
+        c.wait_replicas = r.wait_replicas;
+        c.wait_timeout = r.wait_timeout;
         c.node_id.clone_from(&r.node_id);
         // The memory broker's bound is total; Redis trims each partition.
-        // Zero (no history) keeps one entry per partition: ingest streams
-        // carry routing too, and entries not yet routed are never trimmed.
+        // Zero (no history) keeps one entry per partition.
         c.history_max_len = self
             .broker
             .history_max_events

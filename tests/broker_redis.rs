@@ -30,7 +30,7 @@ fn prefix() -> String {
 fn config(url: &str, prefix: &str) -> RedisBrokerConfig {
     RedisBrokerConfig {
         key_prefix: prefix.to_string(),
-        lease_ttl: Duration::from_millis(1000),
+        membership_ttl: Duration::from_millis(1000),
         poll_interval: Duration::from_millis(20),
         config_poll: Duration::from_millis(200),
         command_timeout: Duration::from_millis(1000),

@@ -360,7 +360,7 @@ async fn with_redis_durable_deliveries_survive_a_killed_router_and_no_handler_ru
         &redis.url(),
         "--node-id",
         "replica-a",
-        "--redis-lease-ttl",
+        "--redis-membership-ttl",
         "1s",
         "--redis-reclaim-idle",
         "1s",

@@ -626,7 +626,7 @@ fn start_replica(
             redis_url,
             "--node-id",
             node,
-            "--redis-lease-ttl",
+            "--redis-membership-ttl",
             "1s",
             "--shutdown-grace",
             "1s",

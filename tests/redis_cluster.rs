@@ -196,7 +196,7 @@ fn start_replica(redis_url: &str, i: usize) -> RouterProcess {
             redis_url,
             "--node-id",
             &node,
-            "--redis-lease-ttl",
+            "--redis-membership-ttl",
             "1s",
             "--redis-reclaim-idle",
             "1s",

@@ -227,15 +227,15 @@ pub struct ServeArgs {
     )]
     pub redis_key_prefix: Option<String>,
 
-    /// Partition lease lifetime: a stalled or dead replica's partitions move after this [default: 15s].
+    /// Membership heartbeat span: replicas heartbeat every fifth of it and `status` shows one silent for two thirds of it as gone [default: 15s].
     #[arg(
         long,
-        env = "EVENT_ROUTER_REDIS_LEASE_TTL",
+        env = "EVENT_ROUTER_REDIS_MEMBERSHIP_TTL",
         value_name = "DURATION",
         value_parser = config::parse_duration,
         help_heading = "Redis"
     )]
-    pub redis_lease_ttl: Option<Duration>,
+    pub redis_membership_ttl: Option<Duration>,
 
     /// A dead replica's un-acked deliveries are redelivered after this [default: 30s].
     #[arg(
@@ -266,6 +266,25 @@ pub struct ServeArgs {
         help_heading = "Redis"
     )]
     pub redis_dedup_window: Option<Duration>,
+
+    /// Redis replicas that must acknowledge each publish (WAIT) before it is answered; fewer in time is a 503; 0 is off [default: 0].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_WAIT_REPLICAS",
+        value_name = "N",
+        help_heading = "Redis"
+    )]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// How long a publish waits for --redis-wait-replicas [default: 1s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_REDIS_WAIT_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Redis"
+    )]
+    pub redis_wait_timeout: Option<Duration>,
 
     /// This replica's id [default: host name plus a random suffix, new per start].
     #[arg(
@@ -342,10 +361,12 @@ impl ServeArgs {
         }
         set(&mut c.redis.partitions, &self.redis_partitions);
         set(&mut c.redis.key_prefix, &self.redis_key_prefix);
-        set(&mut c.redis.lease_ttl, &self.redis_lease_ttl);
+        set(&mut c.redis.membership_ttl, &self.redis_membership_ttl);
         set(&mut c.redis.reclaim_idle, &self.redis_reclaim_idle);
         set(&mut c.redis.command_timeout, &self.redis_command_timeout);
         set(&mut c.redis.dedup_window, &self.redis_dedup_window);
+        set(&mut c.redis.wait_replicas, &self.redis_wait_replicas);
+        set(&mut c.redis.wait_timeout, &self.redis_wait_timeout);
         set(&mut c.redis.node_id, &self.node_id);
     }
 }
@@ -644,7 +665,7 @@ mod tests {
         let c = args(&[
             "--redis",
             "redis://127.0.0.1:6390/",
-            "--redis-lease-ttl",
+            "--redis-membership-ttl",
             "2s",
             "--redis-partitions",
             "4",
@@ -655,7 +676,7 @@ mod tests {
         .unwrap();
         let r = c.redis_config().unwrap();
         assert_eq!(r.url, "redis://127.0.0.1:6390/");
-        assert_eq!(r.lease_ttl, Duration::from_secs(2));
+        assert_eq!(r.membership_ttl, Duration::from_secs(2));
         assert_eq!(r.partitions, 4);
         assert_eq!(r.node_id, "a");
         assert!(args(&[]).config().unwrap().redis_config().is_none());

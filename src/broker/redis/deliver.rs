@@ -608,17 +608,17 @@ async fn trim_history(shared: &Shared) {
     }
     let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
     let minid = now_ms().saturating_sub(age).max(1);
-    let mut pipe = redis::pipe();
-    for p in 0..shared.keys.partitions() {
-        pipe.cmd("XTRIM")
-            .arg(shared.keys.history(p))
-            .arg("MINID")
-            .arg("~")
-            .arg(minid)
-            .ignore();
-    }
-    let mut conn = shared.conn();
-    if let Err(e) = shared.call(pipe.query_async::<()>(&mut conn)).await {
+    let trims = (0..shared.keys.partitions())
+        .map(|p| {
+            redis::cmd("XTRIM")
+                .arg(shared.keys.history(p))
+                .arg("MINID")
+                .arg("~")
+                .arg(minid)
+                .clone()
+        })
+        .collect();
+    if let Err(e) = shared.each(trims).await {
         tracing::debug!(error = %e, "history age trim failed");
     }
 }

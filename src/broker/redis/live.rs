@@ -169,7 +169,7 @@ enum Channel {
 #[derive(Default)]
 pub(super) struct PubSub {
     /// A handle on the current connection (replaced on reconnect).
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: Mutex<Option<PubSubConn>>,
     channels: RwLock<HashMap<String, Channel>>,
     /// Serializes subscribing, so that a caller returns only once its
     /// channels are confirmed.
@@ -270,21 +270,31 @@ async fn subscribe_all(shared: &Shared, channels: &[String]) -> Result<()> {
 }
 
 async fn subscribe_on_current(shared: &Shared, channels: &[String]) -> Result<()> {
-    let Some(mut conn) = shared.pubsub.conn.lock().clone() else {
+    let Some(conn) = shared.pubsub.conn.lock().clone() else {
         return Err(BrokerError::Unavailable("redis pub/sub connection is down".into()));
     };
     for channel in channels {
         // One channel per command: the connection matches one confirmation
         // to one request.
-        shared
-            .call(
-                redis::cmd("SSUBSCRIBE")
-                    .arg(channel)
-                    .query_async::<Value>(&mut conn),
-            )
-            .await?;
+        match conn.clone() {
+            PubSubConn::Single(mut c) => {
+                shared
+                    .call(redis::cmd("SSUBSCRIBE").arg(channel).query_async::<Value>(&mut c))
+                    .await?;
+            }
+            PubSubConn::Cluster(mut c) => shared.call(c.ssubscribe(channel)).await?,
+        }
     }
     Ok(())
+}
+
+/// A RESP3 connection whose pushes go to the listener.
+#[derive(Clone)]
+enum PubSubConn {
+    Single(MultiplexedConnection),
+    /// Subscribes on the node that owns each channel's slot (and again
+    /// after the cluster's topology changes).
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 /// The listener's state.
@@ -294,7 +304,20 @@ struct Listener {
 }
 
 /// A RESP3 connection whose pushes go to the returned receiver.
-async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>)> {
+async fn connect(shared: &Shared) -> Result<(PubSubConn, UnboundedReceiver<PushInfo>)> {
+    let nodes = super::conn::nodes(&shared.config.url);
+    if nodes.len() > 1 {
+        let (tx, rx) = unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(shared.config.command_timeout)
+            .response_timeout(shared.config.command_timeout)
+            .build()
+            .map_err(|e| BrokerError::Internal(format!("invalid redis cluster urls: {e}")))?;
+        let conn = shared.call(client.get_async_connection()).await?;
+        return Ok((PubSubConn::Cluster(conn), rx));
+    }
     let info = shared
         .config
         .url
@@ -314,7 +337,7 @@ async fn connect(shared: &Shared) -> Result<(MultiplexedConnection, UnboundedRec
     let conn = shared
         .call(client.get_multiplexed_async_connection_with_config(&config))
         .await?;
-    Ok((conn, rx))
+    Ok((PubSubConn::Single(conn), rx))
 }
 
 impl Listener {
@@ -367,13 +390,15 @@ impl Listener {
         let Some(shared) = self.shared.upgrade() else {
             return true;
         };
-        let Some(mut conn) = shared.pubsub.conn.lock().clone() else {
+        let Some(conn) = shared.pubsub.conn.lock().clone() else {
             return false;
         };
-        shared
-            .call(redis::cmd("PING").query_async::<Value>(&mut conn))
-            .await
-            .is_ok()
+        let ping = redis::cmd("PING");
+        match conn {
+            PubSubConn::Single(mut c) => shared.call(ping.query_async::<Value>(&mut c)).await,
+            PubSubConn::Cluster(mut c) => shared.call(ping.query_async::<Value>(&mut c)).await,
+        }
+        .is_ok()
     }
 
     /// Reconnects with backoff and subscribes again to every wanted

@@ -1,5 +1,5 @@
 //! Membership: every replica heartbeats into `er:{nodes}` (a zset of node →
-//! ms) every fifth of `lease_ttl`, so that `status` can list the replicas
+//! ms) every fifth of `membership_ttl`, so that `status` can list the replicas
 //! sharing a Redis. Nothing depends on it for correctness: routing happens
 //! at publish, and consumers keep their deliveries alive themselves.
 
@@ -13,7 +13,7 @@ use crate::broker::Result;
 pub(super) fn start(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     let token = shared.token.clone();
-    let every = (shared.config.lease_ttl / 5).max(Duration::from_millis(20));
+    let every = (shared.config.membership_ttl / 5).max(Duration::from_millis(20));
     shared.tasks.spawn(async move {
         loop {
             if let Some(shared) = weak.upgrade()
@@ -31,7 +31,7 @@ pub(super) fn start(shared: &Arc<Shared>) {
 
 /// One heartbeat; forgets replicas silent for ten times the dead-after span.
 async fn beat(shared: &Shared) -> Result<()> {
-    let dead_after = i64::try_from(shared.config.lease_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
+    let dead_after = i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
     let now = now_ms();
     let mut conn = shared.conn();
     shared

@@ -26,6 +26,7 @@
 //! - Redis restarting without persistence loses data; consumer groups are
 //!   recreated on `NOGROUP`.
 
+mod conn;
 mod consumer;
 mod deliver;
 mod keys;
@@ -40,7 +41,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,12 +52,15 @@ use super::{
 };
 use crate::event::Event;
 
+use conn::Conn;
 use keys::Keys;
 
 /// Configuration of the [`RedisBroker`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisBrokerConfig {
-    /// `redis://[user:password@]host:port[/db]`. Required.
+    /// `redis://[user:password@]host:port[/db]`, or several node URLs
+    /// separated by commas for a Redis Cluster (any reachable subset of its
+    /// nodes; the rest is discovered). Required.
     pub url: String,
     /// History partitions: the unit of per-key order in history and of
     /// spreading over Redis Cluster slots. Every replica of a cluster must
@@ -69,7 +72,7 @@ pub struct RedisBrokerConfig {
     /// Replicas heartbeat into the membership set every fifth of this; a
     /// replica without a heartbeat for two thirds of it is shown as gone.
     /// Default 15 s.
-    pub lease_ttl: Duration,
+    pub membership_ttl: Duration,
     /// This replica's id in membership and consumer names. Empty
     /// (the default) generates one per process incarnation, so a restarted
     /// replica never inherits a dead one's deliveries.
@@ -116,8 +119,8 @@ impl RedisBrokerConfig {
     pub const DEFAULT_PARTITIONS: u32 = 16;
     /// Default of [`Self::key_prefix`].
     pub const DEFAULT_KEY_PREFIX: &'static str = "er";
-    /// Default of [`Self::lease_ttl`].
-    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+    /// Default of [`Self::membership_ttl`].
+    pub const DEFAULT_MEMBERSHIP_TTL: Duration = Duration::from_secs(15);
     /// Default of [`Self::history_max_age`].
     pub const DEFAULT_HISTORY_MAX_AGE: Duration = Duration::from_secs(3600);
     /// Default of [`Self::history_max_len`].
@@ -141,7 +144,7 @@ impl RedisBrokerConfig {
             url: url.into(),
             partitions: Self::DEFAULT_PARTITIONS,
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_string(),
-            lease_ttl: Self::DEFAULT_LEASE_TTL,
+            membership_ttl: Self::DEFAULT_MEMBERSHIP_TTL,
             node_id: String::new(),
             history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
             history_max_len: Self::DEFAULT_HISTORY_MAX_LEN,
@@ -168,8 +171,8 @@ impl RedisBrokerConfig {
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
             return bad("key_prefix must be non-empty and free of braces");
         }
-        if self.lease_ttl < Duration::from_millis(100) {
-            return bad("lease_ttl must be at least 100 ms");
+        if self.membership_ttl < Duration::from_millis(100) {
+            return bad("membership_ttl must be at least 100 ms");
         }
         if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
             return bad("wait_timeout must be greater than zero when wait_replicas is set");
@@ -210,7 +213,7 @@ pub(super) struct Shared {
     config: RedisBrokerConfig,
     keys: Keys,
     node_id: String,
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
     subs: subs::Registry,
     live: live::LiveIndex,
@@ -314,8 +317,15 @@ impl Shared {
         }
     }
 
+    /// Runs commands of possibly different slots (see [`Conn::query_each`]),
+    /// bounded by `command_timeout`.
+    async fn each(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<redis::Value>> {
+        let mut conn = self.conn();
+        self.call(conn.query_each(cmds)).await
+    }
+
     /// A handle on the shared multiplexed connection.
-    pub(super) fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -364,20 +374,7 @@ impl RedisBroker {
     /// the same key prefix.
     pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Internal(format!("invalid redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(4)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            config.command_timeout,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| BrokerError::Unavailable("redis connect timed out".into()))?
-        .map_err(map_err)?;
+        let conn = Conn::connect(&config.url, config.command_timeout).await?;
         let node_id = if config.node_id.is_empty() {
             format!(
                 "{}-{}",
@@ -434,19 +431,18 @@ const LAYOUT: &str = "2";
 /// be fed), then marks the prefix as this layout.
 async fn check_layout(shared: &Shared) -> Result<()> {
     let keys = &shared.keys;
-    let mut conn = shared.conn();
-    let (layout, subs, ingest): (Option<String>, bool, bool) = shared
-        .call(
-            redis::pipe()
-                .cmd("GET")
-                .arg(keys.layout())
-                .cmd("EXISTS")
-                .arg(keys.cfg_subs())
-                .cmd("EXISTS")
-                .arg(keys.v1_ingest(0))
-                .query_async(&mut conn),
-        )
+    let found = shared
+        .each(vec![
+            redis::cmd("GET").arg(keys.layout()).clone(),
+            redis::cmd("EXISTS").arg(keys.cfg_subs()).clone(),
+            redis::cmd("EXISTS").arg(keys.v1_ingest(0)).clone(),
+        ])
         .await?;
+    let (layout, subs, ingest): (Option<String>, bool, bool) = redis::from_redis_value(
+        redis::Value::Array(found),
+    )
+    .map_err(|e| BrokerError::Internal(format!("layout reply: {e}")))?;
+    let mut conn = shared.conn();
     match layout.as_deref() {
         Some(LAYOUT) => return Ok(()),
         Some(other) => {
@@ -495,7 +491,7 @@ fn hostname() -> String {
 impl Drop for RedisBroker {
     /// Stops background tasks without releasing leases or returning
     /// deliveries (that needs Redis calls): like a crash, other replicas
-    /// take over after `lease_ttl` and `reclaim_idle`. Call
+    /// take over after `reclaim_idle`. Call
     /// [`Broker::close`] for a clean hand-over.
     fn drop(&mut self) {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {

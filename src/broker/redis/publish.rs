@@ -148,33 +148,103 @@ struct Written {
     fences_moved: bool,
 }
 
-/// Runs the publish transaction (and `WAIT`, when configured).
+/// What a reply inside a transaction's `EXEC` is for.
+#[derive(Clone, Copy)]
+enum Want {
+    /// Nothing to read.
+    Skip,
+    /// The history id of event `e`.
+    History(usize),
+    /// The band entry id of event `e` in subscription `i`.
+    Band(usize, usize),
+    /// The fence of partition `p`.
+    Fence(u32),
+}
+
+/// One `MULTI`/`EXEC` (and `WAIT`) sent as one pipeline.
+struct Txn {
+    pipe: redis::Pipeline,
+    wants: Vec<Want>,
+}
+
+impl Txn {
+    fn new() -> Txn {
+        let mut pipe = redis::pipe();
+        pipe.cmd("MULTI").ignore();
+        Txn {
+            pipe,
+            wants: Vec::new(),
+        }
+    }
+
+    /// Queues `cmd`; its reply in `EXEC` means `want`.
+    fn add(&mut self, cmd: redis::Cmd, want: Want) {
+        // `QUEUED`: nothing to read before `EXEC`.
+        self.pipe.add_command(cmd).ignore();
+        self.wants.push(want);
+    }
+
+    /// Closes the transaction, with `WAIT` for `replicas` after it.
+    fn finish(mut self, replicas: u32, timeout: std::time::Duration) -> (redis::Pipeline, Vec<Want>) {
+        self.pipe.cmd("EXEC");
+        if replicas > 0 {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            self.pipe.cmd("WAIT").arg(replicas).arg(ms);
+        }
+        (self.pipe, self.wants)
+    }
+}
+
+/// Which transaction a command goes to: everything in one on a standalone
+/// Redis; one per slot on a cluster (a partition's, or a subscription's).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    All,
+    Partition(u32),
+    Sub(usize),
+}
+
+/// Runs the publish transactions (and `WAIT`, when configured).
 async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Result<Written> {
     let keys = &shared.keys;
+    let cluster = shared.conn().is_cluster();
+    let partition_slot = |p: u32| if cluster { Slot::Partition(p) } else { Slot::All };
+    let sub_slot = |i: usize| if cluster { Slot::Sub(i) } else { Slot::All };
     let cap = shared.config.history_max_len;
-    let mut pipe = redis::pipe();
-    pipe.atomic();
+    // Transactions in order of first use, so replies map back simply.
+    let mut txns: Vec<(Slot, Txn)> = Vec::new();
+    fn txn(txns: &mut Vec<(Slot, Txn)>, slot: Slot) -> &mut Txn {
+        let at = match txns.iter().position(|(s, _)| *s == slot) {
+            Some(at) => at,
+            None => {
+                txns.push((slot, Txn::new()));
+                txns.len() - 1
+            }
+        };
+        &mut txns[at].1
+    }
     // Per partition touched: events stored, and the live message.
     let mut partitions: Vec<(u32, u64, String)> = Vec::new();
     // Subscriptions written to, with how many events.
     let mut woken: Vec<(usize, u64)> = Vec::new();
-    for plan in planned.iter().filter(|p| p.duplicate_of.is_none()) {
-        let history = keys.history(plan.partition);
-        let cmd = pipe.cmd("XADD").arg(&history);
-        if cap > 0 {
-            cmd.arg("MAXLEN").arg("~").arg(cap);
+    for (e, plan) in planned.iter().enumerate() {
+        if plan.duplicate_of.is_some() {
+            continue;
         }
-        cmd.arg("*")
-            .arg("ts")
-            .arg(plan.ts)
-            .arg("ev")
-            .arg(&plan.json);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(keys.history(plan.partition));
+        if cap > 0 {
+            xadd.arg("MAXLEN").arg("~").arg(cap);
+        }
+        xadd.arg("*").arg("ts").arg(plan.ts).arg("ev").arg(&plan.json);
+        txn(&mut txns, partition_slot(plan.partition)).add(xadd, Want::History(e));
         for &i in &plan.subs {
-            pipe.cmd("XADD")
-                .arg(routes.subs[i].keys.band(plan.band))
+            let mut band = redis::cmd("XADD");
+            band.arg(routes.subs[i].keys.band(plan.band))
                 .arg("*")
                 .arg("ev")
                 .arg(&plan.json);
+            txn(&mut txns, sub_slot(i)).add(band, Want::Band(e, i));
             match woken.iter_mut().find(|(j, _)| *j == i) {
                 Some((_, n)) => *n += 1,
                 None => woken.push((i, 1)),
@@ -190,77 +260,88 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
         }
     }
     for (p, n, live) in &partitions {
-        pipe.cmd("HINCRBY").arg(keys.meta(*p)).arg("seq").arg(*n).ignore();
-        pipe.cmd("SPUBLISH").arg(keys.live(*p)).arg(live).ignore();
-        pipe.cmd("GET").arg(keys.fence(*p));
+        let t = txn(&mut txns, partition_slot(*p));
+        t.add(redis::cmd("HINCRBY").arg(keys.meta(*p)).arg("seq").arg(*n).clone(), Want::Skip);
+        t.add(redis::cmd("SPUBLISH").arg(keys.live(*p)).arg(live).clone(), Want::Skip);
+        t.add(redis::cmd("GET").arg(keys.fence(*p)).clone(), Want::Fence(*p));
     }
     for &(i, n) in &woken {
-        let keys = &routes.subs[i].keys;
-        pipe.cmd("HINCRBY").arg(keys.info()).arg("routed").arg(n).ignore();
-        pipe.cmd("SPUBLISH").arg(keys.wake()).arg("").ignore();
+        let sub = &routes.subs[i].keys;
+        let t = txn(&mut txns, sub_slot(i));
+        t.add(redis::cmd("HINCRBY").arg(sub.info()).arg("routed").arg(n).clone(), Want::Skip);
+        t.add(redis::cmd("SPUBLISH").arg(sub.wake()).arg("").clone(), Want::Skip);
     }
-    let mut conn = shared.conn();
-    let values: Vec<Value> = if partitions.is_empty() {
-        Vec::new()
-    } else {
-        shared.call(pipe.query_async(&mut conn)).await?
-    };
     let wait = shared.config.wait_replicas;
-    if wait > 0 && !partitions.is_empty() {
-        // On the same connection right after the transaction, so it waits
-        // for the replication offset of these writes.
-        let timeout = u64::try_from(shared.config.wait_timeout.as_millis()).unwrap_or(u64::MAX);
-        let acked: i64 = shared
-            .call(redis::cmd("WAIT").arg(wait).arg(timeout).query_async(&mut conn))
-            .await?;
-        if acked < i64::from(wait) {
-            return Err(BrokerError::Unavailable(format!(
-                "stored, but only {acked} of {wait} redis replicas acknowledged it within {:?}; \
-                 it may be lost if the master fails",
-                shared.config.wait_timeout
-            )));
+    let runs = txns.into_iter().map(|(_, t)| {
+        let (pipe, wants) = t.finish(wait, shared.config.wait_timeout);
+        async move {
+            let mut conn = shared.conn();
+            let replies: Vec<Value> = shared.call(pipe.query_async(&mut conn)).await?;
+            Ok::<_, BrokerError>((replies, wants))
         }
-    }
-    let bad = || BrokerError::Internal("publish transaction: unexpected reply".into());
-    let mut it = values.into_iter();
-    let text = |it: &mut std::vec::IntoIter<Value>| -> Result<String> {
-        it.next()
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .ok_or_else(bad)
-    };
+    });
+    let done = futures::future::try_join_all(runs).await?;
+    let bad = |what: &str| BrokerError::Internal(format!("publish transaction: unexpected {what}"));
     let mut written = Written {
-        history: Vec::with_capacity(planned.len()),
+        history: vec![String::new(); planned.len()],
         bands: HashMap::new(),
         fences_moved: false,
     };
+    let mut short_of_replicas = None;
+    for (replies, wants) in done {
+        let mut replies = replies.into_iter();
+        let Some(Value::Array(exec)) = replies.next() else {
+            return Err(bad("EXEC reply"));
+        };
+        if wait > 0 {
+            let acked: i64 = replies
+                .next()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .ok_or_else(|| bad("WAIT reply"))?;
+            if acked < i64::from(wait) {
+                short_of_replicas = Some(acked);
+            }
+        }
+        if exec.len() != wants.len() {
+            return Err(bad("number of replies"));
+        }
+        for (value, want) in exec.into_iter().zip(wants) {
+            match want {
+                Want::Skip => {}
+                Want::History(e) => {
+                    written.history[e] = redis::from_redis_value(value).map_err(|_| bad("history id"))?;
+                }
+                Want::Band(e, i) => {
+                    let id = redis::from_redis_value(value).map_err(|_| bad("band id"))?;
+                    written.bands.insert((e, i), id);
+                }
+                Want::Fence(p) => {
+                    let fence: Option<i64> = redis::from_redis_value(value).map_err(|_| bad("fence"))?;
+                    if routes.fences.get(p as usize).copied().unwrap_or(0) != fence.unwrap_or(0) {
+                        written.fences_moved = true;
+                    }
+                }
+            }
+        }
+    }
     for (e, plan) in planned.iter().enumerate() {
         if let Some(first) = &plan.duplicate_of {
             // `#n`: the same id earlier in this batch.
-            let id = match first.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {
-                Some(n) => written.history.get(n).cloned().ok_or_else(bad)?,
+            written.history[e] = match first.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => written.history.get(n).cloned().ok_or_else(|| bad("duplicate"))?,
                 None => first.clone(),
             };
-            written.history.push(id);
-            continue;
-        }
-        written.history.push(text(&mut it)?);
-        for &i in &plan.subs {
-            written.bands.insert((e, i), text(&mut it)?);
-        }
-    }
-    for (p, ..) in &partitions {
-        let fence: i64 = it
-            .next()
-            .map(|v| redis::from_redis_value::<Option<i64>>(v).map(Option::unwrap_or_default))
-            .transpose()
-            .map_err(|_| bad())?
-            .ok_or_else(bad)?;
-        if routes.fences.get(*p as usize).copied().unwrap_or(0) != fence {
-            written.fences_moved = true;
         }
     }
     for &(i, _) in &woken {
         shared.deliver.notify(&routes.subs[i].record.sid);
+    }
+    if let Some(acked) = short_of_replicas {
+        return Err(BrokerError::Unavailable(format!(
+            "stored, but only {acked} of {wait} redis replicas acknowledged it within {:?}; \
+             it may be lost if the master fails",
+            shared.config.wait_timeout
+        )));
     }
     Ok(written)
 }
@@ -275,11 +356,10 @@ async fn compensate(
     written: &Written,
 ) -> Result<()> {
     let new = subs::reload(shared).await?;
-    let mut pipe = redis::pipe();
+    let mut cmds: Vec<redis::Cmd> = Vec::new();
     let mut dropped: Vec<Arc<Sub>> = Vec::new();
     let mut woken: Vec<Arc<Sub>> = Vec::new();
     let mut matched = Vec::new();
-    let mut any = false;
     for (e, (event, plan)) in events.iter().zip(planned).enumerate() {
         if plan.duplicate_of.is_some() || plan.expired {
             continue;
@@ -296,9 +376,8 @@ async fn compensate(
             }
             if new.by_sid(&sub.record.sid).is_some() {
                 if let Some(id) = written.bands.get(&(e, i)) {
-                    pipe.cmd("XDEL").arg(sub.keys.band(plan.band)).arg(id).ignore();
-                    pipe.cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(-1).ignore();
-                    any = true;
+                    cmds.push(redis::cmd("XDEL").arg(sub.keys.band(plan.band)).arg(id).clone());
+                    cmds.push(redis::cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(-1).clone());
                 }
             } else if !dropped.iter().any(|d| d.record.sid == sub.record.sid) {
                 dropped.push(sub.clone());
@@ -312,14 +391,15 @@ async fn compensate(
                 .iter()
                 .any(|&i| old.subs[i].record.sid == sub.record.sid);
             if !done {
-                pipe.cmd("XADD")
-                    .arg(sub.keys.band(plan.band))
-                    .arg("*")
-                    .arg("ev")
-                    .arg(&plan.json)
-                    .ignore();
-                pipe.cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(1).ignore();
-                any = true;
+                cmds.push(
+                    redis::cmd("XADD")
+                        .arg(sub.keys.band(plan.band))
+                        .arg("*")
+                        .arg("ev")
+                        .arg(&plan.json)
+                        .clone(),
+                );
+                cmds.push(redis::cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(1).clone());
                 if !woken.iter().any(|w| w.record.sid == sub.record.sid) {
                     woken.push(sub.clone());
                 }
@@ -327,12 +407,9 @@ async fn compensate(
         }
     }
     for sub in &woken {
-        pipe.cmd("SPUBLISH").arg(sub.keys.wake()).arg("").ignore();
+        cmds.push(redis::cmd("SPUBLISH").arg(sub.keys.wake()).arg("").clone());
     }
-    if any {
-        let mut conn = shared.conn();
-        shared.call(pipe.query_async::<()>(&mut conn)).await?;
-    }
+    shared.each(cmds).await?;
     for sub in &dropped {
         subs::drop_keys(shared, &sub.keys).await?;
     }
@@ -345,12 +422,13 @@ async fn compensate(
 
 /// Marks events whose id was published within the dedup window.
 async fn find_duplicates(shared: &Shared, events: &[Event], planned: &mut [Planned]) -> Result<()> {
-    let mut pipe = redis::pipe();
-    for (event, plan) in events.iter().zip(planned.iter()) {
-        pipe.cmd("GET").arg(shared.keys.dedup(plan.partition, &event.id));
-    }
-    let mut conn = shared.conn();
-    let known: Vec<Option<String>> = shared.call(pipe.query_async(&mut conn)).await?;
+    let gets = events
+        .iter()
+        .zip(planned.iter())
+        .map(|(event, plan)| redis::cmd("GET").arg(shared.keys.dedup(plan.partition, &event.id)).clone())
+        .collect();
+    let known: Vec<Option<String>> = redis::from_redis_value(Value::Array(shared.each(gets).await?))
+        .map_err(|e| BrokerError::Internal(format!("dedup reply: {e}")))?;
     let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
     for (i, (event, known)) in events.iter().zip(known).enumerate() {
         match known {
@@ -371,23 +449,21 @@ async fn find_duplicates(shared: &Shared, events: &[Event], planned: &mut [Plann
 /// Records the history id of every newly stored event for the dedup window.
 async fn remember(shared: &Shared, events: &[Event], planned: &[Planned], history: &[String]) -> Result<()> {
     let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-    let mut pipe = redis::pipe();
-    let mut any = false;
-    for ((event, plan), id) in events.iter().zip(planned).zip(history) {
-        if plan.duplicate_of.is_none() {
-            pipe.cmd("SET")
+    let sets = events
+        .iter()
+        .zip(planned)
+        .zip(history)
+        .filter(|((_, plan), _)| plan.duplicate_of.is_none())
+        .map(|((event, plan), id)| {
+            redis::cmd("SET")
                 .arg(shared.keys.dedup(plan.partition, &event.id))
                 .arg(id)
                 .arg("PX")
                 .arg(window)
-                .ignore();
-            any = true;
-        }
-    }
-    if any {
-        let mut conn = shared.conn();
-        shared.call(pipe.query_async::<()>(&mut conn)).await?;
-    }
+                .clone()
+        })
+        .collect();
+    shared.each(sets).await?;
     Ok(())
 }
 
@@ -534,13 +610,13 @@ async fn scan_partition(
 /// Cluster-wide (events published since each partition's epoch, events in
 /// history).
 pub(super) async fn totals(shared: &Arc<Shared>) -> Result<(u64, u64)> {
-    let mut pipe = redis::pipe();
+    let mut cmds = Vec::new();
     for p in 0..shared.keys.partitions() {
-        pipe.cmd("HGET").arg(shared.keys.meta(p)).arg("seq");
-        pipe.cmd("XLEN").arg(shared.keys.history(p));
+        cmds.push(redis::cmd("HGET").arg(shared.keys.meta(p)).arg("seq").clone());
+        cmds.push(redis::cmd("XLEN").arg(shared.keys.history(p)).clone());
     }
-    let mut conn = shared.conn();
-    let values: Vec<Option<u64>> = shared.call(pipe.query_async(&mut conn)).await?;
+    let values: Vec<Option<u64>> = redis::from_redis_value(Value::Array(shared.each(cmds).await?))
+        .map_err(|e| BrokerError::Internal(format!("totals reply: {e}")))?;
     let (mut published, mut len) = (0, 0);
     for pair in values.chunks(2) {
         published += pair[0].unwrap_or(0);

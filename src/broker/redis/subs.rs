@@ -166,21 +166,26 @@ pub(super) async fn version(shared: &Shared) -> Result<i64> {
 /// are read first (same connection, so in that order): the table is at
 /// least as new as the generations it is tagged with.
 pub(super) async fn reload(shared: &Shared) -> Result<Arc<Routes>> {
+    let values = shared
+        .each(
+            (0..shared.keys.partitions())
+                .map(|p| redis::cmd("GET").arg(shared.keys.fence(p)).clone())
+                .collect(),
+        )
+        .await?;
+    // After the fences (awaited): the config is at least as new as they are.
     let mut conn = shared.conn();
-    let mut pipe = redis::pipe();
-    for p in 0..shared.keys.partitions() {
-        pipe.cmd("GET").arg(shared.keys.fence(p));
-    }
-    pipe.cmd("GET")
-        .arg(shared.keys.cfg_version())
-        .cmd("HGETALL")
-        .arg(shared.keys.cfg_subs());
-    let mut values: Vec<redis::Value> = shared.call(pipe.query_async(&mut conn)).await?;
+    let (version, raw): (Option<i64>, HashMap<String, String>) = shared
+        .call(
+            redis::pipe()
+                .cmd("GET")
+                .arg(shared.keys.cfg_version())
+                .cmd("HGETALL")
+                .arg(shared.keys.cfg_subs())
+                .query_async(&mut conn),
+        )
+        .await?;
     let bad = |e: redis::ParsingError| BrokerError::Internal(format!("config reply: {e}"));
-    let raw: HashMap<String, String> =
-        redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(bad)?;
-    let version: Option<i64> =
-        redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(bad)?;
     let fences = values
         .iter()
         .map(|v| redis::from_redis_value_ref::<Option<i64>>(v).map(Option::unwrap_or_default))
@@ -195,12 +200,14 @@ pub(super) async fn reload(shared: &Shared) -> Result<Arc<Routes>> {
 /// Bumps every partition's fence: publishers whose routing table is older
 /// than this change find out in their next transaction.
 async fn bump_fences(shared: &Shared) -> Result<()> {
-    let mut pipe = redis::pipe();
-    for p in 0..shared.keys.partitions() {
-        pipe.cmd("INCR").arg(shared.keys.fence(p)).ignore();
-    }
-    let mut conn = shared.conn();
-    shared.call(pipe.query_async::<()>(&mut conn)).await
+    shared
+        .each(
+            (0..shared.keys.partitions())
+                .map(|p| redis::cmd("INCR").arg(shared.keys.fence(p)).clone())
+                .collect(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Reloads if Redis has a newer version than the cache.
