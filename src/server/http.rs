@@ -727,6 +727,7 @@ pub struct RequestResponse {
     responses(
         (status = 200, body = RequestResponse),
         (status = 400, body = ErrorBody),
+        (status = 403, description = "May not publish the request or read its `reply_to`", body = ErrorBody),
         (status = 504, description = "No reply in time", body = ErrorBody),
     )
 )]
@@ -736,6 +737,7 @@ pub async fn request(
     Json(body): Json<RequestBody>,
 ) -> Result<axum::Json<RequestResponse>, ApiError> {
     let event = state.router.parse_event(body.event)?;
+    access.check_reply_to(event.reply_to.as_deref())?;
     access.check_publish(&event.topic)?;
     let timeout = body
         .timeout_ms
