@@ -55,9 +55,13 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(WAIT).build().unwrap()
 }
 
-/// Status and JSON body (null when not JSON).
+/// Status and JSON body (null when not JSON); status 0 and the error when
+/// no answer came in time.
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.unwrap();
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) => return (0, Value::String(e.to_string())),
+    };
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
