@@ -262,7 +262,8 @@ impl Event {
     pub fn new(topic: impl Into<String>, payload: Value) -> Result<Event, ValidationError> {
         let topic = topic.into();
         topic::validate_topic(&topic)?;
-        check_depth("payload", &payload, serialized_len(&payload))?;
+        // No size to go by here; the walk stops at the limit either way.
+        check_depth("payload", &payload, usize::MAX)?;
         Ok(Event {
             id: new_id(),
             topic,
@@ -544,8 +545,8 @@ pub fn is_too_deep(e: &serde_json::Error) -> bool {
 }
 
 /// Refuses `value` when it nests deeper than [`MAX_PAYLOAD_DEPTH`].
-/// `size` is its serialized length: each level takes two bytes, so
-/// smaller values are not walked.
+/// `size` is its serialized length (`usize::MAX` when unknown): each
+/// level takes two bytes, so smaller values are not walked.
 fn check_depth(field: &'static str, value: &Value, size: usize) -> Result<(), ValidationError> {
     if size > 2 * MAX_PAYLOAD_DEPTH && deeper_than(value, MAX_PAYLOAD_DEPTH) {
         return Err(ValidationError::TooDeep {
