@@ -24,6 +24,22 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Longest accepted `id`, `source`, `target` and other string attributes.
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
 
+/// Deepest nesting of arrays and objects `serde_json` reads: its recursion
+/// limit of 128 refuses the 128th nested level.
+pub const JSON_MAX_DEPTH: usize = 127;
+
+/// Levels the deepest form an event travels in adds above its payload:
+/// a history or dead-letter listing,
+/// `{"events":[{"event":{"payload":…}}]}` (object, array, entry, event).
+/// Deliveries (`{"op":"event","event":{…}}`), stored events and batches
+/// add fewer.
+pub const ENVELOPE_DEPTH: usize = 4;
+
+/// Deepest `payload` (and `metadata`) accepted, counting each array or
+/// object as one level (a scalar is 0, `[]` is 1): whatever is accepted
+/// can be stored, delivered and listed by every transport and client.
+pub const MAX_PAYLOAD_DEPTH: usize = JSON_MAX_DEPTH - ENVELOPE_DEPTH;
+
 /// Why a raw event was rejected. Each message names the offending field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
@@ -49,6 +65,14 @@ pub enum ValidationError {
         "invalid priority {0}: expected 1..=10 or one of lowest, low, normal, high, critical, system"
     )]
     Priority(String),
+    /// `payload` or `metadata` nests deeper than [`MAX_PAYLOAD_DEPTH`].
+    #[error("`{field}` nests deeper than {limit} levels of arrays and objects")]
+    TooDeep {
+        /// `payload` or `metadata`.
+        field: &'static str,
+        /// The limit, [`MAX_PAYLOAD_DEPTH`].
+        limit: usize,
+    },
     /// The serialized payload exceeds the configured limit.
     #[error("payload is {size} bytes, over the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -66,6 +90,7 @@ impl ValidationError {
             ValidationError::Topic(_) => "invalid_topic",
             ValidationError::Priority(_) => "invalid_priority",
             ValidationError::PayloadTooLarge { .. } => "payload_too_large",
+            ValidationError::TooDeep { .. } => "too_deep",
             _ => "invalid_event",
         }
     }
@@ -232,10 +257,13 @@ impl Event {
     /// A new event on `topic` with `payload`, a fresh id and the current time.
     ///
     /// # Errors
-    /// [`ValidationError::Topic`] when the topic is malformed.
+    /// [`ValidationError::Topic`] when the topic is malformed;
+    /// [`ValidationError::TooDeep`] past [`MAX_PAYLOAD_DEPTH`].
     pub fn new(topic: impl Into<String>, payload: Value) -> Result<Event, ValidationError> {
         let topic = topic.into();
         topic::validate_topic(&topic)?;
+        // No size to go by here; the walk stops at the limit either way.
+        check_depth("payload", &payload, usize::MAX)?;
         Ok(Event {
             id: new_id(),
             topic,
@@ -280,9 +308,9 @@ impl Event {
         }
         let time = match obj.remove("time") {
             None | Some(Value::Null) => Timestamp::now(),
-            Some(Value::String(s)) => s.parse::<Timestamp>().map_err(|e| {
-                ValidationError::invalid("time", format!("not an RFC 3339 timestamp: {e}"))
-            })?,
+            Some(Value::String(s)) => {
+                parse_time(&s).map_err(|reason| ValidationError::invalid("time", reason))?
+            }
             Some(other) => {
                 return Err(ValidationError::invalid("time", expected("string", &other)));
             }
@@ -299,6 +327,7 @@ impl Event {
                 limit: max_payload_bytes,
             });
         }
+        check_depth("payload", &payload, size)?;
         let ttl = match obj.remove("ttl") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
@@ -327,7 +356,16 @@ impl Event {
         };
         let metadata = match obj.remove("metadata") {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
+            Some(Value::Object(map)) => {
+                // The object is one level; its values may take the rest.
+                if map.values().any(|v| deeper_than(v, MAX_PAYLOAD_DEPTH - 1)) {
+                    return Err(ValidationError::TooDeep {
+                        field: "metadata",
+                        limit: MAX_PAYLOAD_DEPTH,
+                    });
+                }
+                map
+            }
             Some(other) => {
                 return Err(ValidationError::invalid(
                     "metadata",
@@ -478,6 +516,57 @@ pub fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// Parses an RFC 3339 timestamp.
+///
+/// # Errors
+/// Why not, for a message about the field: "out of range" for a
+/// well-formed time outside the years the router represents (about
+/// -9999 to 9999), else "not an RFC 3339 timestamp" and the parser's reason.
+pub fn parse_time(text: &str) -> Result<Timestamp, String> {
+    text.parse::<Timestamp>().map_err(|e| {
+        let well_formed = jiff::fmt::temporal::Pieces::parse(text)
+            .is_ok_and(|p| p.time().is_some() && p.offset().is_some());
+        if well_formed {
+            format!(
+                "{text:?} is out of range (timestamps must lie between {} and {})",
+                Timestamp::MIN,
+                Timestamp::MAX
+            )
+        } else {
+            format!("not an RFC 3339 timestamp: {e}")
+        }
+    })
+}
+
+/// Whether a serde_json error is its recursion limit: the input nests
+/// deeper than [`JSON_MAX_DEPTH`].
+pub fn is_too_deep(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
+}
+
+/// Refuses `value` when it nests deeper than [`MAX_PAYLOAD_DEPTH`].
+/// `size` is its serialized length (`usize::MAX` when unknown): each
+/// level takes two bytes, so smaller values are not walked.
+fn check_depth(field: &'static str, value: &Value, size: usize) -> Result<(), ValidationError> {
+    if size > 2 * MAX_PAYLOAD_DEPTH && deeper_than(value, MAX_PAYLOAD_DEPTH) {
+        return Err(ValidationError::TooDeep {
+            field,
+            limit: MAX_PAYLOAD_DEPTH,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `value` nests more than `limit` arrays/objects. Never descends
+/// past the limit, so the recursion is bounded by it.
+fn deeper_than(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| deeper_than(v, limit - 1)),
+        Value::Object(map) => limit == 0 || map.values().any(|v| deeper_than(v, limit - 1)),
+        _ => false,
+    }
+}
+
 /// Length of `value` serialized as compact JSON, without allocating it.
 fn serialized_len(value: &Value) -> usize {
     struct Counter(usize);
@@ -608,5 +697,44 @@ mod tests {
         .unwrap();
         let back: Event = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    fn nested(depth: usize) -> Value {
+        let text = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn payload_and_metadata_at_the_depth_limit_pass_and_one_deeper_is_too_deep() {
+        parse(json!({"type": "a", "payload": nested(MAX_PAYLOAD_DEPTH)})).unwrap();
+        let err =
+            parse(json!({"type": "a", "payload": nested(MAX_PAYLOAD_DEPTH + 1)})).unwrap_err();
+        assert_eq!(err.code(), "too_deep");
+        assert!(err.to_string().contains("`payload`"), "{err}");
+        let metadata = json!({"k": nested(MAX_PAYLOAD_DEPTH - 1)});
+        parse(json!({"type": "a", "metadata": metadata})).unwrap();
+        let metadata = json!({"k": nested(MAX_PAYLOAD_DEPTH)});
+        let err = parse(json!({"type": "a", "metadata": metadata})).unwrap_err();
+        assert_eq!(err.code(), "too_deep");
+        assert!(Event::new("a", nested(MAX_PAYLOAD_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn the_deepest_accepted_event_parses_back_inside_the_deepest_envelope() {
+        let event = parse(json!({"type": "a", "payload": nested(MAX_PAYLOAD_DEPTH)})).unwrap();
+        let listing = json!({"events": [{"cursor": "1", "event": event}]});
+        let text = serde_json::to_string(&listing).unwrap();
+        serde_json::from_str::<Value>(&text).unwrap();
+        let deeper = format!("[{text}]");
+        let err = serde_json::from_str::<Value>(&deeper).unwrap_err();
+        assert!(is_too_deep(&err), "{err}");
+    }
+
+    #[test]
+    fn a_well_formed_time_past_the_representable_range_is_called_out_of_range() {
+        let err = parse(json!({"type": "a", "time": "9999-12-31T23:59:59Z"})).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        let err = parse(json!({"type": "a", "time": "yesterday"})).unwrap_err();
+        assert!(err.to_string().contains("not an RFC 3339"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ use crate::topic::{Pattern, TopicTrie};
 
 /// Default upper bound of a request's wait for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest a request may wait, whatever the caller asks.
+/// Longest a request may wait; a longer `timeout_ms` is refused.
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most events in one batch publish.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
@@ -458,9 +458,17 @@ impl Router {
     /// on the reply topic with the same correlation id.
     ///
     /// # Errors
-    /// [`RouterError::Timeout`] when no reply arrives in time; others as [`Router::publish`].
+    /// [`RouterError::BadRequest`] for a `timeout` over
+    /// [`MAX_REQUEST_TIMEOUT`]; [`RouterError::Timeout`] when no reply
+    /// arrives in time; others as [`Router::publish`].
     pub async fn request(&self, mut event: Event, timeout: Duration) -> Result<Event, RouterError> {
-        let timeout = timeout.min(MAX_REQUEST_TIMEOUT);
+        if timeout > MAX_REQUEST_TIMEOUT {
+            return Err(RouterError::BadRequest(format!(
+                "request timeout (timeout_ms) of {} ms is over the limit of {} ms",
+                timeout.as_millis(),
+                MAX_REQUEST_TIMEOUT.as_millis()
+            )));
+        }
         let reply_to = event
             .reply_to
             .get_or_insert_with(|| format!("_reply.{}", uuid::Uuid::new_v4().simple()))

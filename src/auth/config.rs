@@ -61,9 +61,11 @@ pub struct JwtConfig {
     pub es256_public_key_file: Option<PathBuf>,
     /// A JWKS (JSON Web Key Set) file; keys are picked by `kid`.
     pub jwks_file: Option<PathBuf>,
-    /// Required `aud`; unchecked when absent.
+    /// Required `aud`: when set, a token must carry it and match; unchecked
+    /// when absent.
     pub audience: Option<String>,
-    /// Required `iss`; unchecked when absent.
+    /// Required `iss`: when set, a token must carry it and match; unchecked
+    /// when absent.
     pub issuer: Option<String>,
     /// The claim naming the principal. Default `sub`.
     pub principal_claim: String,

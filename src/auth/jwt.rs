@@ -1,7 +1,8 @@
 //! JWT verification: HS256 with a shared secret, RS256/ES256 with a PEM
 //! public key, or any of those from a JWKS file (picked by `kid`).
 //! `exp` is required; `exp`/`nbf` are checked with a leeway; `aud` and
-//! `iss` when configured.
+//! `iss`, when configured, are required and checked. A token with a
+//! `crit` header is refused (no extensions are understood).
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -130,7 +131,16 @@ impl JwtVerifier {
         v.leeway = self.leeway;
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer is required, not only checked
+        // when the token happens to carry it.
+        let mut required = vec!["exp"];
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         match &self.audience {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
@@ -149,6 +159,13 @@ impl JwtVerifier {
     pub fn verify(&self, token: &str) -> Result<String, JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| JwtError(format!("malformed token: {e}")))?;
+        // RFC 7515 §4.1.11: extensions named in `crit` must be understood;
+        // we understand none, so any `crit` (even an empty one) is refused.
+        if let Some(crit) = &header.crit {
+            return Err(JwtError(format!(
+                "critical header extensions {crit:?} are not supported (crit)"
+            )));
+        }
         let (key, alg) = match &self.keys {
             Keys::Single(key, alg) => (key, *alg),
             Keys::Set(keys) => {

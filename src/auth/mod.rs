@@ -413,6 +413,29 @@ impl Access {
         Ok(())
     }
 
+    /// Checks that a request's replies may be read: an explicit
+    /// `reply_to` must be a topic the principal may subscribe to, or a
+    /// request could wait for (and receive) events it may not read. A
+    /// request without one gets a fresh private topic (`_reply.<uuid>`),
+    /// which needs no grant.
+    ///
+    /// # Errors
+    /// 403 `forbidden` naming the `reply_to` topic.
+    pub fn check_reply_to(&self, reply_to: Option<&str>) -> Result<(), ApiError> {
+        let (Some(caller), Some(topic)) = (&self.inner, reply_to) else {
+            return Ok(());
+        };
+        let allowed = Pattern::parse(topic).is_ok_and(|p| caller.grants.may_subscribe(&p));
+        if allowed {
+            return Ok(());
+        }
+        Err(Self::forbidden(
+            caller,
+            "subscribe to",
+            &format!("reply_to topic {topic:?}"),
+        ))
+    }
+
     /// Checks that durable group `group` may be consumed (admins may use
     /// any group).
     ///

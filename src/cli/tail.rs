@@ -200,7 +200,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         let frame: Value = match serde_json::from_str(text.as_str()) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring a frame that is not JSON");
+                eprintln!("{}", unreadable_frame(text.as_str(), &e));
                 continue;
             }
         };
@@ -324,7 +324,11 @@ impl Session {
 
     fn print_event(&mut self, frame: &Value) -> anyhow::Result<Step> {
         let Some(event) = frame.get("event") else {
-            tracing::warn!("event frame without an event");
+            let delivery = frame.get("delivery_id").and_then(Value::as_str);
+            eprintln!(
+                "error: delivery {} carries no event (not printed)",
+                delivery.unwrap_or("?")
+            );
             return Ok(Step::Continue);
         };
         let line = if self.json {
@@ -350,6 +354,32 @@ impl Session {
             _ => Step::Continue,
         })
     }
+}
+
+/// The error line for a frame that does not parse (a delivery nested too
+/// deep for the JSON parser, say), naming the delivery and event when the
+/// text shows them, so that nothing is dropped without a word. A durable
+/// delivery is not acked and comes back (or is dead-lettered).
+fn unreadable_frame(text: &str, e: &serde_json::Error) -> String {
+    let delivery = text_field(text, "\"delivery_id\":\"");
+    let event = text_field(text, "\"event\":{\"id\":\"");
+    match (delivery, event) {
+        (None, None) => format!("error: cannot read a frame from the router (not printed): {e}"),
+        (delivery, event) => format!(
+            "error: cannot read delivery {} of event {} (not printed, not acked): {e}",
+            delivery.unwrap_or("?"),
+            event.unwrap_or("?"),
+        ),
+    }
+}
+
+/// The string value right after `key` in raw JSON text (ids hold no
+/// quotes or escapes), at most 200 bytes of it.
+fn text_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let start = text.find(key)? + key.len();
+    let rest = text.get(start..)?;
+    let end = rest.find('"')?;
+    rest.get(..end).filter(|v| !v.is_empty() && v.len() <= 200)
 }
 
 fn error_text(frame: &Value) -> String {

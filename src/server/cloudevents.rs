@@ -9,6 +9,8 @@
 //! `tracestate` go to `headers`. `subject`, `dataschema`, `data_base64`
 //! (kept as a string in `payload`, with `metadata.data_base64 = true`) and
 //! any other extension land in `metadata`, so nothing sent is lost.
+//! `specversion` is required and must be `1.0`; `data_base64` must be
+//! base64. A plain (non-CloudEvents) body must be JSON by content type.
 
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -61,11 +63,46 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_event", message)
 }
 
+/// Refuses a `specversion` other than `1.0` with `unsupported_specversion`.
+fn check_specversion(value: &Value) -> Result<(), ApiError> {
+    if value.as_str() == Some("1.0") {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "unsupported_specversion",
+        format!("unsupported CloudEvents specversion {value} (expected \"1.0\")"),
+    ))
+}
+
+/// Base64 as CloudEvents' `data_base64` carries it (RFC 4648, standard
+/// alphabet); padding may be left out.
+const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Refuses a `data_base64` that is not a base64 string.
+fn check_base64(value: &Value) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    let Value::String(text) = value else {
+        return Err(invalid(format!(
+            "data_base64 must be a string, got {}",
+            crate::event::json_kind(value)
+        )));
+    };
+    BASE64
+        .decode(text)
+        .map(drop)
+        .map_err(|e| invalid(format!("data_base64 is not base64: {e}")))
+}
+
 /// Maps one structured CloudEvent to our raw envelope.
 ///
 /// # Errors
-/// `invalid_event` when it is not an object or has an unsupported
-/// `specversion`.
+/// `invalid_event` when it is not an object, lacks `specversion` or has a
+/// `data_base64` that is not base64; `unsupported_specversion` for a
+/// `specversion` other than `1.0`.
 pub fn from_structured(ce: Value) -> Result<Value, ApiError> {
     let Value::Object(attributes) = ce else {
         return Err(invalid(format!(
@@ -73,6 +110,11 @@ pub fn from_structured(ce: Value) -> Result<Value, ApiError> {
             crate::event::json_kind(&ce)
         )));
     };
+    if !attributes.contains_key("specversion") {
+        return Err(invalid(
+            "missing required CloudEvents attribute `specversion` (\"1.0\")",
+        ));
+    }
     map_attributes(attributes)
 }
 
@@ -80,9 +122,17 @@ pub fn from_structured(ce: Value) -> Result<Value, ApiError> {
 /// envelope.
 ///
 /// # Errors
-/// `invalid_event` for a bad attribute, or data that is neither JSON (by
-/// content type) nor UTF-8 text.
+/// `unsupported_specversion` for a `ce-specversion` other than `1.0`
+/// (checked before the data is read); `invalid_event` for a bad attribute;
+/// `invalid_json` or `too_deep` for JSON data that does not parse;
+/// `unsupported_media_type` for data that is neither JSON (by content
+/// type) nor UTF-8 text.
 pub fn from_binary(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let version = headers
+        .get("ce-specversion")
+        .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .unwrap_or(Value::Null);
+    check_specversion(&version)?;
     let mut attributes = Map::new();
     for (name, value) in headers {
         let Some(attr) = name.as_str().strip_prefix("ce-") else {
@@ -100,8 +150,7 @@ pub fn from_binary(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
     let data = if body.is_empty() {
         Value::Null
     } else if is_json(media) {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("data is not JSON: {e}")))?
+        serde_json::from_slice(body).map_err(|e| json_error("data", &e))?
     } else {
         let text = std::str::from_utf8(body).map_err(|_| {
             ApiError::new(
@@ -116,6 +165,42 @@ pub fn from_binary(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> 
     map_attributes(attributes)
 }
 
+/// Refuses a plain-mode body whose content type is not JSON (absent,
+/// `application/json` or `*/*+json`) with 415 `unsupported_media_type`.
+///
+/// # Errors
+/// `unsupported_media_type` naming the content type.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = media_type(headers);
+    if is_json(media) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "content type {media:?} is not accepted here: send application/json, \
+             application/cloudevents+json, or a binary-mode CloudEvent (ce-* headers)"
+        ),
+    ))
+}
+
+/// A JSON parse failure of `what` (`body`, `data`): `too_deep` when it
+/// nests past what serde_json reads, else `invalid_json`.
+pub fn json_error(what: &str, e: &serde_json::Error) -> ApiError {
+    if crate::event::is_too_deep(e) {
+        ApiError::bad_request(
+            "too_deep",
+            format!(
+                "{what} nests deeper than {} levels of arrays and objects",
+                crate::event::JSON_MAX_DEPTH
+            ),
+        )
+    } else {
+        ApiError::bad_request("invalid_json", format!("{what} is not valid JSON: {e}"))
+    }
+}
+
 fn is_json(media: &str) -> bool {
     let media = media.to_ascii_lowercase();
     media.is_empty() || media == "application/json" || media.ends_with("+json")
@@ -127,14 +212,7 @@ fn map_attributes(attributes: Map<String, Value>) -> Result<Value, ApiError> {
     let mut metadata = Map::new();
     for (name, value) in attributes {
         match name.as_str() {
-            "specversion" => match value.as_str() {
-                Some("1.0") => {}
-                _ => {
-                    return Err(invalid(format!(
-                        "unsupported CloudEvents specversion {value} (expected \"1.0\")"
-                    )));
-                }
-            },
+            "specversion" => check_specversion(&value)?,
             "id" | "source" | "type" | "time" | "datacontenttype" | "priority" | "key"
             | "target" => {
                 out.insert(name, value);
@@ -143,9 +221,16 @@ fn map_attributes(attributes: Map<String, Value>) -> Result<Value, ApiError> {
                 out.insert(name, number_or_text(value));
             }
             "data" => {
+                if out.contains_key("payload") {
+                    return Err(invalid("send only one of `data` and `data_base64`"));
+                }
                 out.insert("payload".into(), value);
             }
             "data_base64" => {
+                check_base64(&value)?;
+                if out.contains_key("payload") {
+                    return Err(invalid("send only one of `data` and `data_base64`"));
+                }
                 out.insert("payload".into(), value);
                 metadata.insert("data_base64".into(), Value::Bool(true));
             }
@@ -209,7 +294,7 @@ mod tests {
     #[test]
     fn unsupported_specversion_is_rejected() {
         let e = from_structured(json!({"specversion": "0.3", "type": "a"})).unwrap_err();
-        assert_eq!(e.code, "invalid_event");
+        assert_eq!(e.code, "unsupported_specversion");
         assert!(e.message.contains("0.3"));
     }
 
@@ -232,5 +317,50 @@ mod tests {
             from_binary(&h, &[0xff, 0xfe]).unwrap_err().code,
             "unsupported_media_type"
         );
+    }
+
+    #[test]
+    fn a_structured_event_needs_specversion_and_base64_data_must_decode() {
+        let e = from_structured(json!({"type": "a", "id": "1", "source": "/s"})).unwrap_err();
+        assert_eq!(e.code, "invalid_event");
+        assert!(e.message.contains("specversion"), "{}", e.message);
+        let ce = |b64: &str| json!({"specversion": "1.0", "type": "a", "data_base64": b64});
+        assert_eq!(
+            from_structured(ce("!!!")).unwrap_err().code,
+            "invalid_event"
+        );
+        assert_eq!(from_structured(ce("aGk=")).unwrap()["payload"], "aGk=");
+        assert_eq!(from_structured(ce("aGk")).unwrap()["payload"], "aGk");
+        let both = json!({"specversion": "1.0", "type": "a", "data": 1, "data_base64": "aGk="});
+        assert_eq!(from_structured(both).unwrap_err().code, "invalid_event");
+    }
+
+    #[test]
+    fn binary_mode_checks_specversion_before_reading_the_data() {
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "2.0".parse().unwrap());
+        h.insert("ce-type", "a".parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        assert_eq!(
+            from_binary(&h, b"not json").unwrap_err().code,
+            "unsupported_specversion"
+        );
+    }
+
+    #[test]
+    fn plain_bodies_must_be_json_by_content_type() {
+        let mut h = HeaderMap::new();
+        require_json(&h).unwrap();
+        for ok in ["application/json; charset=utf-8", "application/vnd.x+json"] {
+            h.insert("content-type", ok.parse().unwrap());
+            require_json(&h).unwrap();
+        }
+        h.insert("content-type", "text/xml".parse().unwrap());
+        let e = require_json(&h).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+        );
+        assert!(e.message.contains("text/xml"), "{}", e.message);
     }
 }

@@ -180,6 +180,9 @@ fn body_rejection(status: StatusCode, text: String) -> ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
+            JsonRejection::JsonSyntaxError(e) if e.body_text().contains("recursion limit") => {
+                Self::bad_request("too_deep", e.body_text())
+            }
             JsonRejection::JsonSyntaxError(e) => Self::bad_request("invalid_json", e.body_text()),
             JsonRejection::JsonDataError(e) => Self::bad_request("invalid_body", e.body_text()),
             JsonRejection::MissingJsonContentType(e) => Self::new(

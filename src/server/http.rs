@@ -92,6 +92,7 @@ pub struct BatchRequest {
         (status = 202, body = PublishResponse),
         (status = 400, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 415, description = "Not JSON, a CloudEvent, or a binary-mode CloudEvent", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
@@ -102,7 +103,10 @@ pub async fn publish(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let raw = match cloudevents::mode(&headers) {
-        Mode::Plain => json_body(&body)?,
+        Mode::Plain => {
+            cloudevents::require_json(&headers)?;
+            json_body(&body)?
+        }
         Mode::Structured => cloudevents::from_structured(json_body(&body)?)?,
         Mode::Binary => cloudevents::from_binary(&headers, &body)?,
         Mode::Batch => {
@@ -155,7 +159,7 @@ pub async fn publish_batch(
                 .collect::<Result<Vec<_>, _>>()?;
             (raws, false)
         }
-        Mode::Plain => match json_body(&body)? {
+        Mode::Plain => match cloudevents::require_json(&headers).and_then(|()| json_body(&body))? {
             Value::Array(items) => (items, false),
             other => {
                 let req: BatchRequest = serde_json::from_value(other)
@@ -183,8 +187,7 @@ pub async fn publish_batch(
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| cloudevents::json_error("body", &e))
 }
 
 /// Retained events, oldest first.
@@ -229,7 +232,7 @@ pub async fn history(
             "filter" => filters.push(value),
             "from" => query.from = Some(timestamp("from", &value)?),
             "to" => query.to = Some(timestamp("to", &value)?),
-            "after" => query.after = Some(value),
+            "after" => query.after = Some(cursor(value)?),
             "limit" => query.limit = number("limit", &value, 1, MAX_HISTORY_LIMIT)?,
             _ => {}
         }
@@ -262,12 +265,28 @@ pub fn split_list(value: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 fn timestamp(name: &str, value: &str) -> Result<Timestamp, ApiError> {
-    value.parse().map_err(|e| {
-        ApiError::bad_request(
+    crate::event::parse_time(value)
+        .map_err(|reason| ApiError::bad_request("invalid_query", format!("`{name}`: {reason}")))
+}
+
+/// Refuses an `after` that no broker could have issued: cursors are
+/// decimal numbers joined by `-` (`17`, `3-1700000000000-0`).
+fn cursor(value: String) -> Result<String, ApiError> {
+    let well_formed = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    if well_formed {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
             "invalid_query",
-            format!("`{name}` is not an RFC 3339 timestamp: {e}"),
-        )
-    })
+            format!(
+                "`after` is not a history cursor: {value:?} (pass a `next_after` or `cursor` as returned)"
+            ),
+        ))
+    }
 }
 
 /// Parses a query number within `min..=max`.
@@ -727,6 +746,7 @@ pub struct RequestResponse {
     responses(
         (status = 200, body = RequestResponse),
         (status = 400, body = ErrorBody),
+        (status = 403, description = "May not publish the request or read its `reply_to`", body = ErrorBody),
         (status = 504, description = "No reply in time", body = ErrorBody),
     )
 )]
@@ -736,6 +756,7 @@ pub async fn request(
     Json(body): Json<RequestBody>,
 ) -> Result<axum::Json<RequestResponse>, ApiError> {
     let event = state.router.parse_event(body.event)?;
+    access.check_reply_to(event.reply_to.as_deref())?;
     access.check_publish(&event.topic)?;
     let timeout = body
         .timeout_ms

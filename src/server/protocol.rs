@@ -176,7 +176,7 @@ pub enum Parsed {
 pub struct FrameError {
     /// The frame's `id`, when it had one.
     pub id: RequestId,
-    /// `invalid_json`, `invalid_frame` or `unknown_op`.
+    /// `invalid_json`, `too_deep`, `invalid_frame` or `unknown_op`.
     pub code: &'static str,
     /// What is wrong.
     pub message: String,
@@ -254,7 +254,11 @@ pub fn parse(text: &str) -> Result<Parsed, FrameError> {
     };
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
         id: None,
-        code: "invalid_json",
+        code: if crate::event::is_too_deep(&e) {
+            "too_deep"
+        } else {
+            "invalid_json"
+        },
         message: format!("malformed JSON: {e}"),
     })?;
     let Value::Object(obj) = &value else {

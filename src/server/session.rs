@@ -631,6 +631,7 @@ impl Session {
             ));
         }
         let event = self.router.parse_event(raw)?;
+        self.access.check_reply_to(event.reply_to.as_deref())?;
         self.access.check_publish(&event.topic)?;
         let timeout = timeout_ms.map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);
         let router = self.router.clone();
