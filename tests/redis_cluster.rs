@@ -5,6 +5,11 @@
 //! with AOF; live events and requests cross replicas; a poison message ends
 //! in the dead-letter queue.
 //!
+//! The same cases run against a real Redis Cluster of three masters
+//! (`redis-server --cluster-enabled yes` nodes joined by `redis-cli
+//! --cluster create`), and a failover case kills a master that has a
+//! replica, with and without `--redis-wait-replicas`.
+//!
 //! Each test prints its counts (`cargo test --test redis_cluster --
 //! --nocapture` shows them). Leases, reclaim and command timeouts are
 //! shortened by flags so that takeovers happen within seconds, and the
@@ -27,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use common::process::RouterProcess;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 
 /// Replica processes per test.
 const REPLICAS: usize = 3;
@@ -43,9 +48,46 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Event id → times delivered, over every consumer of a group.
 type Seen = Arc<Mutex<HashMap<String, u32>>>;
 
+/// What the routers share: one Redis, or a Redis Cluster.
+enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Cluster(c) => c.url(),
+        }
+    }
+
+    /// One command's reply, lines as `redis-cli` or the inline protocol
+    /// give them (the value on the second line for the inline protocol).
+    fn get(&self, args: &[&str]) -> Option<String> {
+        match self {
+            Backend::Single(r) => r.command(&args.join(" ")).lines().nth(1).map(str::to_string),
+            Backend::Cluster(c) => c
+                .command(args)
+                .lines()
+                .next()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty()),
+        }
+    }
+
+    /// The single server (crash cases).
+    fn single(&mut self) -> &mut RedisServer {
+        match self {
+            Backend::Single(r) => r,
+            Backend::Cluster(_) => panic!("this case needs a single redis-server"),
+        }
+    }
+}
+
 /// A Redis and the router replicas sharing it.
 struct Cluster {
-    redis: Mutex<RedisServer>,
+    redis: Mutex<Backend>,
     replicas: Vec<RouterProcess>,
     api: Arc<Api>,
 }
@@ -64,9 +106,15 @@ struct Api {
 impl Cluster {
     /// Starts a Redis with `redis_args` and [`REPLICAS`] routers on it.
     fn start(redis_args: &[&str]) -> Cluster {
-        let redis = RedisServer::start_with(redis_args);
+        Cluster::on(Backend::Single(RedisServer::start_with(redis_args)), &[])
+    }
+
+    /// Starts [`REPLICAS`] routers (with `router_args` more) on `redis`.
+    fn on(redis: Backend, router_args: &[&str]) -> Cluster {
         let url = redis.url();
-        let replicas: Vec<RouterProcess> = (0..REPLICAS).map(|i| start_replica(&url, i)).collect();
+        let replicas: Vec<RouterProcess> = (0..REPLICAS)
+            .map(|i| start_replica(&url, i, router_args))
+            .collect();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -96,24 +144,20 @@ impl Cluster {
 
     /// The subscription's stored record id (`sid`), read from Redis.
     fn sid(&self, name: &str) -> String {
-        let reply = self
+        let json = self
             .redis
             .lock()
-            .command(&format!("HGET er:{{cfg}}:subs {name}"));
-        let json = reply.lines().nth(1).expect("subscription record");
-        let record: Value = serde_json::from_str(json).expect("record JSON");
+            .get(&["HGET", "er:{cfg}:subs", name])
+            .expect("subscription record");
+        let record: Value = serde_json::from_str(&json).expect("record JSON");
         record["sid"].as_str().expect("sid").to_string()
     }
 
     /// A counter of a subscription's info hash in Redis (`routed`, `acked`).
     fn counter(&self, sid: &str, field: &str) -> u64 {
-        let reply = self
-            .redis
+        self.redis
             .lock()
-            .command(&format!("HGET er:s:{{{sid}}}:info {field}"));
-        reply
-            .lines()
-            .nth(1)
+            .get(&["HGET", &format!("er:s:{{{sid}}}:info"), field])
             .and_then(|l| l.parse().ok())
             .unwrap_or(0)
     }
@@ -188,10 +232,9 @@ impl Api {
 }
 
 /// `serve --redis` with short leases and timeouts.
-fn start_replica(redis_url: &str, i: usize) -> RouterProcess {
+fn start_replica(redis_url: &str, i: usize, more: &[&str]) -> RouterProcess {
     let node = format!("replica-{i}-{}", std::process::id());
-    RouterProcess::start_with_env(
-        &[
+    let mut args: Vec<&str> = vec![
             "--redis",
             redis_url,
             "--node-id",
@@ -208,7 +251,10 @@ fn start_replica(redis_url: &str, i: usize) -> RouterProcess {
             "60s",
             "--shutdown-grace",
             "1s",
-        ],
+    ];
+    args.extend_from_slice(more);
+    RouterProcess::start_with_env(
+        &args,
         &[("RUST_LOG", "warn"), ("EVENT_ROUTER_LOG_FORMAT", "text")],
     )
 }
@@ -578,11 +624,11 @@ async fn redis_crash_run(fsync: &str) -> (HashMap<String, Instant>, Vec<String>,
     let killed_at = Arc::new(Mutex::new(Instant::now()));
     let at = killed_at.clone();
     let (published, missing, seen, per) = durable_run(&cluster, &name, 6_000, async move |c, _| {
-        c.redis.lock().kill();
+        c.redis.lock().single().kill();
         *at.lock() = Instant::now();
         println!("{fsync}: redis-server killed with SIGKILL; restarting in 1s");
         tokio::time::sleep(Duration::from_secs(1)).await;
-        c.redis.lock().restart();
+        c.redis.lock().single().restart();
     })
     .await;
     report(&name, &published, &missing, &seen, &per);
@@ -801,4 +847,96 @@ async fn poison_message_lands_in_the_dead_letter_queue_after_max_attempts() {
         "delivered max_attempts times, then dead-lettered"
     );
     assert_eq!(acked.load(Ordering::Relaxed), 20);
+}
+
+// ------------------------------------------------------------ Redis Cluster
+
+/// Three routers on a Redis Cluster of `masters` masters with `replicas`
+/// replicas each.
+fn on_redis_cluster(masters: usize, replicas: usize, router_args: &[&str]) -> Cluster {
+    let redis = RedisCluster::start(masters, replicas, &[]);
+    Cluster::on(Backend::Cluster(redis), router_args)
+}
+
+fn assert_whole(name: &str, published: &HashMap<String, Instant>, missing: &[String], total: usize) {
+    assert_eq!(published.len(), total, "{name}: every batch was acknowledged");
+    assert!(
+        missing.is_empty(),
+        "{name}: lost {} events, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_durable_events_reach_one_group_at_least_once_and_routed_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = on_redis_cluster(3, 0, &[]);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "csteady", 10_000, async |_, _| {}).await;
+    report("cluster steady", &published, &missing, &seen, &per);
+    assert_whole("cluster steady", &published, &missing, 10_000);
+    let sid = cluster.sid("csteady");
+    assert_eq!(cluster.counter(&sid, "routed"), 10_000, "each event routed exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_kill_9_or_sigstop_of_a_router_loses_no_event() {
+    let _serial = SERIAL.lock().await;
+    let cluster = on_redis_cluster(3, 0, &[]);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "ccrash", 8_000, async |c, targets| {
+            targets.lock().retain(|&t| t != 2);
+            c.signal(2, "KILL");
+            println!("cluster crash: router 2 killed with SIGKILL");
+        })
+        .await;
+    report("cluster crash", &published, &missing, &seen, &per);
+    assert_whole("cluster crash", &published, &missing, 8_000);
+    let (published, missing, seen, per) =
+        durable_run(&cluster, "cstall", 8_000, async |c, targets| {
+            targets.lock().retain(|&t| t != 1);
+            c.signal(1, "STOP");
+            println!("cluster stall: router 1 stopped (SIGSTOP) for 3s, reclaim_idle 1s");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            c.signal(1, "CONT");
+        })
+        .await;
+    report("cluster stall", &published, &missing, &seen, &per);
+    assert_whole("cluster stall", &published, &missing, 8_000);
+}
+
+/// Kills (SIGKILL) the master that holds the subscription's streams while
+/// events are published; its replica takes over. Returns the acknowledged
+/// events that never arrived.
+async fn failover_run(router_args: &[&str], name: &str) -> (usize, usize) {
+    let cluster = on_redis_cluster(3, 1, router_args);
+    let (published, missing, seen, per) = durable_run(&cluster, name, 6_000, async |c, _| {
+        let sid = c.sid(name);
+        let mut redis = c.redis.lock();
+        let Backend::Cluster(rc) = &mut *redis else {
+            unreachable!("a cluster case")
+        };
+        let victim = rc.master_of(&format!("er:s:{{{sid}}}:info"));
+        rc.nodes[victim].kill();
+        println!("{name}: master {victim} (holding the subscription) killed with SIGKILL");
+    })
+    .await;
+    report(name, &published, &missing, &seen, &per);
+    (published.len(), missing.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_loses_no_acknowledged_event_with_wait_and_counts_what_it_loses_without() {
+    let _serial = SERIAL.lock().await;
+    let (published, lost) = failover_run(&[], "fail-nowait").await;
+    println!("failover without WAIT: {lost} of {published} acknowledged events lost");
+    let (published, lost) = failover_run(
+        &["--redis-wait-replicas", "1", "--redis-wait-timeout", "500ms"],
+        "fail-wait",
+    )
+    .await;
+    println!("failover with WAIT 1: {lost} of {published} acknowledged events lost");
+    assert!(published > 1_000, "publishing resumed after the failover");
+    assert_eq!(lost, 0, "with WAIT, an acknowledged event survives the failover");
 }

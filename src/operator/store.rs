@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::broker::redis::conn::{Conn, nodes};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -116,8 +116,10 @@ impl Keys {
 /// The routing config documents in one Redis under one key prefix.
 #[derive(Clone)]
 pub struct ConfigStore {
+    /// For the change notifications: a plain `PUBLISH` reaches every node
+    /// of a cluster, so one node (the first URL) is enough.
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     put: Arc<Script>,
 }
@@ -169,8 +171,9 @@ fn from_document(key: &str, json: &str) -> Result<Resource> {
 }
 
 impl ConfigStore {
-    /// Connects to `url` (`redis://...`); keys start with `prefix` (the
-    /// broker's key prefix, default `er`).
+    /// Connects to `url` (`redis://...`, or comma-separated node URLs of a
+    /// Redis Cluster); keys start with `prefix` (the broker's key prefix,
+    /// default `er`).
     ///
     /// # Errors
     /// A bad URL or prefix, or Redis unreachable within a few seconds.
@@ -180,17 +183,11 @@ impl ConfigStore {
                 "key prefix {prefix:?} must be non-empty and free of braces"
             )));
         }
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Redis(format!("no connection within {COMMAND_TIMEOUT:?}")))??;
+        let first = nodes(url).first().copied().unwrap_or(url);
+        let client = redis::Client::open(first)?;
+        let conn = Conn::connect(url, COMMAND_TIMEOUT)
+            .await
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(ConfigStore {
             client,
             conn,

@@ -248,3 +248,129 @@ fn wait_for_ping(port: u16, child: &mut Child) -> Result<(), String> {
     }
     Err(format!("no PONG on port {port} within {START_TIMEOUT:?}"))
 }
+
+/// A real Redis Cluster on loopback: `masters` masters with `replicas`
+/// replicas each, every node a [`RedisServer`] started with
+/// `--cluster-enabled yes` (its bus on a port of its own), joined by
+/// `redis-cli --cluster create`. Ready once every node reports
+/// `cluster_state:ok`. Dropping it kills every node.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Every node, masters first as `redis-cli --cluster create` assigned them.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts and joins the nodes; `extra` arguments go to every node.
+    ///
+    /// # Panics
+    /// When a node does not start or the cluster does not become ready in
+    /// 30 s.
+    pub fn start(masters: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| {
+                let bus = free_port().to_string();
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-port",
+                    bus.as_str(),
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_with(&args)
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ready(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and knows
+    /// every master.
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis cluster not ready in {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every node's URL, comma-separated (what `--redis` takes for a cluster).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs a command through `redis-cli -c` (follows slot redirects) on a
+    /// running node; returns its raw output.
+    pub fn command(&self, args: &[&str]) -> String {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node");
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &node.port().to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The master that serves `key`'s slot (index into [`Self::nodes`]).
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot = self.command(&["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("CLUSTER KEYSLOT reply");
+        let shards = self.command(&["CLUSTER", "SLOTS"]);
+        // Lines: start, end, master ip, master port, master id, replicas...
+        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
+        let mut i = 0;
+        while i + 3 < lines.len() {
+            if let (Ok(lo), Ok(hi)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                && lines[i + 2] == "127.0.0.1"
+                && let Ok(port) = lines[i + 3].parse::<u16>()
+                && (lo..=hi).contains(&slot)
+            {
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port() == port)
+                    .expect("known node");
+            }
+            i += 1;
+        }
+        panic!("no master for slot {slot} in {shards}");
+    }
+}

@@ -19,7 +19,7 @@ use crate::broker::{BrokerError, Result};
 
 /// A connection to a standalone Redis or to a Redis Cluster.
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     /// One server.
     Single(ConnectionManager),
     /// A cluster: commands go to the master of their key's slot.
@@ -27,7 +27,7 @@ pub(super) enum Conn {
 }
 
 /// The node URLs of `url`: several, comma-separated, mean a cluster.
-pub(super) fn nodes(url: &str) -> Vec<&str> {
+pub(crate) fn nodes(url: &str) -> Vec<&str> {
     url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
 }
 
@@ -37,7 +37,7 @@ impl Conn {
     /// # Errors
     /// [`BrokerError::Internal`] for a bad URL, [`BrokerError::Unavailable`]
     /// when nothing answers within `timeout`.
-    pub(super) async fn connect(url: &str, timeout: Duration) -> Result<Conn> {
+    pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Conn> {
         let nodes = nodes(url);
         let conn = if nodes.len() > 1 {
             let client = ClusterClientBuilder::new(nodes)
@@ -72,13 +72,13 @@ impl Conn {
     }
 
     /// Whether this is a cluster connection.
-    pub(super) fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
 
     /// Runs commands that may touch different slots; replies in order.
     /// Not atomic, and on a cluster not ordered either.
-    pub(super) async fn query_each(&mut self, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<Value>> {
+    pub(crate) async fn query_each(&mut self, cmds: Vec<Cmd>) -> redis::RedisResult<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }

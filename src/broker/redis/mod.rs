@@ -26,7 +26,7 @@
 //! - Redis restarting without persistence loses data; consumer groups are
 //!   recreated on `NOGROUP`.
 
-mod conn;
+pub(crate) mod conn;
 mod consumer;
 mod deliver;
 mod keys;

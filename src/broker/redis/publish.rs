@@ -115,7 +115,7 @@ pub(super) async fn publish(
     if !shared.config.dedup_window.is_zero() {
         find_duplicates(shared, &events, &mut planned).await?;
     }
-    let written = transact(shared, &routes, &planned).await?;
+    let written = transact(shared, &routes, &events, &planned).await?;
     if written.fences_moved {
         compensate(shared, &routes, &events, &planned, &written).await?;
     }
@@ -205,7 +205,12 @@ enum Slot {
 }
 
 /// Runs the publish transactions (and `WAIT`, when configured).
-async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Result<Written> {
+async fn transact(
+    shared: &Shared,
+    routes: &Routes,
+    events: &[Event],
+    planned: &[Planned],
+) -> Result<Written> {
     let keys = &shared.keys;
     let cluster = shared.conn().is_cluster();
     let partition_slot = |p: u32| if cluster { Slot::Partition(p) } else { Slot::All };
@@ -238,6 +243,19 @@ async fn transact(shared: &Shared, routes: &Routes, planned: &[Planned]) -> Resu
         }
         xadd.arg("*").arg("ts").arg(plan.ts).arg("ev").arg(&plan.json);
         txn(&mut txns, partition_slot(plan.partition)).add(xadd, Want::History(e));
+        if !shared.config.dedup_window.is_zero() {
+            // In the transaction, so that a retry after a crash between
+            // `EXEC` and the answer finds it; `remember` then stores the
+            // history id for the retry's answer.
+            let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+            let set = redis::cmd("SET")
+                .arg(keys.dedup(plan.partition, &events[e].id))
+                .arg("")
+                .arg("PX")
+                .arg(window)
+                .clone();
+            txn(&mut txns, partition_slot(plan.partition)).add(set, Want::Skip);
+        }
         for &i in &plan.subs {
             let mut band = redis::cmd("XADD");
             band.arg(routes.subs[i].keys.band(plan.band))
