@@ -359,6 +359,7 @@ async fn closed_loop(
     raw: Option<&RawCost>,
 ) -> Closed {
     let broker = fresh(server, prefix, others).await;
+    let payload = "x".repeat(PAYLOAD_BYTES - 20);
     let run = new_run();
     let consumers = start_consumers(&broker, &run, a.events);
     let profile = Profile::start(server.port());

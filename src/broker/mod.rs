@@ -428,22 +428,10 @@ pub struct BrokerStats {
     /// (clustered brokers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round_trip_seconds: Option<f64>,
-    /// Ingest partitions whose lease this replica holds (clustered brokers only).
+    /// Node ids of the replicas sharing the backing store whose membership
+    /// heartbeat is recent, sorted (clustered brokers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owned_partitions: Option<Vec<u32>>,
-    /// Every ingest partition and the replica holding its lease, if any
-    /// (clustered brokers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<Vec<PartitionOwner>>,
-}
-
-/// One ingest partition and its lease holder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionOwner {
-    /// The partition number.
-    pub partition: u32,
-    /// Node id of the replica holding its lease; `None` while unowned.
-    pub owner: Option<String>,
+    pub replicas: Option<Vec<String>>,
 }
 
 /// Storage and delivery of events. Object safe: use as `Arc<dyn Broker>`.

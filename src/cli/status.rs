@@ -1,5 +1,5 @@
-//! `event-router status`: health, readiness, counters, replicas and
-//! partition owners (clustered brokers), and durable subscriptions with
+//! `event-router status`: health, readiness, counters, the replicas
+//! sharing a Redis (clustered brokers), and durable subscriptions with
 //! their backlog, lag and dead letters, of a running router.
 
 use std::process::ExitCode;
@@ -12,8 +12,8 @@ use super::{ApiClient, Endpoint, describe_error, print_json, print_line, table};
 
 /// Show a router's health, readiness, counters and durable subscriptions.
 ///
-/// Prints the replicas and which ingest partitions each owns (on the Redis
-/// broker), and a table of durable subscriptions (pending, in flight,
+/// Prints the replicas sharing the Redis (on the Redis broker: those whose
+/// membership heartbeat is recent), and a table of durable subscriptions (pending, in flight,
 /// retrying, lag, dead letters, consumers). Reads GET /health, /ready,
 /// /api/v1/stats, /api/v1/subscriptions and /metrics (for lag).
 /// Exits 0 when the router is healthy and ready, 1 otherwise (so it can
@@ -75,7 +75,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let stats = client.get("/api/v1/stats").await?;
     let mut subscriptions = subscription_list(client.get("/api/v1/subscriptions").await?);
     add_lag(&client, &mut subscriptions).await;
-    let owners = partition_owners(&stats);
+    let replicas = replica_list(&stats);
     let code = if health.ok && ready.ok {
         ExitCode::SUCCESS
     } else {
@@ -87,8 +87,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "health": health.to_json(),
             "ready": ready.to_json(),
             "stats": stats,
-            "replicas": replicas_json(&owners),
-            "partitions": owners.iter().map(|(p, o)| json!({"partition": p, "owner": o})).collect::<Vec<_>>(),
+            "replicas": replicas.iter().map(|node| json!({"node": node})).collect::<Vec<_>>(),
             "subscriptions": subscriptions,
         }))?;
         return Ok(code);
@@ -101,8 +100,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         format!("stats:   {}", stats_line(&stats)),
         String::new(),
     ];
-    if !owners.is_empty() {
-        out.push(replica_table(&owners));
+    if !replicas.is_empty() {
+        out.push(replica_table(&replicas, stats.pointer("/broker/node").and_then(Value::as_str)));
         out.push(String::new());
     }
     if subscriptions.is_empty() {
@@ -167,77 +166,31 @@ fn subscription_table(entries: &[Value]) -> String {
     table(&header, &rows)
 }
 
-/// `(partition, owner)` from the stats' `broker.partitions` (clustered
-/// brokers); empty for the memory broker.
-fn partition_owners(stats: &Value) -> Vec<(u64, Option<String>)> {
+/// Node ids from the stats' `broker.replicas` (clustered brokers); empty
+/// for the memory broker.
+fn replica_list(stats: &Value) -> Vec<String> {
     stats
-        .pointer("/broker/partitions")
+        .pointer("/broker/replicas")
         .and_then(Value::as_array)
-        .map(|parts| {
-            parts
+        .map(|nodes| {
+            nodes
                 .iter()
-                .filter_map(|p| {
-                    let owner = p.get("owner").and_then(Value::as_str).map(str::to_string);
-                    Some((p.get("partition")?.as_u64()?, owner))
-                })
+                .filter_map(|n| n.as_str().map(str::to_string))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// Owner → its partitions, owners in name order, unowned partitions last.
-fn by_owner(owners: &[(u64, Option<String>)]) -> Vec<(Option<&str>, Vec<u64>)> {
-    let mut map: std::collections::BTreeMap<Option<&str>, Vec<u64>> = Default::default();
-    for (p, o) in owners {
-        map.entry(o.as_deref()).or_default().push(*p);
-    }
-    let mut rows: Vec<_> = map.into_iter().collect();
-    // `None` sorts first in a BTreeMap; show it last.
-    let unowned_first = rows.first().is_some_and(|(o, _)| o.is_none());
-    rows.rotate_left(usize::from(unowned_first));
-    rows
-}
-
-/// `[{"node": ..., "partitions": [...]}]`, unowned partitions under `null`.
-fn replicas_json(owners: &[(u64, Option<String>)]) -> Value {
-    by_owner(owners)
-        .into_iter()
-        .map(|(node, parts)| json!({"node": node, "partitions": parts}))
-        .collect()
-}
-
-/// `REPLICA  PARTITIONS  OWNED` rows, with ranges (`0-3,7`).
-fn replica_table(owners: &[(u64, Option<String>)]) -> String {
-    let rows: Vec<Vec<String>> = by_owner(owners)
-        .into_iter()
-        .map(|(node, parts)| {
-            vec![
-                node.unwrap_or("(unowned)").to_string(),
-                parts.len().to_string(),
-                ranges(&parts),
-            ]
+/// `REPLICA  ANSWERING` rows: every replica, the one that answered marked.
+fn replica_table(replicas: &[String], answering: Option<&str>) -> String {
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|node| {
+            let mark = if Some(node.as_str()) == answering { "yes" } else { "" };
+            vec![node.clone(), mark.to_string()]
         })
         .collect();
-    table(&["REPLICA", "PARTITIONS", "OWNED"], &rows)
-}
-
-/// `0-3,7,9-10` from sorted partition numbers.
-fn ranges(parts: &[u64]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < parts.len() {
-        let start = parts[i];
-        while i + 1 < parts.len() && parts[i + 1] == parts[i] + 1 {
-            i += 1;
-        }
-        out.push(if parts[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", parts[i])
-        });
-        i += 1;
-    }
-    out.join(",")
+    table(&["REPLICA", "ANSWERING"], &rows)
 }
 
 /// Adds `lag_seconds` (from `event_router_subscription_lag_seconds` on
@@ -346,24 +299,15 @@ mod tests {
     }
 
     #[test]
-    fn replicas_list_their_partitions_as_ranges_with_unowned_last() {
-        let stats = json!({"broker": {"kind": "redis", "partitions": [
-            {"partition": 0, "owner": "b"}, {"partition": 1, "owner": "a"},
-            {"partition": 2, "owner": "a"}, {"partition": 3, "owner": null},
-            {"partition": 4, "owner": "a"}, {"partition": 5, "owner": "b"}
-        ]}});
-        let owners = partition_owners(&stats);
-        let t = replica_table(&owners);
+    fn replicas_are_listed_with_the_answering_one_marked() {
+        let stats = json!({"broker": {"kind": "redis", "node": "b", "replicas": ["a", "b"]}});
+        let replicas = replica_list(&stats);
+        let t = replica_table(&replicas, Some("b"));
         let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
-        assert_eq!(rows[0], ["REPLICA", "PARTITIONS", "OWNED"]);
-        assert_eq!(rows[1], ["a", "3", "1-2,4"]);
-        assert_eq!(rows[2], ["b", "2", "0,5"]);
-        assert_eq!(rows[3], ["(unowned)", "1", "3"]);
-        assert_eq!(
-            replicas_json(&owners)[0],
-            json!({"node": "a", "partitions": [1, 2, 4]})
-        );
-        assert!(partition_owners(&json!({"broker": {"kind": "memory"}})).is_empty());
+        assert_eq!(rows[0], ["REPLICA", "ANSWERING"]);
+        assert_eq!(rows[1], ["a"]);
+        assert_eq!(rows[2], ["b", "yes"]);
+        assert!(replica_list(&json!({"broker": {"kind": "memory"}})).is_empty());
     }
 
     #[test]

@@ -69,13 +69,6 @@ pub struct TransportLabels {
     pub transport: &'static str,
 }
 
-/// Labels of `partition_owned`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabels {
-    /// The ingest partition number.
-    pub partition: String,
-}
-
 type PerSubscription<M> = Family<SubscriptionLabels, M>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -101,8 +94,7 @@ pub struct Metrics {
     lag_seconds: PerSubscription<FloatGauge>,
     dead_letters: PerSubscription<Gauge>,
     redis_round_trip_seconds: FloatGauge,
-    partitions_owned: Gauge,
-    partition_owned: Family<PartitionLabels, Gauge>,
+    replicas: Gauge,
     trace_spans_dropped: Counter,
     labels: Mutex<HashSet<String>>,
     last_delivery: Mutex<HashMap<String, Instant>>,
@@ -137,8 +129,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "event_router_subscription_lag_seconds",
     "event_router_dead_letter_queue_depth",
     "event_router_redis_round_trip_seconds",
-    "event_router_partitions_owned",
-    "event_router_partition_owned",
+    "event_router_replicas",
     "event_router_trace_spans_dropped_total",
 ];
 
@@ -167,8 +158,7 @@ impl Metrics {
             lag_seconds: Family::default(),
             dead_letters: Family::default(),
             redis_round_trip_seconds: FloatGauge::default(),
-            partitions_owned: Gauge::default(),
-            partition_owned: Family::default(),
+            replicas: Gauge::default(),
             trace_spans_dropped: Counter::default(),
             labels: Mutex::default(),
             last_delivery: Mutex::default(),
@@ -271,14 +261,9 @@ impl Metrics {
             m.redis_round_trip_seconds.clone(),
         );
         r.register(
-            "partitions_owned",
-            "Ingest partitions whose lease this replica holds",
-            m.partitions_owned.clone(),
-        );
-        r.register(
-            "partition_owned",
-            "1 for each ingest partition whose lease this replica holds",
-            Declared(m.partition_owned.clone()),
+            "replicas",
+            "Router replicas sharing this Redis whose heartbeat is recent (Redis only)",
+            m.replicas.clone(),
         );
         r.register(
             "trace_spans_dropped",
@@ -445,20 +430,11 @@ impl Metrics {
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(0.0);
         self.redis_round_trip_seconds.set(rtt);
-        let owned: Vec<u64> = value
-            .get("owned_partitions")
+        let replicas = value
+            .get("replicas")
             .and_then(serde_json::Value::as_array)
-            .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
-            .unwrap_or_default();
-        self.partitions_owned.set(clamp(owned.len() as u64));
-        self.partition_owned.clear();
-        for p in owned {
-            self.partition_owned
-                .get_or_create(&PartitionLabels {
-                    partition: p.to_string(),
-                })
-                .set(1);
-        }
+            .map_or(0, Vec::len);
+        self.replicas.set(clamp(replicas as u64));
     }
 
     /// The registry encoded as OpenMetrics text.

@@ -279,6 +279,9 @@ impl RedisCluster {
                     "1000",
                     "--cluster-port",
                     bus.as_str(),
+                    // Replicas sync at once (the default waits 5 s).
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ];
                 args.extend_from_slice(extra);
                 RedisServer::start_with(&args)
@@ -305,16 +308,17 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every running node says `cluster_state:ok` and knows
-    /// every master.
+    /// Waits until every running node says `cluster_state:ok` and every
+    /// replica has synced with its master.
     pub fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let ok = self
-                .nodes
-                .iter()
-                .filter(|n| n.child.is_some())
-                .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"));
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let replication = n.command("INFO replication");
+                n.command("CLUSTER INFO").contains("cluster_state:ok")
+                    && (!replication.contains("role:slave")
+                        || replication.contains("master_link_status:up"))
+            });
             if ok {
                 return;
             }

@@ -686,8 +686,7 @@ impl Broker for MemoryBroker {
             subscriptions: self.shared.groups.read().by_id.len() as u64,
             history_len,
             round_trip_seconds: None,
-            owned_partitions: None,
-            partitions: None,
+            replicas: None,
         })
     }
 

@@ -52,6 +52,23 @@ async fn beat(shared: &Shared) -> Result<()> {
         .await
 }
 
+/// Node ids with a heartbeat within two thirds of `membership_ttl`, sorted.
+pub(super) async fn live(shared: &Shared) -> Result<Vec<String>> {
+    let dead_after = i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
+    let mut conn = shared.conn();
+    let mut nodes: Vec<String> = shared
+        .call(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(shared.keys.nodes())
+                .arg(now_ms().saturating_sub(dead_after))
+                .arg("+inf")
+                .query_async(&mut conn),
+        )
+        .await?;
+    nodes.sort_unstable();
+    Ok(nodes)
+}
+
 /// Leaves the membership (graceful shutdown).
 pub(super) async fn leave(shared: &Shared) {
     let mut conn = shared.conn();

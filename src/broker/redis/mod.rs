@@ -668,8 +668,7 @@ impl Broker for RedisBroker {
             subscriptions: self.shared.subs.all().len() as u64,
             history_len,
             round_trip_seconds: Some(round_trip_seconds),
-            owned_partitions: None,
-            partitions: None,
+            replicas: Some(membership::live(&self.shared).await?),
         })
     }
 

@@ -243,10 +243,12 @@ async fn transact(
         }
         xadd.arg("*").arg("ts").arg(plan.ts).arg("ev").arg(&plan.json);
         txn(&mut txns, partition_slot(plan.partition)).add(xadd, Want::History(e));
-        if !shared.config.dedup_window.is_zero() {
+        if !shared.config.dedup_window.is_zero() && !cluster {
             // In the transaction, so that a retry after a crash between
             // `EXEC` and the answer finds it; `remember` then stores the
-            // history id for the retry's answer.
+            // history id for the retry's answer. Not on a cluster: there
+            // the partition's transaction may succeed while a
+            // subscription's fails, and the retry must store it again.
             let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
             let set = redis::cmd("SET")
                 .arg(keys.dedup(plan.partition, &events[e].id))
