@@ -58,8 +58,99 @@ const MAX_TRACKED_DELIVERIES: usize = 65_536;
 pub struct SessionConfig {
     /// Per-subscription live queue bound (events).
     pub live_queue_capacity: usize,
+    /// Per-subscription live queue bound (bytes of events); 0 = none.
+    pub live_queue_max_bytes: usize,
     /// Most subscriptions at once.
     pub max_subscriptions: usize,
+    /// Caps on the topic patterns of subscriptions.
+    pub patterns: PatternLimits,
+}
+
+/// Caps on topic patterns (count, and bytes of their text), per
+/// subscription and summed over a connection's subscriptions. Each
+/// pattern costs routing-index memory, so these bound what one connection
+/// can make the router hold. Zero in any field means no cap of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatternLimits {
+    /// Most patterns in one subscription.
+    pub per_subscription: usize,
+    /// Most bytes of pattern text in one subscription.
+    pub bytes_per_subscription: usize,
+    /// Most patterns over all of a connection's subscriptions.
+    pub per_connection: usize,
+    /// Most bytes of pattern text over all of a connection's subscriptions.
+    pub bytes_per_connection: usize,
+}
+
+impl PatternLimits {
+    /// Fails with `too_many_patterns` unless a subscription of `count`
+    /// patterns and `bytes` bytes fits beside `held` (count, bytes) already
+    /// held by the connection.
+    ///
+    /// # Errors
+    /// `too_many_patterns` naming the cap that was reached.
+    pub fn check(&self, count: usize, bytes: usize, held: (usize, usize)) -> Result<(), ApiError> {
+        let over = |cap: usize, n: usize| cap > 0 && n > cap;
+        let refuse =
+            |status, message: String| Err(ApiError::new(status, "too_many_patterns", message));
+        let bad = axum::http::StatusCode::BAD_REQUEST;
+        let busy = axum::http::StatusCode::TOO_MANY_REQUESTS;
+        if over(self.per_subscription, count) {
+            return refuse(
+                bad,
+                format!(
+                    "subscription has {count} topic patterns; at most {} are allowed per subscription",
+                    self.per_subscription
+                ),
+            );
+        }
+        if over(self.bytes_per_subscription, bytes) {
+            return refuse(
+                bad,
+                format!(
+                    "subscription has {bytes} bytes of topic patterns; at most {} are allowed per subscription",
+                    self.bytes_per_subscription
+                ),
+            );
+        }
+        if over(self.per_connection, held.0 + count) {
+            return refuse(
+                busy,
+                format!(
+                    "this connection holds {} topic patterns and asked for {count} more; at most {} are allowed per connection",
+                    held.0, self.per_connection
+                ),
+            );
+        }
+        if over(self.bytes_per_connection, held.1 + bytes) {
+            return refuse(
+                busy,
+                format!(
+                    "this connection holds {} bytes of topic patterns and asked for {bytes} more; at most {} are allowed per connection",
+                    held.1, self.bytes_per_connection
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for PatternLimits {
+    fn default() -> Self {
+        PatternLimits {
+            per_subscription: super::DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION,
+            bytes_per_subscription: super::DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION,
+            per_connection: super::DEFAULT_MAX_PATTERNS_PER_CONNECTION,
+            bytes_per_connection: super::DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION,
+        }
+    }
+}
+
+/// Count and text bytes of a selector's patterns.
+fn pattern_cost(selector: &Selector) -> (usize, usize) {
+    let patterns = selector.patterns();
+    let bytes = patterns.iter().map(|p| p.to_source().len()).sum();
+    (patterns.len(), bytes)
 }
 
 /// How a subscription's deliveries are to be encoded by the transport.
@@ -161,6 +252,8 @@ pub enum Settled {
 
 struct SubscriptionHandle {
     tag: Arc<SubscriptionTag>,
+    /// Its patterns' (count, bytes), counted against the connection's caps.
+    patterns: (usize, usize),
     _stop: DropGuard,
 }
 
@@ -179,6 +272,8 @@ pub struct Session {
     requests: JoinSet<()>,
     access: crate::auth::Access,
     disconnect: CancellationToken,
+    /// (count, bytes) of the patterns of all open subscriptions.
+    patterns_held: (usize, usize),
 }
 
 impl std::fmt::Debug for Session {
@@ -202,6 +297,7 @@ impl Session {
             requests: JoinSet::new(),
             access: crate::auth::Access::unrestricted(),
             disconnect: CancellationToken::new(),
+            patterns_held: (0, 0),
         }
     }
 
@@ -375,13 +471,17 @@ impl Session {
     /// (its selector wins over the one given here).
     ///
     /// # Errors
-    /// `too_many_subscriptions`, `already_subscribed` (the same group twice
-    /// on one connection), `bad_request` for `max_in_flight` out of range,
-    /// and broker errors.
+    /// `too_many_subscriptions`, `too_many_patterns`, `already_subscribed`
+    /// (the same group twice on one connection), `bad_request` for
+    /// `max_in_flight` out of range, and broker errors.
     pub async fn subscribe(
         &mut self,
         options: SubscribeOptions,
     ) -> Result<Arc<SubscriptionTag>, ApiError> {
+        let patterns = pattern_cost(&options.selector);
+        self.config
+            .patterns
+            .check(patterns.0, patterns.1, self.patterns_held)?;
         self.access.check_subscribe(options.selector.patterns())?;
         if let Some(group) = &options.group {
             self.access.check_group(group)?;
@@ -415,9 +515,12 @@ impl Session {
             tag.id.clone(),
             SubscriptionHandle {
                 tag: tag.clone(),
+                patterns,
                 _stop: stop.drop_guard(),
             },
         );
+        self.patterns_held.0 += patterns.0;
+        self.patterns_held.1 += patterns.1;
         Ok(tag)
     }
 
@@ -432,6 +535,7 @@ impl Session {
             .subscribe_live(LiveSubscription {
                 selector: options.selector.clone(),
                 capacity: self.config.live_queue_capacity,
+                max_bytes: self.config.live_queue_max_bytes,
             })
             .await?;
         let tag = Arc::new(SubscriptionTag {
@@ -514,6 +618,8 @@ impl Session {
                 format!("this connection has no subscription {subscription_id:?}"),
             )
         })?;
+        self.patterns_held.0 -= handle.patterns.0;
+        self.patterns_held.1 -= handle.patterns.1;
         if handle.tag.group.is_some() {
             self.in_flight
                 .lock()
@@ -1011,7 +1117,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let config = SessionConfig {
             live_queue_capacity: 16,
+            live_queue_max_bytes: 0,
             max_subscriptions,
+            patterns: PatternLimits::default(),
         };
         (Session::new(router.clone(), config, tx), rx)
     }
@@ -1313,7 +1421,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let config = SessionConfig {
             live_queue_capacity: 2,
+            live_queue_max_bytes: 0,
             max_subscriptions: 10,
+            patterns: PatternLimits::default(),
         };
         let mut s = Session::new(router.clone(), config, tx);
         s.subscribe(SubscribeOptions {
