@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -192,6 +192,9 @@ pub enum Outgoing {
         attempt: u32,
         /// The event.
         event: Arc<Event>,
+        /// The connection's outgoing byte budget this live event holds
+        /// until the transport encodes it (dropping the item).
+        held: Held,
     },
     /// A live subscription fell behind and lost `dropped` events.
     Overflow {
@@ -217,6 +220,52 @@ impl Outgoing {
                 delivery_id, event, ..
             } => Some(delivery_id.as_deref().unwrap_or(&event.id)),
             _ => None,
+        }
+    }
+}
+
+/// Part of a connection's outgoing byte budget
+/// ([`SessionConfig::live_queue_max_bytes`]), held by a live event between
+/// its live queue and the transport; empty for durable deliveries, which
+/// `max_in_flight` bounds.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Released on drop.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Bytes of live events one connection may have queued for its transport.
+#[derive(Debug, Clone)]
+struct Budget {
+    semaphore: Arc<Semaphore>,
+    /// 0 = no budget.
+    max: u32,
+}
+
+impl Budget {
+    fn new(max_bytes: usize) -> Budget {
+        let max = u32::try_from(max_bytes).unwrap_or(u32::MAX);
+        Budget {
+            semaphore: Arc::new(Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
+    /// Waits until `event` fits; one event larger than the whole budget
+    /// waits for all of it. The live queue behind keeps its own bound
+    /// (dropping the oldest) meanwhile.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is held until the future completes.
+    async fn hold(&self, event: &Event) -> Held {
+        if self.max == 0 {
+            return Held::default();
+        }
+        let bytes = crate::broker::footprint::event_footprint(event);
+        let need = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.max);
+        // The semaphore is never closed, so acquiring only fails if it were.
+        Held {
+            _permit: self.semaphore.clone().acquire_many_owned(need).await.ok(),
         }
     }
 }
@@ -274,6 +323,7 @@ pub struct Session {
     disconnect: CancellationToken,
     /// (count, bytes) of the patterns of all open subscriptions.
     patterns_held: (usize, usize),
+    budget: Budget,
 }
 
 impl std::fmt::Debug for Session {
@@ -288,6 +338,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session writing to `out`.
     pub fn new(router: Arc<Router>, config: SessionConfig, out: mpsc::Sender<Outgoing>) -> Self {
+        let budget = Budget::new(config.live_queue_max_bytes);
         Session {
             router,
             config,
@@ -298,6 +349,7 @@ impl Session {
             access: crate::auth::Access::unrestricted(),
             disconnect: CancellationToken::new(),
             patterns_held: (0, 0),
+            budget,
         }
     }
 
@@ -550,7 +602,8 @@ impl Session {
         });
         let disconnect =
             (options.slow_consumer == SlowConsumer::Disconnect).then(|| self.disconnect.clone());
-        let task = forward_live(stream, tag.clone(), self.out.clone(), resume, disconnect);
+        let out = (self.out.clone(), self.budget.clone());
+        let task = forward_live(stream, tag.clone(), out, resume, disconnect);
         spawn_until(stop, task);
         Ok(tag)
     }
@@ -938,12 +991,12 @@ struct Resume {
 async fn forward_live(
     mut stream: LiveStream,
     tag: Arc<SubscriptionTag>,
-    out: mpsc::Sender<Outgoing>,
+    (out, budget): (mpsc::Sender<Outgoing>, Budget),
     resume: Option<Resume>,
     disconnect: Option<CancellationToken>,
 ) {
     let mut replayed = match resume {
-        Some(resume) => match replay(resume, &tag, &out).await {
+        Some(resume) => match replay(resume, &tag, &out, &budget).await {
             Some(ids) => ids,
             None => return,
         },
@@ -963,6 +1016,7 @@ async fn forward_live(
                         subscription: tag.clone(),
                         delivery_id: None,
                         attempt: 1,
+                        held: budget.hold(&event).await,
                         event,
                     }
                 }
@@ -1004,6 +1058,7 @@ async fn replay(
     resume: Resume,
     tag: &Arc<SubscriptionTag>,
     out: &mpsc::Sender<Outgoing>,
+    budget: &Budget,
 ) -> Option<HashSet<String>> {
     let broker = resume.router.broker();
     let mut sent = HashSet::new();
@@ -1043,6 +1098,7 @@ async fn replay(
                 subscription: tag.clone(),
                 delivery_id: None,
                 attempt: 1,
+                held: budget.hold(&entry.event).await,
                 event: Arc::new(entry.event),
             };
             out.send(item).await.ok()?;
@@ -1080,6 +1136,7 @@ async fn forward_durable(
                         delivery_id: Some(d.delivery_id),
                         attempt: d.attempt,
                         event: Arc::new(d.event),
+                        held: Held::default(),
                     };
                     if out.send(item).await.is_err() {
                         return;
