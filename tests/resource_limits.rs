@@ -289,6 +289,17 @@ async fn subscriptions_past_the_pattern_caps_are_refused_with_too_many_patterns(
     assert_eq!(response.status().as_u16(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_patterns", "{body}");
+
+    // HTTP: a durable subscription made by PUT.
+    let response = client()
+        .put(format!("{}/api/v1/subscriptions/wide", router.http_url()))
+        .json(&json!({"topics": topics(51, "i")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_patterns", "{body}");
 }
 
 async fn reply_subscription(ws: &mut Ws, id: &str, topics: Vec<String>) -> String {
@@ -413,4 +424,79 @@ async fn health_answers_while_more_half_open_sockets_than_file_descriptors_wait(
         "/health did not answer beside 120 half-open sockets"
     );
     drop(sockets);
+}
+
+/// A fresh self-signed certificate for localhost in a scratch directory,
+/// removed on drop.
+struct TestCert {
+    dir: std::path::PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let dir = std::env::temp_dir().join(format!("er-limits-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("tls.crt"), ck.cert.pem()).unwrap();
+        TestCert {
+            dir,
+            der: ck.cert.der().clone(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_never_finishes_its_headers_is_closed_after_the_header_read_timeout()
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cert = TestCert::new();
+    let (cert_path, key_path) = (cert.path("tls.crt"), cert.path("tls.key"));
+    let router = RouterProcess::start_with_env(
+        &[],
+        &[
+            ("EVENT_ROUTER_TLS_CERT", cert_path.as_str()),
+            ("EVENT_ROUTER_TLS_KEY", key_path.as_str()),
+            ("EVENT_ROUTER_HEADER_READ_TIMEOUT", "500ms"),
+            ("EVENT_ROUTER_IDLE_TIMEOUT", "0s"),
+        ],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(router.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("TLS handshake");
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent request head over TLS was still open after 10 s"
+    );
 }

@@ -135,6 +135,18 @@ impl PatternLimits {
     }
 }
 
+impl PatternLimits {
+    /// [`PatternLimits::check`] for a subscription made outside any
+    /// connection (`PUT /api/v1/subscriptions/{name}`).
+    ///
+    /// # Errors
+    /// `too_many_patterns` naming the cap that was reached.
+    pub fn check_selector(&self, selector: &Selector) -> Result<(), ApiError> {
+        let (count, bytes) = pattern_cost(selector);
+        self.check(count, bytes, (0, 0))
+    }
+}
+
 impl Default for PatternLimits {
     fn default() -> Self {
         PatternLimits {
