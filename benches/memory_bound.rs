@@ -201,7 +201,7 @@ async fn main() -> std::process::ExitCode {
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
-                let body = &bodies[usize::from(n % DURABLE_EVERY != 0)];
+                let body = &bodies[usize::from(!n.is_multiple_of(DURABLE_EVERY))];
                 let sent = http
                     .post(&url)
                     .header("content-type", "application/json")
