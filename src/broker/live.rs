@@ -104,18 +104,21 @@ impl LiveQueue {
     /// Queues `event`, dropping the oldest queued events when full.
     pub fn push(&self, event: Arc<Event>) -> Pushed {
         let bytes = event_footprint(&event);
-        self.push_sized(event, bytes)
+        self.push_sized(event, bytes).0
     }
 
     /// [`LiveQueue::push`] for a caller that already knows the event's
-    /// [`event_footprint`] (one computation per event, not per subscriber).
-    pub fn push_sized(&self, event: Arc<Event>, bytes: usize) -> Pushed {
+    /// [`event_footprint`] (one computation per event, not per subscriber);
+    /// also returns how many queued events were dropped to make room (more
+    /// than one when the byte bound needed it).
+    pub fn push_sized(&self, event: Arc<Event>, bytes: usize) -> (Pushed, u64) {
         let outcome = {
             let mut state = self.shared.state.lock();
             if state.closed {
-                return Pushed::Closed;
+                return (Pushed::Closed, 0);
             }
             let mut outcome = Pushed::Queued;
+            let mut dropped = 0;
             while !state.queue.is_empty()
                 && (state.queue.len() >= state.capacity
                     || (state.max_bytes > 0 && state.bytes + bytes > state.max_bytes))
@@ -124,11 +127,12 @@ impl LiveQueue {
                     state.bytes -= dropped;
                 }
                 state.unreported_drops += 1;
+                dropped += 1;
                 outcome = Pushed::DroppedOldest;
             }
             state.bytes += bytes;
             state.queue.push_back((event, bytes));
-            outcome
+            (outcome, dropped)
         };
         self.shared.notify.notify_one();
         outcome
@@ -250,6 +254,10 @@ mod tests {
         assert_eq!(q.push(big(3)), Pushed::DroppedOldest);
         assert_eq!(s.len(), 2);
         assert_eq!(s.recv().await, Some(LiveItem::Overflow { dropped: 1 }));
+        // One event the size of two drops two, and says so.
+        let double = Arc::new(Event::new("t", serde_json::json!("x".repeat(2000))).unwrap());
+        let size = event_footprint(&double).max(2 * one);
+        assert_eq!(q.push_sized(double, size), (Pushed::DroppedOldest, 2));
         // One event over the whole bound is still delivered, alone.
         let (q, s) = LiveQueue::with_max_bytes(100, 10, Box::new(()));
         assert_eq!(q.push(big(1)), Pushed::Queued);

@@ -419,12 +419,12 @@ impl Shared {
                     continue;
                 }
                 match sub.queue.push_sized(event.clone(), bytes) {
-                    Pushed::Queued => delivered += 1,
-                    Pushed::DroppedOldest => {
+                    (Pushed::Queued, _) => delivered += 1,
+                    (Pushed::DroppedOldest, n) => {
                         delivered += 1;
-                        dropped += 1;
+                        dropped += n;
                     }
-                    Pushed::Closed => {}
+                    (Pushed::Closed, _) => {}
                 }
             }
         }
