@@ -5,12 +5,12 @@
 //! upgrades, for WebSocket) under three bounds from [`ServerConfig`]:
 //!
 //! - [`ServerConfig::idle_timeout`]: a connection that sends no byte at all
-//!   within it is closed.
+//!   within it is closed. The first bytes are read here, before hyper
+//!   sees the connection.
 //! - [`ServerConfig::header_read_timeout`]: a request head (request line
-//!   and headers) must be complete within it, counted from the first poll
-//!   of the connection and again from the end of each response on a
-//!   keep-alive connection (hyper's timer), so a client trickling headers
-//!   (slowloris) is closed.
+//!   and headers) must be complete within it, counted from the first byte
+//!   and again from the end of each response on a keep-alive connection
+//!   (hyper's timer), so a client trickling headers (slowloris) is closed.
 //! - [`ServerConfig::max_unauthenticated_connections`]: connections that
 //!   have not yet had a request answered with something other than 401 or
 //!   403 (or a WebSocket upgrade) are counted; when a new connection would
@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -35,7 +34,7 @@ use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -93,12 +92,11 @@ async fn serve_one<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let heard = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(FirstByte {
-        inner: io,
-        heard: heard.clone(),
-    });
     let evicted = ticket.evicted.clone();
+    let Some(io) = first_bytes(io, limits.idle, &evicted, &shutdown).await else {
+        return;
+    };
+    let io = TokioIo::new(io);
     let ticket = Arc::new(ticket);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
@@ -120,9 +118,6 @@ async fn serve_one<I>(
     builder.header_read_timeout((!limits.header_read.is_zero()).then_some(limits.header_read));
     let conn = builder.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
-    let idle = tokio::time::sleep(limits.idle);
-    let mut idle = std::pin::pin!(idle);
-    let mut idle_armed = !limits.idle.is_zero();
     let mut draining = false;
     loop {
         tokio::select! {
@@ -131,13 +126,6 @@ async fn serve_one<I>(
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 return;
-            }
-            () = &mut idle, if idle_armed => {
-                if !heard.load(Ordering::Relaxed) {
-                    tracing::debug!("connection closed: no byte within the idle timeout");
-                    return;
-                }
-                idle_armed = false;
             }
             () = evicted.cancelled() => {
                 tracing::debug!(
@@ -224,28 +212,80 @@ impl Drop for Ticket {
     }
 }
 
-/// An I/O stream that notes when its first byte was read.
-struct FirstByte<I> {
-    inner: I,
-    heard: Arc<AtomicBool>,
+/// Waits (at most `idle`, zero meaning forever) for the connection's first
+/// bytes, and returns the stream with them put back in front; `None` when
+/// the client stayed silent, closed, or the connection was evicted or the
+/// server is shutting down meanwhile.
+async fn first_bytes<I>(
+    mut io: I,
+    idle: std::time::Duration,
+    evicted: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Option<Prefixed<I>>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut first = vec![0u8; FIRST_READ_BYTES];
+    let read = async {
+        if idle.is_zero() {
+            Ok(io.read(&mut first).await)
+        } else {
+            tokio::time::timeout(idle, io.read(&mut first)).await
+        }
+    };
+    let n = tokio::select! {
+        read = read => match read {
+            Ok(Ok(n)) if n > 0 => n,
+            Ok(_) => return None,
+            Err(_) => {
+                tracing::debug!("connection closed: no byte within the idle timeout");
+                return None;
+            }
+        },
+        () = evicted.cancelled() => return None,
+        () = shutdown.cancelled() => return None,
+    };
+    first.truncate(n);
+    Some(Prefixed {
+        prefix: first,
+        read: 0,
+        inner: io,
+    })
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for FirstByte<I> {
+/// Size of the first read of a connection.
+const FIRST_READ_BYTES: usize = 4096;
+
+/// An I/O stream with bytes already read from it put back in front.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let rest = &this.prefix[this.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
         }
-        polled
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByte<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,6 +334,30 @@ mod tests {
             "authenticated ones are not counted"
         );
         assert!(!third.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn bytes_read_first_are_put_back_in_front() {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let never = CancellationToken::new();
+        let mut io = first_bytes(server, std::time::Duration::ZERO, &never, &never)
+            .await
+            .expect("bytes arrived");
+        let mut all = String::new();
+        io.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_gets_nothing_after_the_idle_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let never = CancellationToken::new();
+        let idle = std::time::Duration::from_secs(10);
+        assert!(first_bytes(server, idle, &never, &never).await.is_none());
     }
 
     #[test]
