@@ -17,6 +17,7 @@ pub mod cloudevents;
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod openapi;
 pub mod protocol;
 pub mod session;

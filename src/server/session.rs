@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -53,6 +53,9 @@ const HISTORY_PAGE: usize = 1_000;
 /// the map is cleared; acks then fall back to trying the connection's groups.
 const MAX_TRACKED_DELIVERIES: usize = 65_536;
 
+use super::limits::{Budget, pattern_cost};
+pub use super::limits::{Held, PatternLimits};
+
 /// The limits a session enforces.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -64,105 +67,6 @@ pub struct SessionConfig {
     pub max_subscriptions: usize,
     /// Caps on the topic patterns of subscriptions.
     pub patterns: PatternLimits,
-}
-
-/// Caps on topic patterns (count, and bytes of their text), per
-/// subscription and summed over a connection's subscriptions. Each
-/// pattern costs routing-index memory, so these bound what one connection
-/// can make the router hold. Zero in any field means no cap of that kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PatternLimits {
-    /// Most patterns in one subscription.
-    pub per_subscription: usize,
-    /// Most bytes of pattern text in one subscription.
-    pub bytes_per_subscription: usize,
-    /// Most patterns over all of a connection's subscriptions.
-    pub per_connection: usize,
-    /// Most bytes of pattern text over all of a connection's subscriptions.
-    pub bytes_per_connection: usize,
-}
-
-impl PatternLimits {
-    /// Fails with `too_many_patterns` unless a subscription of `count`
-    /// patterns and `bytes` bytes fits beside `held` (count, bytes) already
-    /// held by the connection.
-    ///
-    /// # Errors
-    /// `too_many_patterns` naming the cap that was reached.
-    pub fn check(&self, count: usize, bytes: usize, held: (usize, usize)) -> Result<(), ApiError> {
-        let over = |cap: usize, n: usize| cap > 0 && n > cap;
-        let refuse =
-            |status, message: String| Err(ApiError::new(status, "too_many_patterns", message));
-        let bad = axum::http::StatusCode::BAD_REQUEST;
-        let busy = axum::http::StatusCode::TOO_MANY_REQUESTS;
-        if over(self.per_subscription, count) {
-            return refuse(
-                bad,
-                format!(
-                    "subscription has {count} topic patterns; at most {} are allowed per subscription",
-                    self.per_subscription
-                ),
-            );
-        }
-        if over(self.bytes_per_subscription, bytes) {
-            return refuse(
-                bad,
-                format!(
-                    "subscription has {bytes} bytes of topic patterns; at most {} are allowed per subscription",
-                    self.bytes_per_subscription
-                ),
-            );
-        }
-        if over(self.per_connection, held.0 + count) {
-            return refuse(
-                busy,
-                format!(
-                    "this connection holds {} topic patterns and asked for {count} more; at most {} are allowed per connection",
-                    held.0, self.per_connection
-                ),
-            );
-        }
-        if over(self.bytes_per_connection, held.1 + bytes) {
-            return refuse(
-                busy,
-                format!(
-                    "this connection holds {} bytes of topic patterns and asked for {bytes} more; at most {} are allowed per connection",
-                    held.1, self.bytes_per_connection
-                ),
-            );
-        }
-        Ok(())
-    }
-}
-
-impl PatternLimits {
-    /// [`PatternLimits::check`] for a subscription made outside any
-    /// connection (`PUT /api/v1/subscriptions/{name}`).
-    ///
-    /// # Errors
-    /// `too_many_patterns` naming the cap that was reached.
-    pub fn check_selector(&self, selector: &Selector) -> Result<(), ApiError> {
-        let (count, bytes) = pattern_cost(selector);
-        self.check(count, bytes, (0, 0))
-    }
-}
-
-impl Default for PatternLimits {
-    fn default() -> Self {
-        PatternLimits {
-            per_subscription: super::DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION,
-            bytes_per_subscription: super::DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION,
-            per_connection: super::DEFAULT_MAX_PATTERNS_PER_CONNECTION,
-            bytes_per_connection: super::DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION,
-        }
-    }
-}
-
-/// Count and text bytes of a selector's patterns.
-fn pattern_cost(selector: &Selector) -> (usize, usize) {
-    let patterns = selector.patterns();
-    let bytes = patterns.iter().map(|p| p.to_source().len()).sum();
-    (patterns.len(), bytes)
 }
 
 /// How a subscription's deliveries are to be encoded by the transport.
@@ -232,52 +136,6 @@ impl Outgoing {
                 delivery_id, event, ..
             } => Some(delivery_id.as_deref().unwrap_or(&event.id)),
             _ => None,
-        }
-    }
-}
-
-/// Part of a connection's outgoing byte budget
-/// ([`SessionConfig::live_queue_max_bytes`]), held by a live event between
-/// its live queue and the transport; empty for durable deliveries, which
-/// `max_in_flight` bounds.
-#[derive(Debug, Default)]
-pub struct Held {
-    /// Released on drop.
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-/// Bytes of live events one connection may have queued for its transport.
-#[derive(Debug, Clone)]
-struct Budget {
-    semaphore: Arc<Semaphore>,
-    /// 0 = no budget.
-    max: u32,
-}
-
-impl Budget {
-    fn new(max_bytes: usize) -> Budget {
-        let max = u32::try_from(max_bytes).unwrap_or(u32::MAX);
-        Budget {
-            semaphore: Arc::new(Semaphore::new(max as usize)),
-            max,
-        }
-    }
-
-    /// Waits until `event` fits; one event larger than the whole budget
-    /// waits for all of it. The live queue behind keeps its own bound
-    /// (dropping the oldest) meanwhile.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: nothing is held until the future completes.
-    async fn hold(&self, event: &Event) -> Held {
-        if self.max == 0 {
-            return Held::default();
-        }
-        let bytes = crate::broker::footprint::event_footprint(event);
-        let need = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.max);
-        // The semaphore is never closed, so acquiring only fails if it were.
-        Held {
-            _permit: self.semaphore.clone().acquire_many_owned(need).await.ok(),
         }
     }
 }
