@@ -4,6 +4,9 @@
 //! - [`protocol`]: v2 frames as serde enums; [`ws_v1`]: the seed protocol.
 //! - [`session`]: one connection's subscriptions, in-flight deliveries and
 //!   requests, writing to an outgoing channel; no sockets in it.
+//! - [`limits`]: a session's caps on topic patterns and its byte budget
+//!   of live events; [`connection`]: accepting and serving connections
+//!   with header read and idle timeouts and a cap on unauthenticated ones.
 //! - [`ws`], [`sse`], [`http`]: thin adapters; [`cloudevents`]: the
 //!   CloudEvents HTTP bindings; [`error`]: the one client-facing error;
 //!   [`openapi`]: the generated API description at `GET /openapi.json`.
