@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::{MemoryBrokerConfig, RedisBrokerConfig};
 use crate::router::RouterConfig;
-use crate::server::ServerConfig;
+use crate::server::{self, ServerConfig};
 
 /// Default address of `serve`: every interface, port 8080.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -227,6 +227,37 @@ pub struct ServerSection {
     /// `0s` sends none.
     #[serde(with = "duration")]
     pub sse_keepalive: Duration,
+    /// Byte bound of each live subscriber's queue (events by their
+    /// in-memory size); past it the oldest events are dropped as for
+    /// `live_queue_capacity`. Default 4194304 (4 MiB); zero means no byte
+    /// bound.
+    pub live_queue_max_bytes: usize,
+    /// Most topic patterns in one subscription (`too_many_patterns`
+    /// beyond). Default 1000; zero means no cap.
+    pub max_patterns_per_subscription: usize,
+    /// Most bytes of topic-pattern text in one subscription. Default 65536
+    /// (64 KiB); zero means no cap.
+    pub max_pattern_bytes_per_subscription: usize,
+    /// Most topic patterns over all subscriptions of one connection.
+    /// Default 10000; zero means no cap.
+    pub max_patterns_per_connection: usize,
+    /// Most bytes of topic-pattern text over all subscriptions of one
+    /// connection. Default 1048576 (1 MiB); zero means no cap.
+    pub max_pattern_bytes_per_connection: usize,
+    /// Longest a client may take to send a complete request head (from its
+    /// first byte, and between requests on a keep-alive connection) before
+    /// the connection is closed, e.g. `10s`. Default `10s`; `0s` means no
+    /// limit.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest a new connection may stay silent (no byte received) before
+    /// it is closed, e.g. `10s`. Default `10s`; `0s` means no limit.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most connections without an answered, authenticated request (not
+    /// 401/403) yet; past it the oldest such connection is closed. Keep it
+    /// well below the process's file limit. Default 512; zero means no cap.
+    pub max_unauthenticated_connections: usize,
     /// PEM certificate chain: serve HTTPS/WSS (reloaded when it changes).
     /// Needs `tls_key`. Default none: plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +275,14 @@ impl Default for ServerSection {
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
+            live_queue_max_bytes: server::DEFAULT_LIVE_QUEUE_MAX_BYTES,
+            max_patterns_per_subscription: server::DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION,
+            max_pattern_bytes_per_subscription: server::DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION,
+            max_patterns_per_connection: server::DEFAULT_MAX_PATTERNS_PER_CONNECTION,
+            max_pattern_bytes_per_connection: server::DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION,
+            header_read_timeout: server::DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
+            max_unauthenticated_connections: server::DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS,
             tls_cert: None,
             tls_key: None,
         }
@@ -271,6 +310,16 @@ pub struct BrokerSection {
     /// Most dead letters kept per subscription; beyond it the oldest is
     /// evicted. Default 100000; zero means unbounded.
     pub dead_letter_max: usize,
+    /// Most bytes of events (by in-memory size) kept in history; the
+    /// oldest are evicted first and counted in
+    /// `event_router_dropped_total{reason="history_bytes"}`. Default
+    /// 268435456 (256 MiB); zero means no byte bound. Memory broker only.
+    pub history_max_bytes: usize,
+    /// Most bytes of events one durable subscription holds (queued, in
+    /// flight or retrying); a publish that would exceed it is refused with
+    /// 503 `queue_full` and nothing stored. Default 67108864 (64 MiB); zero
+    /// means no byte bound. Memory broker only.
+    pub max_queued_bytes_per_subscription: usize,
 }
 
 impl Default for BrokerSection {
@@ -280,6 +329,9 @@ impl Default for BrokerSection {
             history_max_age: MemoryBrokerConfig::DEFAULT_HISTORY_MAX_AGE,
             max_queued_per_subscription: MemoryBrokerConfig::DEFAULT_MAX_QUEUED_PER_SUBSCRIPTION,
             dead_letter_max: MemoryBrokerConfig::DEFAULT_DEAD_LETTER_MAX,
+            history_max_bytes: MemoryBrokerConfig::DEFAULT_HISTORY_MAX_BYTES,
+            max_queued_bytes_per_subscription:
+                MemoryBrokerConfig::DEFAULT_MAX_QUEUED_BYTES_PER_SUBSCRIPTION,
         }
     }
 }
@@ -457,6 +509,14 @@ impl Config {
             max_subscriptions_per_connection: s.max_subscriptions_per_connection.get(),
             shutdown_grace: s.shutdown_grace,
             sse_keepalive: s.sse_keepalive,
+            live_queue_max_bytes: s.live_queue_max_bytes,
+            max_patterns_per_subscription: s.max_patterns_per_subscription,
+            max_pattern_bytes_per_subscription: s.max_pattern_bytes_per_subscription,
+            max_patterns_per_connection: s.max_patterns_per_connection,
+            max_pattern_bytes_per_connection: s.max_pattern_bytes_per_connection,
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            max_unauthenticated_connections: s.max_unauthenticated_connections,
             ..ServerConfig::default()
         }
     }
@@ -469,6 +529,8 @@ impl Config {
             history_max_age: b.history_max_age,
             max_queued_per_subscription: b.max_queued_per_subscription,
             dead_letter_max: b.dead_letter_max,
+            history_max_bytes: b.history_max_bytes,
+            max_queued_bytes_per_subscription: b.max_queued_bytes_per_subscription,
         }
     }
 

@@ -484,6 +484,7 @@ impl Router {
             .subscribe_live(LiveSubscription {
                 selector,
                 capacity: 64,
+                max_bytes: crate::broker::DEFAULT_LIVE_QUEUE_MAX_BYTES,
             })
             .await?;
         self.publish(event).await?;

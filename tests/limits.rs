@@ -238,7 +238,9 @@ async fn a_slow_consumer_with_the_disconnect_policy_is_disconnected() {
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let config = SessionConfig {
             live_queue_capacity: 2,
+            live_queue_max_bytes: 0,
             max_subscriptions: 10,
+            patterns: Default::default(),
         };
         let mut session = Session::new(router.clone(), config, tx);
         session

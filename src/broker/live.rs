@@ -1,8 +1,9 @@
 //! The bounded per-subscriber queue of live events, shared by every broker.
 //!
-//! Publishers never wait on a slow subscriber: when the queue is full the
-//! oldest event is dropped and counted, and the subscriber is told how many it
-//! missed by an [`LiveItem::Overflow`] notice ahead of the events that follow.
+//! Publishers never wait on a slow subscriber: when the queue is full (by
+//! count or by bytes, see [`LiveQueue::with_max_bytes`]) the oldest events
+//! are dropped and counted, and the subscriber is told how many it missed by
+//! an [`LiveItem::Overflow`] notice ahead of the events that follow.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -11,7 +12,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::footprint::event_footprint;
 use crate::event::Event;
+
+/// Default byte bound of a live queue made by [`LiveQueue::new`]: 4 MiB,
+/// room for a few events of the largest default payload (1 MiB) and
+/// thousands of small ones.
+pub const DEFAULT_LIVE_QUEUE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a live subscriber receives.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,15 +37,20 @@ pub enum LiveItem {
 pub enum Pushed {
     /// Queued without loss.
     Queued,
-    /// Queued, and the oldest queued event was dropped to make room.
+    /// Queued, and the oldest queued event (or events, when the byte bound
+    /// needed more room) was dropped to make room.
     DroppedOldest,
     /// The subscriber is gone; nothing was queued.
     Closed,
 }
 
 struct State {
-    queue: VecDeque<Arc<Event>>,
+    /// Events with their [`event_footprint`].
+    queue: VecDeque<(Arc<Event>, usize)>,
     capacity: usize,
+    /// 0 = no byte bound.
+    max_bytes: usize,
+    bytes: usize,
     unreported_drops: u64,
     closed: bool,
 }
@@ -55,14 +67,28 @@ pub struct LiveQueue {
 }
 
 impl LiveQueue {
-    /// A queue holding at most `capacity` events (at least 1), and the stream
-    /// that drains it. `guard` is dropped with the stream: brokers use it to
-    /// unregister the subscription.
+    /// A queue holding at most `capacity` events (at least 1) and
+    /// [`DEFAULT_LIVE_QUEUE_MAX_BYTES`], and the stream that drains it.
+    /// `guard` is dropped with the stream: brokers use it to unregister the
+    /// subscription.
     pub fn new(capacity: usize, guard: Box<dyn Any + Send + Sync>) -> (LiveQueue, LiveStream) {
+        Self::with_max_bytes(capacity, DEFAULT_LIVE_QUEUE_MAX_BYTES, guard)
+    }
+
+    /// A queue holding at most `capacity` events (at least 1) and about
+    /// `max_bytes` bytes of events (by [`event_footprint`]; 0 means no byte
+    /// bound). One event larger than `max_bytes` is still queued, alone.
+    pub fn with_max_bytes(
+        capacity: usize,
+        max_bytes: usize,
+        guard: Box<dyn Any + Send + Sync>,
+    ) -> (LiveQueue, LiveStream) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 capacity: capacity.max(1),
+                max_bytes,
+                bytes: 0,
                 unreported_drops: 0,
                 closed: false,
             }),
@@ -75,22 +101,38 @@ impl LiveQueue {
         (LiveQueue { shared }, stream)
     }
 
-    /// Queues `event`, dropping the oldest queued event when full.
+    /// Queues `event`, dropping the oldest queued events when full.
     pub fn push(&self, event: Arc<Event>) -> Pushed {
+        let bytes = event_footprint(&event);
+        self.push_sized(event, bytes).0
+    }
+
+    /// [`LiveQueue::push`] for a caller that already knows the event's
+    /// [`event_footprint`] (one computation per event, not per subscriber);
+    /// also returns how many queued events were dropped to make room (more
+    /// than one when the byte bound needed it).
+    pub fn push_sized(&self, event: Arc<Event>, bytes: usize) -> (Pushed, u64) {
         let outcome = {
             let mut state = self.shared.state.lock();
             if state.closed {
-                return Pushed::Closed;
+                return (Pushed::Closed, 0);
             }
-            let outcome = if state.queue.len() >= state.capacity {
-                state.queue.pop_front();
+            let mut outcome = Pushed::Queued;
+            let mut dropped = 0;
+            while !state.queue.is_empty()
+                && (state.queue.len() >= state.capacity
+                    || (state.max_bytes > 0 && state.bytes + bytes > state.max_bytes))
+            {
+                if let Some((_, dropped)) = state.queue.pop_front() {
+                    state.bytes -= dropped;
+                }
                 state.unreported_drops += 1;
-                Pushed::DroppedOldest
-            } else {
-                Pushed::Queued
-            };
-            state.queue.push_back(event);
-            outcome
+                dropped += 1;
+                outcome = Pushed::DroppedOldest;
+            }
+            state.bytes += bytes;
+            state.queue.push_back((event, bytes));
+            (outcome, dropped)
         };
         self.shared.notify.notify_one();
         outcome
@@ -140,7 +182,9 @@ impl LiveStream {
             let dropped = std::mem::take(&mut state.unreported_drops);
             return Some(LiveItem::Overflow { dropped });
         }
-        state.queue.pop_front().map(LiveItem::Event)
+        let (event, bytes) = state.queue.pop_front()?;
+        state.bytes -= bytes;
+        Some(LiveItem::Event(event))
     }
 
     /// Number of events queued and not yet received.
@@ -159,6 +203,7 @@ impl Drop for LiveStream {
         let mut state = self.shared.state.lock();
         state.closed = true;
         state.queue.clear();
+        state.bytes = 0;
     }
 }
 
@@ -195,6 +240,29 @@ mod tests {
             .collect();
         assert_eq!(payloads, vec![serde_json::json!(3), serde_json::json!(4)]);
         assert!(s.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn byte_bound_drops_oldest_events_until_the_new_one_fits() {
+        let big = |n: u32| {
+            Arc::new(Event::new("t", serde_json::json!({"n": n, "pad": "x".repeat(1000)})).unwrap())
+        };
+        let one = event_footprint(&big(0));
+        let (q, mut s) = LiveQueue::with_max_bytes(100, 2 * one + one / 2, Box::new(()));
+        assert_eq!(q.push(big(1)), Pushed::Queued);
+        assert_eq!(q.push(big(2)), Pushed::Queued);
+        assert_eq!(q.push(big(3)), Pushed::DroppedOldest);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.recv().await, Some(LiveItem::Overflow { dropped: 1 }));
+        // One event the size of two drops two, and says so.
+        let double = Arc::new(Event::new("t", serde_json::json!("x".repeat(2000))).unwrap());
+        let size = event_footprint(&double).max(2 * one);
+        assert_eq!(q.push_sized(double, size), (Pushed::DroppedOldest, 2));
+        // One event over the whole bound is still delivered, alone.
+        let (q, s) = LiveQueue::with_max_bytes(100, 10, Box::new(()));
+        assert_eq!(q.push(big(1)), Pushed::Queued);
+        assert_eq!(q.push(big(2)), Pushed::DroppedOldest);
+        assert_eq!(s.len(), 1);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! the Redis broker implements the same contract across replicas, and
 //! `tests/conformance` checks both against one suite.
 
+pub mod footprint;
 mod live;
 mod memory;
 pub mod redis;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Delivery, Event};
 use crate::selector::Selector;
 
-pub use live::{LiveItem, LiveQueue, LiveStream};
+pub use live::{DEFAULT_LIVE_QUEUE_MAX_BYTES, LiveItem, LiveQueue, LiveStream};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
 pub use redis::{RedisBroker, RedisBrokerConfig};
 
@@ -33,6 +34,15 @@ pub enum BrokerError {
     /// The backing store cannot be reached; the call did nothing and may be retried.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A durable subscription holds as many events (or bytes) as it may;
+    /// nothing was stored. Retry once its consumers catch up.
+    #[error("subscription {subscription:?} is full: {reason}")]
+    QueueFull {
+        /// The full subscription.
+        subscription: String,
+        /// Which bound was reached, with the figures.
+        reason: String,
+    },
     /// No durable subscription has this name.
     #[error("unknown subscription {0:?}")]
     UnknownSubscription(String),
@@ -60,6 +70,7 @@ impl BrokerError {
     pub fn kind(&self) -> &'static str {
         match self {
             BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::QueueFull { .. } => "queue_full",
             BrokerError::UnknownSubscription(_) => "unknown_subscription",
             BrokerError::UnknownDelivery(_) => "unknown_delivery",
             BrokerError::InvalidSubscription { .. } => "invalid_subscription",
@@ -104,6 +115,9 @@ pub struct LiveSubscription {
     /// Bound of the per-subscriber queue; when full the oldest event is
     /// dropped and an [`LiveItem::Overflow`] notice is queued. Minimum 1.
     pub capacity: usize,
+    /// Byte bound of the same queue (by [`footprint::event_footprint`]),
+    /// applied like `capacity`; 0 means no byte bound.
+    pub max_bytes: usize,
 }
 
 /// Exponential backoff with jitter for redeliveries.
@@ -434,6 +448,15 @@ pub struct BrokerStats {
     pub replicas: Option<Vec<String>>,
 }
 
+/// Events a broker discarded to stay within its byte limits
+/// ([`Broker::discarded`]); each field only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Discarded {
+    /// Retained-history entries evicted before their age or count limit
+    /// because history held its byte limit.
+    pub history_bytes: u64,
+}
+
 /// Storage and delivery of events. Object safe: use as `Arc<dyn Broker>`.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -512,6 +535,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Broker-wide counters.
     async fn stats(&self) -> Result<BrokerStats>;
+
+    /// Events this broker discarded to stay within its byte limits, since
+    /// it started. Default: none (brokers without such limits).
+    fn discarded(&self) -> Discarded {
+        Discarded::default()
+    }
 
     /// Whether the broker can serve requests now (for `/ready`).
     async fn ready(&self) -> bool;

@@ -160,6 +160,80 @@ pub struct ServeArgs {
     )]
     pub sse_keepalive: Option<Duration>,
 
+    /// Bytes queued per live subscriber before the oldest events are dropped; 0 means no byte bound [default: 4194304].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_LIVE_QUEUE_MAX_BYTES",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
+    pub live_queue_max_bytes: Option<usize>,
+
+    /// Most topic patterns in one subscription; 0 means no cap [default: 1000].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_PATTERNS_PER_SUBSCRIPTION",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_patterns_per_subscription: Option<usize>,
+
+    /// Most bytes of topic patterns in one subscription; 0 means no cap [default: 65536].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_PATTERN_BYTES_PER_SUBSCRIPTION",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
+    pub max_pattern_bytes_per_subscription: Option<usize>,
+
+    /// Most topic patterns over one connection's subscriptions; 0 means no cap [default: 10000].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_PATTERNS_PER_CONNECTION",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_patterns_per_connection: Option<usize>,
+
+    /// Most bytes of topic patterns over one connection's subscriptions; 0 means no cap [default: 1048576].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_PATTERN_BYTES_PER_CONNECTION",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
+    pub max_pattern_bytes_per_connection: Option<usize>,
+
+    /// Longest a client may take to send a complete request head; 0s means no limit [default: 10s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_HEADER_READ_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Limits"
+    )]
+    pub header_read_timeout: Option<Duration>,
+
+    /// Longest a new connection may stay silent before it is closed; 0s means no limit [default: 10s].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = config::parse_duration,
+        help_heading = "Limits"
+    )]
+    pub idle_timeout: Option<Duration>,
+
+    /// Most connections not yet authenticated; past it the oldest is closed; 0 means no cap [default: 512].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_UNAUTHENTICATED_CONNECTIONS",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_unauthenticated_connections: Option<usize>,
+
     /// Most events kept in history for SSE resume and replay; 0 keeps none [default: 100000].
     #[arg(
         long,
@@ -198,6 +272,24 @@ pub struct ServeArgs {
         help_heading = "Broker"
     )]
     pub dead_letter_max: Option<usize>,
+
+    /// Most bytes of events kept in history (oldest evicted); 0 means no byte bound [default: 268435456].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_HISTORY_MAX_BYTES",
+        value_name = "BYTES",
+        help_heading = "Broker"
+    )]
+    pub history_max_bytes: Option<usize>,
+
+    /// Most bytes of events one durable subscription holds before publishes are refused; 0 means no byte bound [default: 67108864].
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_MAX_QUEUED_BYTES_PER_SUBSCRIPTION",
+        value_name = "BYTES",
+        help_heading = "Broker"
+    )]
+    pub max_queued_bytes_per_subscription: Option<usize>,
 
     /// Run as a replica on this Redis instead of the in-memory broker,
     /// e.g. redis://127.0.0.1:6379/ or redis://:password@host:6379/0.
@@ -345,6 +437,30 @@ impl ServeArgs {
         );
         set(&mut c.server.shutdown_grace, &self.shutdown_grace);
         set(&mut c.server.sse_keepalive, &self.sse_keepalive);
+        let s = &mut c.server;
+        set(&mut s.live_queue_max_bytes, &self.live_queue_max_bytes);
+        set(
+            &mut s.max_patterns_per_subscription,
+            &self.max_patterns_per_subscription,
+        );
+        set(
+            &mut s.max_pattern_bytes_per_subscription,
+            &self.max_pattern_bytes_per_subscription,
+        );
+        set(
+            &mut s.max_patterns_per_connection,
+            &self.max_patterns_per_connection,
+        );
+        set(
+            &mut s.max_pattern_bytes_per_connection,
+            &self.max_pattern_bytes_per_connection,
+        );
+        set(&mut s.header_read_timeout, &self.header_read_timeout);
+        set(&mut s.idle_timeout, &self.idle_timeout);
+        set(
+            &mut s.max_unauthenticated_connections,
+            &self.max_unauthenticated_connections,
+        );
         if self.tls_cert.is_some() {
             c.server.tls_cert.clone_from(&self.tls_cert);
             c.server.tls_key.clone_from(&self.tls_key);
@@ -356,6 +472,11 @@ impl ServeArgs {
             &self.max_queued_per_subscription,
         );
         set(&mut c.broker.dead_letter_max, &self.dead_letter_max);
+        set(&mut c.broker.history_max_bytes, &self.history_max_bytes);
+        set(
+            &mut c.broker.max_queued_bytes_per_subscription,
+            &self.max_queued_bytes_per_subscription,
+        );
         if self.redis.is_some() {
             c.redis.url.clone_from(&self.redis);
         }

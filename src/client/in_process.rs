@@ -119,6 +119,7 @@ impl InProcess {
                 .subscribe_live(LiveSubscription {
                     selector,
                     capacity: self.config.queue_capacity,
+                    max_bytes: crate::broker::DEFAULT_LIVE_QUEUE_MAX_BYTES,
                 })
                 .await
                 .map_err(broker_error)?;

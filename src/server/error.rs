@@ -129,6 +129,10 @@ impl From<BrokerError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, code, e.to_string())
             }
             BrokerError::InvalidSubscription { .. } => Self::bad_request(code, e.to_string()),
+            // The publisher can act on it (slow down, retry): say which.
+            BrokerError::QueueFull { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+            }
             BrokerError::Unavailable(_) | BrokerError::Closed => Self::unavailable(code, &e),
             BrokerError::Internal(_) => Self::internal(&e),
         }

@@ -421,6 +421,10 @@ pub async fn put_subscription(
         ));
     }
     let group = spec.group_spec(&name).map_err(invalid)?;
+    state
+        .session_config()
+        .patterns
+        .check_selector(&group.selector)?;
     let broker = state.router.broker();
     let existed = broker.subscription(&name).await.is_ok();
     broker.ensure_subscription(group).await?;

@@ -4,6 +4,9 @@
 //! - [`protocol`]: v2 frames as serde enums; [`ws_v1`]: the seed protocol.
 //! - [`session`]: one connection's subscriptions, in-flight deliveries and
 //!   requests, writing to an outgoing channel; no sockets in it.
+//! - [`limits`]: a session's caps on topic patterns and its byte budget
+//!   of live events; [`connection`]: accepting and serving connections
+//!   with header read and idle timeouts and a cap on unauthenticated ones.
 //! - [`ws`], [`sse`], [`http`]: thin adapters; [`cloudevents`]: the
 //!   CloudEvents HTTP bindings; [`error`]: the one client-facing error;
 //!   [`openapi`]: the generated API description at `GET /openapi.json`.
@@ -14,8 +17,10 @@
 //! on the way out), bounded by [`ServerConfig::shutdown_grace`].
 
 pub mod cloudevents;
+pub mod connection;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod openapi;
 pub mod protocol;
 pub mod session;
@@ -24,7 +29,6 @@ pub mod tls;
 pub mod ws;
 pub mod ws_v1;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
-pub use session::{Outgoing, Session, SessionConfig};
+pub use session::{Outgoing, PatternLimits, Session, SessionConfig};
 
 use crate::router::Router;
 
@@ -51,6 +55,22 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 100;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default [`ServerConfig::sse_keepalive`]: 15 s.
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Default [`ServerConfig::live_queue_max_bytes`]: 4 MiB.
+pub const DEFAULT_LIVE_QUEUE_MAX_BYTES: usize = crate::broker::DEFAULT_LIVE_QUEUE_MAX_BYTES;
+/// Default [`ServerConfig::max_patterns_per_subscription`]: 1000.
+pub const DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION: usize = 1000;
+/// Default [`ServerConfig::max_pattern_bytes_per_subscription`]: 64 KiB.
+pub const DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION: usize = 64 * 1024;
+/// Default [`ServerConfig::max_patterns_per_connection`]: 10 000.
+pub const DEFAULT_MAX_PATTERNS_PER_CONNECTION: usize = 10_000;
+/// Default [`ServerConfig::max_pattern_bytes_per_connection`]: 1 MiB.
+pub const DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION: usize = 1024 * 1024;
+/// Default [`ServerConfig::header_read_timeout`]: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ServerConfig::idle_timeout`]: 10 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ServerConfig::max_unauthenticated_connections`]: 512.
+pub const DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS: usize = 512;
 
 /// Server configuration.
 #[derive(Debug, Clone)]
@@ -63,10 +83,45 @@ pub struct ServerConfig {
     /// oldest is dropped and an overflow notice sent. Default 1024
     /// ([`DEFAULT_LIVE_QUEUE_CAPACITY`]). Zero means 1.
     pub live_queue_capacity: usize,
+    /// Byte bound of each live subscription's queue (events measured by
+    /// [`crate::broker::footprint::event_footprint`]), applied like
+    /// `live_queue_capacity`. Default 4 MiB
+    /// ([`DEFAULT_LIVE_QUEUE_MAX_BYTES`]). Zero means no byte bound.
+    pub live_queue_max_bytes: usize,
     /// Most subscriptions one connection may hold. Default 100
     /// ([`DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION`]). Zero forbids
     /// subscribing.
     pub max_subscriptions_per_connection: usize,
+    /// Most topic patterns in one subscription; more is refused with
+    /// `too_many_patterns`. Default 1000
+    /// ([`DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION`]). Zero means no cap.
+    pub max_patterns_per_subscription: usize,
+    /// Most bytes of topic-pattern text in one subscription. Default
+    /// 64 KiB ([`DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION`]). Zero means
+    /// no cap.
+    pub max_pattern_bytes_per_subscription: usize,
+    /// Most topic patterns over all subscriptions of one connection.
+    /// Default 10 000 ([`DEFAULT_MAX_PATTERNS_PER_CONNECTION`]). Zero
+    /// means no cap.
+    pub max_patterns_per_connection: usize,
+    /// Most bytes of topic-pattern text over all subscriptions of one
+    /// connection. Default 1 MiB
+    /// ([`DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION`]). Zero means no cap.
+    pub max_pattern_bytes_per_connection: usize,
+    /// Longest a client may take to send a complete request head, counted
+    /// from its first byte and from the end of the previous response on a
+    /// keep-alive connection; then the connection is closed. Default 10 s
+    /// ([`DEFAULT_HEADER_READ_TIMEOUT`]). Zero means no limit.
+    pub header_read_timeout: Duration,
+    /// Longest a new connection may stay silent (no byte received) before
+    /// it is closed. Default 10 s ([`DEFAULT_IDLE_TIMEOUT`]). Zero means no
+    /// limit.
+    pub idle_timeout: Duration,
+    /// Most connections that have not yet had a request answered with
+    /// anything but 401/403; past it, the oldest of them is closed to admit
+    /// the new one. Default 512
+    /// ([`DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS`]). Zero means no cap.
+    pub max_unauthenticated_connections: usize,
     /// How long shutdown waits for connections to drain before aborting
     /// them. Default 10 s ([`DEFAULT_SHUTDOWN_GRACE`]). Zero aborts at once.
     pub shutdown_grace: Duration,
@@ -86,7 +141,15 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             live_queue_capacity: DEFAULT_LIVE_QUEUE_CAPACITY,
+            live_queue_max_bytes: DEFAULT_LIVE_QUEUE_MAX_BYTES,
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            max_patterns_per_subscription: DEFAULT_MAX_PATTERNS_PER_SUBSCRIPTION,
+            max_pattern_bytes_per_subscription: DEFAULT_MAX_PATTERN_BYTES_PER_SUBSCRIPTION,
+            max_patterns_per_connection: DEFAULT_MAX_PATTERNS_PER_CONNECTION,
+            max_pattern_bytes_per_connection: DEFAULT_MAX_PATTERN_BYTES_PER_CONNECTION,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_unauthenticated_connections: DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             auth: Arc::default(),
@@ -177,9 +240,17 @@ impl AppState {
 
     /// The limits of one connection's session.
     pub fn session_config(&self) -> SessionConfig {
+        let c = &self.config;
         SessionConfig {
-            live_queue_capacity: self.config.live_queue_capacity.max(1),
-            max_subscriptions: self.config.max_subscriptions_per_connection,
+            live_queue_capacity: c.live_queue_capacity.max(1),
+            live_queue_max_bytes: c.live_queue_max_bytes,
+            max_subscriptions: c.max_subscriptions_per_connection,
+            patterns: PatternLimits {
+                per_subscription: c.max_patterns_per_subscription,
+                bytes_per_subscription: c.max_pattern_bytes_per_subscription,
+                per_connection: c.max_patterns_per_connection,
+                bytes_per_connection: c.max_pattern_bytes_per_connection,
+            },
         }
     }
 }
@@ -244,6 +315,7 @@ pub async fn run(
     let grace = config.shutdown_grace;
     let tls_files = config.tls.clone();
     let state = AppState::new(router, config, shutdown.clone());
+    let limits = state.config.clone();
     let tasks = state.tasks.clone();
     let mut server = match tls_files {
         None => {
@@ -256,18 +328,24 @@ pub async fn run(
                     tracing::debug!(%error, "could not set TCP_NODELAY");
                 }
             });
-            let server = axum::serve(listener, app(state))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tokio::spawn(server.into_future())
+            tokio::spawn(connection::serve(
+                listener,
+                app(state),
+                limits,
+                shutdown.clone(),
+            ))
         }
         Some(files) => {
             let listener = tls::TlsListener::new(listener, files, shutdown.clone())?;
             if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
                 tracing::info!(%addr, "serving HTTPS, WSS and SSE over TLS");
             }
-            let server = axum::serve(listener, app(state))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            tokio::spawn(server.into_future())
+            tokio::spawn(connection::serve(
+                listener,
+                app(state),
+                limits,
+                shutdown.clone(),
+            ))
         }
     };
     tokio::select! {

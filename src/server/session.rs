@@ -53,13 +53,20 @@ const HISTORY_PAGE: usize = 1_000;
 /// the map is cleared; acks then fall back to trying the connection's groups.
 const MAX_TRACKED_DELIVERIES: usize = 65_536;
 
+use super::limits::{Budget, pattern_cost};
+pub use super::limits::{Held, PatternLimits};
+
 /// The limits a session enforces.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Per-subscription live queue bound (events).
     pub live_queue_capacity: usize,
+    /// Per-subscription live queue bound (bytes of events); 0 = none.
+    pub live_queue_max_bytes: usize,
     /// Most subscriptions at once.
     pub max_subscriptions: usize,
+    /// Caps on the topic patterns of subscriptions.
+    pub patterns: PatternLimits,
 }
 
 /// How a subscription's deliveries are to be encoded by the transport.
@@ -101,6 +108,9 @@ pub enum Outgoing {
         attempt: u32,
         /// The event.
         event: Arc<Event>,
+        /// The connection's outgoing byte budget this live event holds
+        /// until the transport encodes it (dropping the item).
+        held: Held,
     },
     /// A live subscription fell behind and lost `dropped` events.
     Overflow {
@@ -161,6 +171,8 @@ pub enum Settled {
 
 struct SubscriptionHandle {
     tag: Arc<SubscriptionTag>,
+    /// Its patterns' (count, bytes), counted against the connection's caps.
+    patterns: (usize, usize),
     _stop: DropGuard,
 }
 
@@ -179,6 +191,9 @@ pub struct Session {
     requests: JoinSet<()>,
     access: crate::auth::Access,
     disconnect: CancellationToken,
+    /// (count, bytes) of the patterns of all open subscriptions.
+    patterns_held: (usize, usize),
+    budget: Budget,
 }
 
 impl std::fmt::Debug for Session {
@@ -193,6 +208,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session writing to `out`.
     pub fn new(router: Arc<Router>, config: SessionConfig, out: mpsc::Sender<Outgoing>) -> Self {
+        let budget = Budget::new(config.live_queue_max_bytes);
         Session {
             router,
             config,
@@ -202,6 +218,8 @@ impl Session {
             requests: JoinSet::new(),
             access: crate::auth::Access::unrestricted(),
             disconnect: CancellationToken::new(),
+            patterns_held: (0, 0),
+            budget,
         }
     }
 
@@ -375,13 +393,17 @@ impl Session {
     /// (its selector wins over the one given here).
     ///
     /// # Errors
-    /// `too_many_subscriptions`, `already_subscribed` (the same group twice
-    /// on one connection), `bad_request` for `max_in_flight` out of range,
-    /// and broker errors.
+    /// `too_many_subscriptions`, `too_many_patterns`, `already_subscribed`
+    /// (the same group twice on one connection), `bad_request` for
+    /// `max_in_flight` out of range, and broker errors.
     pub async fn subscribe(
         &mut self,
         options: SubscribeOptions,
     ) -> Result<Arc<SubscriptionTag>, ApiError> {
+        let patterns = pattern_cost(&options.selector);
+        self.config
+            .patterns
+            .check(patterns.0, patterns.1, self.patterns_held)?;
         self.access.check_subscribe(options.selector.patterns())?;
         if let Some(group) = &options.group {
             self.access.check_group(group)?;
@@ -415,9 +437,12 @@ impl Session {
             tag.id.clone(),
             SubscriptionHandle {
                 tag: tag.clone(),
+                patterns,
                 _stop: stop.drop_guard(),
             },
         );
+        self.patterns_held.0 += patterns.0;
+        self.patterns_held.1 += patterns.1;
         Ok(tag)
     }
 
@@ -432,6 +457,7 @@ impl Session {
             .subscribe_live(LiveSubscription {
                 selector: options.selector.clone(),
                 capacity: self.config.live_queue_capacity,
+                max_bytes: self.config.live_queue_max_bytes,
             })
             .await?;
         let tag = Arc::new(SubscriptionTag {
@@ -446,7 +472,8 @@ impl Session {
         });
         let disconnect =
             (options.slow_consumer == SlowConsumer::Disconnect).then(|| self.disconnect.clone());
-        let task = forward_live(stream, tag.clone(), self.out.clone(), resume, disconnect);
+        let out = (self.out.clone(), self.budget.clone());
+        let task = forward_live(stream, tag.clone(), out, resume, disconnect);
         spawn_until(stop, task);
         Ok(tag)
     }
@@ -514,6 +541,8 @@ impl Session {
                 format!("this connection has no subscription {subscription_id:?}"),
             )
         })?;
+        self.patterns_held.0 -= handle.patterns.0;
+        self.patterns_held.1 -= handle.patterns.1;
         if handle.tag.group.is_some() {
             self.in_flight
                 .lock()
@@ -833,12 +862,12 @@ struct Resume {
 async fn forward_live(
     mut stream: LiveStream,
     tag: Arc<SubscriptionTag>,
-    out: mpsc::Sender<Outgoing>,
+    (out, budget): (mpsc::Sender<Outgoing>, Budget),
     resume: Option<Resume>,
     disconnect: Option<CancellationToken>,
 ) {
     let mut replayed = match resume {
-        Some(resume) => match replay(resume, &tag, &out).await {
+        Some(resume) => match replay(resume, &tag, &out, &budget).await {
             Some(ids) => ids,
             None => return,
         },
@@ -858,6 +887,7 @@ async fn forward_live(
                         subscription: tag.clone(),
                         delivery_id: None,
                         attempt: 1,
+                        held: budget.hold(&event).await,
                         event,
                     }
                 }
@@ -899,6 +929,7 @@ async fn replay(
     resume: Resume,
     tag: &Arc<SubscriptionTag>,
     out: &mpsc::Sender<Outgoing>,
+    budget: &Budget,
 ) -> Option<HashSet<String>> {
     let broker = resume.router.broker();
     let mut sent = HashSet::new();
@@ -938,6 +969,7 @@ async fn replay(
                 subscription: tag.clone(),
                 delivery_id: None,
                 attempt: 1,
+                held: budget.hold(&entry.event).await,
                 event: Arc::new(entry.event),
             };
             out.send(item).await.ok()?;
@@ -975,6 +1007,7 @@ async fn forward_durable(
                         delivery_id: Some(d.delivery_id),
                         attempt: d.attempt,
                         event: Arc::new(d.event),
+                        held: Held::default(),
                     };
                     if out.send(item).await.is_err() {
                         return;
@@ -1012,7 +1045,9 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let config = SessionConfig {
             live_queue_capacity: 16,
+            live_queue_max_bytes: 0,
             max_subscriptions,
+            patterns: PatternLimits::default(),
         };
         (Session::new(router.clone(), config, tx), rx)
     }
@@ -1314,7 +1349,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let config = SessionConfig {
             live_queue_capacity: 2,
+            live_queue_max_bytes: 0,
             max_subscriptions: 10,
+            patterns: PatternLimits::default(),
         };
         let mut s = Session::new(router.clone(), config, tx);
         s.subscribe(SubscribeOptions {

@@ -217,6 +217,7 @@ fn encode(item: Outgoing) -> Encoded {
             delivery_id,
             attempt,
             event,
+            ..
         } => {
             let data = DeliveryData {
                 subscription_id: &subscription.id,

@@ -310,6 +310,7 @@ pub fn encode(item: Outgoing) -> Option<Message> {
             delivery_id,
             attempt,
             event,
+            ..
         } => match subscription.dialect {
             Dialect::V1 => ws_v1::event_frame(&subscription.id, &event),
             Dialect::V2 | Dialect::Sse => ServerFrame::Event {

@@ -202,6 +202,10 @@ impl Broker for InstrumentedBroker {
         self.inner.stats().await
     }
 
+    fn discarded(&self) -> crate::broker::Discarded {
+        self.inner.discarded()
+    }
+
     async fn ready(&self) -> bool {
         self.inner.ready().await
     }

@@ -57,8 +57,9 @@ pub struct SubscriptionLabels {
 /// Labels of `dropped_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `route` (an EventRoute `drop` action) or `overflow` (a live
-    /// subscriber's queue was full).
+    /// `route` (an EventRoute `drop` action), `overflow` (a live
+    /// subscriber's queue was full, by count or bytes) or `history_bytes`
+    /// (history evicted early to stay within its byte limit).
     pub reason: &'static str,
 }
 
@@ -100,6 +101,7 @@ pub struct Metrics {
     last_delivery: Mutex<HashMap<String, Instant>>,
     pending_since: Mutex<HashMap<String, Instant>>,
     overflow_seen: Mutex<u64>,
+    history_bytes_seen: Mutex<u64>,
 }
 
 /// The process-wide metrics.
@@ -164,6 +166,7 @@ impl Metrics {
             last_delivery: Mutex::default(),
             pending_since: Mutex::default(),
             overflow_seen: Mutex::default(),
+            history_bytes_seen: Mutex::default(),
         };
         let r = &mut registry;
         r.register(
@@ -203,7 +206,7 @@ impl Metrics {
         );
         r.register(
             "dropped",
-            "Events dropped by an EventRoute (reason=route) or a full live queue (reason=overflow)",
+            "Events dropped by an EventRoute (reason=route), a full live queue (reason=overflow) or history's byte limit (reason=history_bytes)",
             Declared(m.dropped.clone()),
         );
         r.register_with_unit(
@@ -415,6 +418,16 @@ impl Metrics {
         }
     }
 
+    /// Counts what the broker discarded to stay within its byte limits
+    /// since the last refresh.
+    pub fn refresh_discarded(&self, discarded: crate::broker::Discarded) {
+        let mut seen = self.history_bytes_seen.lock();
+        if discarded.history_bytes > *seen {
+            self.dropped("history_bytes", discarded.history_bytes - *seen);
+        }
+        *seen = discarded.history_bytes;
+    }
+
     fn refresh_broker(&self, stats: &BrokerStats) {
         self.live_subscriptions.set(clamp(stats.live_subscriptions));
         let mut seen = self.overflow_seen.lock();
@@ -526,6 +539,7 @@ pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Respons
         connections.websocket,
         connections.sse,
     );
+    m.refresh_discarded(broker.discarded());
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

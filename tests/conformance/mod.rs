@@ -211,6 +211,7 @@ async fn live(
     let subscription = LiveSubscription {
         selector: selector(&[pattern], filter),
         capacity,
+        max_bytes: 0,
     };
     broker
         .subscribe_live(subscription)

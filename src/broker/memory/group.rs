@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Counters;
+use crate::broker::footprint::event_footprint;
 use crate::broker::{
     Attempt, BrokerError, DeadLetter, DeadLetterSelection, GroupSpec, NackOptions, Result,
     SubscriptionInfo,
@@ -30,6 +31,8 @@ const BANDS: usize = 10;
 pub(super) struct Limits {
     /// Most stored (queued + in-flight + retrying) events; 0 = unbounded.
     pub(super) max_queued: usize,
+    /// Most bytes of stored events (by footprint); 0 = unbounded.
+    pub(super) max_queued_bytes: usize,
     /// Most dead letters; 0 = unbounded.
     pub(super) dead_letter_max: usize,
 }
@@ -47,6 +50,9 @@ pub(super) struct Group {
 #[derive(Debug)]
 pub(super) struct Queued {
     event: Arc<Event>,
+    /// The event's footprint, counted in [`GroupState::stored_bytes`]
+    /// while it is stored.
+    bytes: usize,
     /// Deliveries made so far; the next delivery's `attempt` is one more.
     delivered: u32,
     /// Failed attempts (nack, ack timeout), oldest first.
@@ -54,9 +60,10 @@ pub(super) struct Queued {
 }
 
 impl Queued {
-    fn new(event: Arc<Event>) -> Queued {
+    fn new(event: Arc<Event>, bytes: usize) -> Queued {
         Queued {
             event,
+            bytes,
             delivered: 0,
             failures: Vec::new(),
         }
@@ -116,6 +123,8 @@ pub(super) struct GroupState {
     consumers: HashMap<u64, ConsumerSlot>,
     stats: GroupCounters,
     deleted: bool,
+    /// Footprint of the stored (queued, in-flight, retrying) events.
+    stored_bytes: usize,
 }
 
 impl Group {
@@ -134,6 +143,7 @@ impl Group {
                 consumers: HashMap::new(),
                 stats: GroupCounters::default(),
                 deleted: false,
+                stored_bytes: 0,
             }),
             notify: Notify::new(),
         }
@@ -153,29 +163,45 @@ impl Group {
         state
     }
 
-    /// Fails with [`BrokerError::Unavailable`] unless `n` more events fit.
-    pub(super) fn check_room(&self, n: usize, max_queued: usize) -> Result<()> {
-        let stored = self.state.lock().stored();
-        if stored.saturating_add(n) > max_queued {
-            return Err(BrokerError::Unavailable(format!(
-                "subscription {:?} is full ({stored} of {max_queued} events stored); \
-                 its consumers are not keeping up",
-                self.name
-            )));
+    /// Fails with [`BrokerError::QueueFull`] unless `n` more events of
+    /// `bytes` in all fit under `limits`.
+    pub(super) fn check_room(&self, n: usize, bytes: usize, limits: Limits) -> Result<()> {
+        let (stored, stored_bytes) = {
+            let state = self.state.lock();
+            (state.stored(), state.stored_bytes)
+        };
+        let full = |reason: String| {
+            Err(BrokerError::QueueFull {
+                subscription: self.name.clone(),
+                reason,
+            })
+        };
+        let max = limits.max_queued;
+        if max > 0 && stored.saturating_add(n) > max {
+            return full(format!(
+                "{stored} of {max} events stored; its consumers are not keeping up"
+            ));
+        }
+        let max = limits.max_queued_bytes;
+        if max > 0 && stored_bytes.saturating_add(bytes) > max {
+            return full(format!(
+                "{stored_bytes} of {max} bytes stored and {bytes} more published; \
+                 its consumers are not keeping up"
+            ));
         }
         Ok(())
     }
 
-    /// Appends events to their bands (publish order within each band).
-    pub(super) fn enqueue<'a>(&self, events: impl Iterator<Item = &'a Arc<Event>>) {
+    /// Appends events with their footprints to their bands (publish order
+    /// within each band).
+    pub(super) fn enqueue<'a>(&self, events: impl Iterator<Item = (&'a Arc<Event>, usize)>) {
         {
             let mut state = self.state.lock();
             if state.deleted {
                 return;
             }
-            for event in events {
-                let queued = Queued::new(event.clone());
-                state.bands[queued.band()].push_back(queued);
+            for (event, bytes) in events {
+                state.store(Queued::new(event.clone(), bytes));
             }
         }
         self.notify.notify_waiters();
@@ -189,11 +215,13 @@ impl Group {
             if state.deleted {
                 return 0;
             }
-            let room = state.room();
             let mut queued = 0;
-            for event in events.take(room) {
-                let item = Queued::new(event);
-                state.bands[item.band()].push_back(item);
+            for event in events {
+                let bytes = event_footprint(&event);
+                if !state.fits(bytes) {
+                    break;
+                }
+                state.store(Queued::new(event, bytes));
                 queued += 1;
             }
             queued
@@ -217,6 +245,7 @@ impl Group {
             state.deadlines.clear();
             state.retries.clear();
             state.dead.clear();
+            state.stored_bytes = 0;
         }
         self.notify.notify_waiters();
     }
@@ -268,6 +297,7 @@ impl Group {
             let (id, flight) = state.take_in_flight(delivery_id)?;
             state.deadlines.remove(&(flight.deadline, id));
             state.release_slot(flight.consumer);
+            state.unstore(&flight.queued);
             state.stats.acked += 1;
         }
         self.notify.notify_waiters();
@@ -330,17 +360,14 @@ impl Group {
         let moved = {
             let mut state = self.lock_maintained(now);
             let selected = Selected::new(selection);
-            let mut room = state.room();
             let mut moved = 0;
             let mut kept = VecDeque::with_capacity(state.dead.len());
             while let Some(dead) = state.dead.pop_front() {
-                if room == 0 || !selected.contains(dead.id) {
+                if !selected.contains(dead.id) || !state.fits(dead.queued.bytes) {
                     kept.push_back(dead);
                     continue;
                 }
-                let item = Queued::new(dead.queued.event);
-                state.bands[item.band()].push_back(item);
-                room -= 1;
+                state.store(Queued::new(dead.queued.event, dead.queued.bytes));
                 moved += 1;
             }
             state.dead = kept;
@@ -403,12 +430,24 @@ impl GroupState {
         self.pending() + self.in_flight.len() + self.retries.len()
     }
 
-    /// How many more events fit under `max_queued`.
-    fn room(&self) -> usize {
-        match self.limits.max_queued {
-            0 => usize::MAX,
-            max => max.saturating_sub(self.stored()),
-        }
+    /// Whether one more event of `bytes` fits under the limits.
+    fn fits(&self, bytes: usize) -> bool {
+        let max = self.limits.max_queued;
+        let max_bytes = self.limits.max_queued_bytes;
+        (max == 0 || self.stored() < max)
+            && (max_bytes == 0 || self.stored_bytes.saturating_add(bytes) <= max_bytes)
+    }
+
+    /// Queues a newly stored event at the back of its band.
+    fn store(&mut self, queued: Queued) {
+        self.stored_bytes += queued.bytes;
+        self.bands[queued.band()].push_back(queued);
+    }
+
+    /// Accounts for an event that is no longer stored (acked, expired,
+    /// dead-lettered or discarded).
+    fn unstore(&mut self, queued: &Queued) {
+        self.stored_bytes = self.stored_bytes.saturating_sub(queued.bytes);
     }
 
     /// Applies ack timeouts and moves due retries back into their bands.
@@ -467,6 +506,7 @@ impl GroupState {
                 };
                 if queued.event.is_expired_at(wall) {
                     expired += 1;
+                    self.stored_bytes = self.stored_bytes.saturating_sub(queued.bytes);
                     continue;
                 }
                 let id = ids.fetch_add(1, Ordering::Relaxed);
@@ -543,6 +583,9 @@ impl GroupState {
     }
 
     fn dead_letter(&mut self, queued: Queued, reason: String) {
+        // Dead letters are bounded by `dead_letter_max`, not by the bytes
+        // of the queue they left.
+        self.unstore(&queued);
         if !self.spec.dead_letter {
             self.stats.discarded += 1;
             tracing::debug!(
@@ -603,7 +646,8 @@ impl Group {
     /// Queues an event without the publish-time checks (TTL, room).
     pub(super) fn enqueue_unchecked(&self, event: Event) {
         let event = Arc::new(event);
-        self.enqueue(std::iter::once(&event));
+        let bytes = event_footprint(&event);
+        self.enqueue(std::iter::once((&event, bytes)));
     }
 
     pub(super) fn discarded_and_evicted(&self) -> (u64, u64) {

@@ -28,11 +28,13 @@ use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
+use super::footprint::event_footprint;
 use super::live::Pushed;
 use super::{
     Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
-    DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryQuery, LiveQueue,
-    LiveStream, LiveSubscription, NackOptions, PublishOptions, Published, Result, SubscriptionInfo,
+    DeadLetterQuery, DeadLetterSelection, Discarded, GroupSpec, HistoryEntry, HistoryQuery,
+    LiveQueue, LiveStream, LiveSubscription, NackOptions, PublishOptions, Published, Result,
+    SubscriptionInfo,
 };
 use crate::event::Event;
 use crate::selector::Selector;
@@ -40,7 +42,7 @@ use crate::topic::TopicTrie;
 
 use consumer::MemoryConsumer;
 use group::{Group, Limits};
-use history::History;
+use history::{History, Retention};
 
 /// Configuration of the [`MemoryBroker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,20 @@ pub struct MemoryBrokerConfig {
     /// evicted with a warning. Default [`Self::DEFAULT_DEAD_LETTER_MAX`]
     /// (100 000 entries). Zero means unbounded.
     pub dead_letter_max: usize,
+    /// Most bytes of events (by [`event_footprint`]) kept in history; the
+    /// oldest are evicted first and counted
+    /// ([`Broker::discarded`]). Default [`Self::DEFAULT_HISTORY_MAX_BYTES`]
+    /// (256 MiB). Zero means no byte bound (only `history_max_events` and
+    /// `history_max_age`).
+    pub history_max_bytes: usize,
+    /// Most bytes of events (by [`event_footprint`]) one durable
+    /// subscription holds (queued, in flight or retrying). A publish that
+    /// would take a matching subscription past it fails with
+    /// [`BrokerError::QueueFull`] and stores nothing; stored events are
+    /// never dropped to make room. Default
+    /// [`Self::DEFAULT_MAX_QUEUED_BYTES_PER_SUBSCRIPTION`] (64 MiB). Zero
+    /// means no byte bound.
+    pub max_queued_bytes_per_subscription: usize,
 }
 
 impl MemoryBrokerConfig {
@@ -78,6 +94,12 @@ impl MemoryBrokerConfig {
     pub const DEFAULT_MAX_QUEUED_PER_SUBSCRIPTION: usize = 1_000_000;
     /// Default of [`Self::dead_letter_max`].
     pub const DEFAULT_DEAD_LETTER_MAX: usize = 100_000;
+    /// Default of [`Self::history_max_bytes`]: 256 MiB, a quarter of a
+    /// 1 GiB pod, whatever the event sizes.
+    pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+    /// Default of [`Self::max_queued_bytes_per_subscription`]: 64 MiB, so a
+    /// handful of stalled subscriptions fit a 1 GiB pod beside history.
+    pub const DEFAULT_MAX_QUEUED_BYTES_PER_SUBSCRIPTION: usize = 64 * 1024 * 1024;
 }
 
 impl Default for MemoryBrokerConfig {
@@ -87,6 +109,8 @@ impl Default for MemoryBrokerConfig {
             history_max_age: Self::DEFAULT_HISTORY_MAX_AGE,
             max_queued_per_subscription: Self::DEFAULT_MAX_QUEUED_PER_SUBSCRIPTION,
             dead_letter_max: Self::DEFAULT_DEAD_LETTER_MAX,
+            history_max_bytes: Self::DEFAULT_HISTORY_MAX_BYTES,
+            max_queued_bytes_per_subscription: Self::DEFAULT_MAX_QUEUED_BYTES_PER_SUBSCRIPTION,
         }
     }
 }
@@ -184,6 +208,8 @@ struct Scratch {
     keys: Vec<u64>,
     /// (group id, index of the event in the batch), one per stored copy.
     routes: Vec<(u64, usize)>,
+    /// Footprint of each event of the batch.
+    sizes: Vec<usize>,
 }
 
 /// Routes kept allocated in a thread's scratch space between publishes.
@@ -275,7 +301,16 @@ impl Shared {
     fn limits(&self) -> Limits {
         Limits {
             max_queued: self.config.max_queued_per_subscription,
+            max_queued_bytes: self.config.max_queued_bytes_per_subscription,
             dead_letter_max: self.config.dead_letter_max,
+        }
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            max_events: self.config.history_max_events,
+            max_bytes: self.config.history_max_bytes,
+            max_age: self.config.history_max_age,
         }
     }
 
@@ -290,14 +325,18 @@ impl Shared {
     /// Routes and stores `events` in order; returns the history sequence
     /// number of the first (the others follow contiguously).
     ///
-    /// All or nothing: when a matching subscription has no room for its
-    /// share of the batch, nothing is stored anywhere.
+    /// All or nothing: when a matching subscription has no room (events or
+    /// bytes) for its share of the batch, nothing is stored anywhere.
     fn store(&self, events: &[Arc<Event>]) -> Result<u64> {
         self.check_open()?;
         let now = Instant::now();
         let wall = Timestamp::now();
         let expired = |event: &Event| event.ttl.is_some() && event.is_expired_at(wall);
         SCRATCH.with_borrow_mut(|scratch| {
+            scratch.sizes.clear();
+            scratch
+                .sizes
+                .extend(events.iter().map(|e| event_footprint(e)));
             let groups = self.groups.read();
             scratch.routes.clear();
             for (i, event) in events.iter().enumerate() {
@@ -318,31 +357,35 @@ impl Shared {
             if events.len() > 1 {
                 scratch.routes.sort_unstable();
             }
-            let max_queued = self.config.max_queued_per_subscription;
-            if max_queued > 0 {
+            let limits = self.limits();
+            if limits.max_queued > 0 || limits.max_queued_bytes > 0 {
                 for run in scratch.routes.chunk_by(|a, b| a.0 == b.0) {
                     if let Some(entry) = groups.by_id.get(&run[0].0) {
-                        entry.group.check_room(run.len(), max_queued)?;
+                        let bytes = run.iter().map(|&(_, i)| scratch.sizes[i]).sum();
+                        entry.group.check_room(run.len(), bytes, limits)?;
                     }
                 }
             }
-            let first_seq = self.history.lock().append(
-                events,
-                now,
-                self.config.history_max_events,
-                self.config.history_max_age,
-            );
+            let first_seq =
+                self.history
+                    .lock()
+                    .append(events, &scratch.sizes, now, self.retention());
             for run in scratch.routes.chunk_by(|a, b| a.0 == b.0) {
                 if let Some(entry) = groups.by_id.get(&run[0].0) {
-                    entry.group.enqueue(run.iter().map(|&(_, i)| &events[i]));
+                    entry
+                        .group
+                        .enqueue(run.iter().map(|&(_, i)| (&events[i], scratch.sizes[i])));
                 }
             }
             drop(groups);
-            self.fan_out_live(events, &expired, &mut scratch.keys);
+            self.fan_out_live(events, &scratch.sizes, &expired, &mut scratch.keys);
             let expired_count = events.iter().filter(|e| expired(e)).count();
             // Give back what one huge batch made the scratch space grow to.
             if scratch.routes.capacity() > SCRATCH_KEEP {
                 scratch.routes = Vec::new();
+            }
+            if scratch.sizes.capacity() > SCRATCH_KEEP {
+                scratch.sizes = Vec::new();
             }
             Counters::add(&self.counters.published, events.len() as u64);
             Counters::add(&self.counters.expired, expired_count as u64);
@@ -353,6 +396,7 @@ impl Shared {
     fn fan_out_live(
         &self,
         events: &[Arc<Event>],
+        sizes: &[usize],
         expired: &dyn Fn(&Event) -> bool,
         keys: &mut Vec<u64>,
     ) {
@@ -361,7 +405,7 @@ impl Shared {
             return;
         }
         let (mut delivered, mut dropped) = (0, 0);
-        for event in events {
+        for (event, &bytes) in events.iter().zip(sizes) {
             if expired(event) {
                 continue;
             }
@@ -374,13 +418,13 @@ impl Shared {
                 if !sub.selector.matches_filter(event) {
                     continue;
                 }
-                match sub.queue.push(event.clone()) {
-                    Pushed::Queued => delivered += 1,
-                    Pushed::DroppedOldest => {
+                match sub.queue.push_sized(event.clone(), bytes) {
+                    (Pushed::Queued, _) => delivered += 1,
+                    (Pushed::DroppedOldest, n) => {
                         delivered += 1;
-                        dropped += 1;
+                        dropped += n;
                     }
-                    Pushed::Closed => {}
+                    (Pushed::Closed, _) => {}
                 }
             }
         }
@@ -468,7 +512,11 @@ impl Broker for MemoryBroker {
             shared: Arc::downgrade(&self.shared),
             id,
         };
-        let (queue, stream) = LiveQueue::new(subscription.capacity, Box::new(guard));
+        let (queue, stream) = LiveQueue::with_max_bytes(
+            subscription.capacity,
+            subscription.max_bytes,
+            Box::new(guard),
+        );
         let mut live = self.shared.live.write();
         // Checked under the lock so that `close` cannot miss this subscription.
         self.shared.check_open()?;
@@ -668,11 +716,7 @@ impl Broker for MemoryBroker {
         let counters = &self.shared.counters;
         let history_len = {
             let mut history = self.shared.history.lock();
-            history.evict(
-                Instant::now(),
-                self.shared.config.history_max_events,
-                self.shared.config.history_max_age,
-            );
+            history.evict(Instant::now(), self.shared.retention());
             history.len() as u64
         };
         Ok(BrokerStats {
@@ -692,6 +736,12 @@ impl Broker for MemoryBroker {
 
     async fn ready(&self) -> bool {
         !self.shared.is_closed()
+    }
+
+    fn discarded(&self) -> Discarded {
+        Discarded {
+            history_bytes: self.shared.history.lock().evicted_for_bytes(),
+        }
     }
 
     async fn close(&self) {

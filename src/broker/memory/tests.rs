@@ -226,7 +226,7 @@ async fn full_subscription_rejects_publishes_and_stores_nothing() {
     publish(&broker, event("a", 2)).await.unwrap();
     let err = publish(&broker, event("a", 3)).await.unwrap_err();
     assert!(
-        matches!(&err, BrokerError::Unavailable(m) if m.contains("\"small\" is full")),
+        matches!(&err, BrokerError::QueueFull { subscription, .. } if subscription == "small"),
         "{err}"
     );
     // All or nothing: a batch that would overfill one subscription is
@@ -246,6 +246,76 @@ async fn full_subscription_rejects_publishes_and_stores_nothing() {
     assert!(publish(&broker, event("a", 6)).await.is_err());
     broker.ack("small", &d.delivery_id).await.unwrap();
     publish(&broker, event("a", 6)).await.unwrap();
+}
+
+fn big_event(topic: &str, n: u32) -> Event {
+    Event::new(topic, json!({ "n": n, "pad": "x".repeat(100_000) })).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscription_over_its_byte_limit_refuses_publishes_and_keeps_what_it_stored() {
+    let config = MemoryBrokerConfig {
+        max_queued_bytes_per_subscription: 250_000,
+        ..MemoryBrokerConfig::default()
+    };
+    let broker = broker_with(config, &[spec("bytes", "a")]).await;
+    publish(&broker, big_event("a", 1)).await.unwrap();
+    publish(&broker, big_event("a", 2)).await.unwrap();
+    let err = publish(&broker, big_event("a", 3)).await.unwrap_err();
+    assert!(
+        matches!(&err, BrokerError::QueueFull { subscription, reason }
+            if subscription == "bytes" && reason.contains("250000 bytes")),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "queue_full");
+    // Small events still fit; nothing stored was dropped to make room.
+    publish(&broker, event("a", 4)).await.unwrap();
+    let mut c = consumer(&broker, "bytes", 10).await;
+    let deliveries = c.next().await.unwrap();
+    let got: Vec<u64> = deliveries.iter().map(n).collect();
+    assert_eq!(got, [1, 2, 4]);
+    // In-flight events still count; acked ones give their bytes back.
+    assert!(publish(&broker, big_event("a", 5)).await.is_err());
+    for d in &deliveries {
+        broker.ack("bytes", &d.delivery_id).await.unwrap();
+    }
+    publish(&broker, big_event("a", 5)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_over_its_byte_limit_evicts_the_oldest_and_counts_them() {
+    let config = MemoryBrokerConfig {
+        history_max_bytes: 350_000,
+        ..MemoryBrokerConfig::default()
+    };
+    let broker = broker_with(config, &[]).await;
+    for i in 0..10 {
+        publish(&broker, big_event("h", i)).await.unwrap();
+    }
+    let kept = broker.history(HistoryQuery::default()).await.unwrap();
+    let kept: Vec<u64> = kept
+        .iter()
+        .map(|e| e.event.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, [7, 8, 9]);
+    assert_eq!(broker.discarded().history_bytes, 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_queue_over_its_byte_limit_drops_the_oldest_and_counts_them() {
+    let broker = MemoryBroker::default();
+    let live = LiveSubscription {
+        selector: selector("l"),
+        capacity: 1000,
+        max_bytes: 250_000,
+    };
+    let mut stream = broker.subscribe_live(live).await.unwrap();
+    for i in 0..5 {
+        publish(&broker, big_event("l", i)).await.unwrap();
+    }
+    assert_eq!(stream.len(), 2);
+    assert_eq!(broker.stats().await.unwrap().dropped, 3);
+    assert_eq!(stream.recv().await, Some(LiveItem::Overflow { dropped: 3 }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,6 +339,7 @@ async fn event_expired_at_publish_is_counted_and_routed_nowhere() {
     let live = LiveSubscription {
         selector: selector("a"),
         capacity: 10,
+        max_bytes: 0,
     };
     let mut stream = broker.subscribe_live(live).await.unwrap();
     let mut stale = event("a", 1);
@@ -312,6 +383,7 @@ async fn dropping_the_broker_ends_live_streams_and_consumers() {
     let live = LiveSubscription {
         selector: selector("a"),
         capacity: 10,
+        max_bytes: 0,
     };
     let mut stream = broker.subscribe_live(live).await.unwrap();
     let mut c = consumer(&broker, "s", 10).await;
@@ -328,6 +400,7 @@ async fn closed_broker_rejects_new_work_but_still_reports() {
     let live = LiveSubscription {
         selector: selector("a"),
         capacity: 10,
+        max_bytes: 0,
     };
     assert_eq!(
         broker.subscribe_live(live).await.unwrap_err(),
@@ -353,6 +426,7 @@ async fn live_overflow_is_counted_as_dropped() {
     let live = LiveSubscription {
         selector: selector("a"),
         capacity: 1,
+        max_bytes: 0,
     };
     let mut stream = broker.subscribe_live(live).await.unwrap();
     for i in 1..=3 {

@@ -82,7 +82,7 @@ impl LiveIndex {
             shared: Arc::downgrade(shared),
             id,
         });
-        let (queue, stream) = LiveQueue::new(sub.capacity, guard);
+        let (queue, stream) = LiveQueue::with_max_bytes(sub.capacity, sub.max_bytes, guard);
         let mut inner = self.inner.write();
         if inner.closed {
             queue.close();
@@ -127,6 +127,7 @@ impl LiveIndex {
         if ids.is_empty() {
             return;
         }
+        let bytes = crate::broker::footprint::event_footprint(&event);
         let event = Arc::new(event);
         let (mut delivered, mut dropped) = (0, 0);
         for id in ids {
@@ -136,13 +137,13 @@ impl LiveIndex {
             if !entry.selector.matches_filter(&event) {
                 continue;
             }
-            match entry.queue.push(event.clone()) {
-                Pushed::Queued => delivered += 1,
-                Pushed::DroppedOldest => {
+            match entry.queue.push_sized(event.clone(), bytes) {
+                (Pushed::Queued, _) => delivered += 1,
+                (Pushed::DroppedOldest, n) => {
                     delivered += 1;
-                    dropped += 1;
+                    dropped += n.max(1);
                 }
-                Pushed::Closed => {}
+                (Pushed::Closed, _) => {}
             }
         }
         shared
