@@ -919,13 +919,25 @@ async fn failover_run(router_args: &[&str], name: &str) -> (usize, usize) {
     let cluster = on_redis_cluster(3, 1, router_args);
     let (published, missing, seen, per) = durable_run(&cluster, name, 6_000, async |c, _| {
         let sid = c.sid(name);
+        let victim = {
+            let mut redis = c.redis.lock();
+            let Backend::Cluster(rc) = &mut *redis else {
+                unreachable!("a cluster case")
+            };
+            let victim = rc.master_of(&format!("er:s:{{{sid}}}:info"));
+            rc.nodes[victim].kill();
+            victim
+        };
+        println!("{name}: master {victim} (holding the subscription) killed with SIGKILL");
+        // Its replica takes over; the old master comes back as the new
+        // master's replica (so that WAIT 1 can be met again).
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let mut redis = c.redis.lock();
         let Backend::Cluster(rc) = &mut *redis else {
             unreachable!("a cluster case")
         };
-        let victim = rc.master_of(&format!("er:s:{{{sid}}}:info"));
-        rc.nodes[victim].kill();
-        println!("{name}: master {victim} (holding the subscription) killed with SIGKILL");
+        rc.nodes[victim].restart();
+        println!("{name}: node {victim} restarted (rejoins as a replica)");
     })
     .await;
     report(name, &published, &missing, &seen, &per);

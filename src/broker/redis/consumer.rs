@@ -1,9 +1,17 @@
 //! One consumer of a durable subscription on this replica.
 //!
-//! [`RedisConsumer::next`] runs `fetch.lua` for as many deliveries as the
-//! consumer has free slots, in a spawned task that registers what it took
-//! before returning: a caller that cancels `next` loses nothing, the next
-//! call picks the result up. When nothing is ready it waits for a local
+//! [`RedisConsumer::next`] fetches as many deliveries as the consumer has
+//! free slots, in a spawned task that registers what it took before
+//! returning: a caller that cancels `next` loses nothing, the next call
+//! picks the result up.
+//!
+//! A fetch is one pipeline with no script: the subscription's count of
+//! returned deliveries, its earliest retry, and one `XREADGROUP … COUNT n`
+//! over the ten bands, highest first. Entries beyond `n` (several bands had
+//! some) are handed to the `~returned` pseudo-consumer at once. When
+//! returned deliveries wait or a retry is due, `fetch.lua` serves them
+//! (the slow path: it promotes due retries and takes returned deliveries
+//! first, keeping their place). When nothing is ready it waits for a local
 //! wake-up (a publish on any replica, an ack, a nack), the next retry's due
 //! time, or `poll_interval` (in case a wake-up was lost).
 //!
@@ -18,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::Value;
+use redis::streams::{StreamId, StreamReadReply};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,7 +34,8 @@ use tokio::time::Instant;
 use super::deliver::{dead_letter_unreadable, drop_expired, release};
 use super::keys::RETURNED;
 use super::subs::{self, Sub};
-use super::{Shared, is_nogroup};
+use super::keys::{BAND_GROUP, BANDS};
+use super::{Shared, is_nogroup, now_ms};
 use crate::broker::{BrokerError, ConsumerHandle, Result};
 use crate::event::{Delivery, Event};
 use crate::telemetry::trace::{self, StepContext};
@@ -55,6 +65,8 @@ pub(super) struct ConsumerState {
     pub(super) sub_name: String,
     pub(super) sid: String,
     pub(super) max_in_flight: usize,
+    /// The next fetch takes the slow path (`fetch.lua`).
+    slow: std::sync::atomic::AtomicBool,
     /// Delivery id → held delivery.
     pub(super) held: Mutex<HashMap<String, Held>>,
     notify: Arc<Notify>,
@@ -76,6 +88,8 @@ impl ConsumerState {
             sub_name: sub.name().to_string(),
             sid: sub.record.sid.clone(),
             max_in_flight,
+            // The first fetch serves whatever was returned before.
+            slow: std::sync::atomic::AtomicBool::new(true),
             held: Mutex::new(HashMap::new()),
             notify,
         }
@@ -219,8 +233,221 @@ fn text(v: &Value) -> Option<String> {
     redis::from_redis_value_ref(v).ok()
 }
 
-/// Takes up to `count` deliveries and registers them as held.
+/// Takes up to `count` deliveries and registers them as held: the fast
+/// path, falling back to `fetch.lua` when returned deliveries or due
+/// retries wait.
 async fn fetch(
+    shared: Arc<Shared>,
+    state: Arc<ConsumerState>,
+    sub: Arc<Sub>,
+    count: usize,
+) -> Result<Fetched> {
+    use std::sync::atomic::Ordering;
+    if !state.slow.swap(false, Ordering::AcqRel) {
+        let fast = match read_bands(&shared, &state, &sub, count).await {
+            Err(e) if is_nogroup(&e) => {
+                repair(&shared, &sub).await?;
+                read_bands(&shared, &state, &sub, count).await?
+            }
+            other => other?,
+        };
+        if fast.slow_next {
+            state.slow.store(true, Ordering::Release);
+        }
+        if !fast.fetched.deliveries.is_empty() || !fast.slow_next {
+            return Ok(fast.fetched);
+        }
+        state.slow.store(false, Ordering::Release);
+    }
+    fetch_slow(shared, state, sub, count).await
+}
+
+/// Recreates a subscription's groups after data loss, unless it was deleted.
+async fn repair(shared: &Shared, sub: &Sub) -> Result<()> {
+    let mut conn = shared.conn();
+    let exists: bool = shared
+        .call(redis::cmd("EXISTS").arg(sub.keys.info()).query_async(&mut conn))
+        .await?;
+    if !exists {
+        return Err(BrokerError::UnknownSubscription(sub.name().to_string()));
+    }
+    subs::init_keys(shared, sub.name(), &sub.keys).await?;
+    Ok(())
+}
+
+/// What the fast path got.
+struct Fast {
+    fetched: Fetched,
+    /// Returned deliveries wait, or a retry is due: take the slow path.
+    slow_next: bool,
+}
+
+/// The fast path: one pipeline, no script.
+async fn read_bands(
+    shared: &Shared,
+    state: &ConsumerState,
+    sub: &Sub,
+    count: usize,
+) -> Result<Fast> {
+    let keys = &sub.keys;
+    let mut read = redis::cmd("XREADGROUP");
+    read.arg("GROUP")
+        .arg(BAND_GROUP)
+        .arg(&state.pel_name)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS");
+    for band in (1..=BANDS).rev() {
+        read.arg(keys.band(band));
+    }
+    for _ in 0..BANDS {
+        read.arg(">");
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("HGET").arg(keys.info()).arg("returned");
+    pipe.cmd("ZRANGE").arg(keys.retry()).arg(0).arg(0).arg("WITHSCORES");
+    pipe.add_command(read);
+    let mut conn = shared.conn();
+    let (returned, next, read): (Option<i64>, Vec<(String, f64)>, Option<StreamReadReply>) =
+        shared.call(pipe.query_async(&mut conn)).await?;
+    let now = now_ms();
+    let next_due = next.first().map(|(_, due)| *due as i64);
+    let slow_next = returned.unwrap_or(0) > 0 || next_due.is_some_and(|due| due <= now);
+    let next_retry = next_due.map(|due| Duration::from_millis((due - now).max(0) as u64));
+    // Highest band first, as listed; at most `count` in all.
+    let mut entries: Vec<(usize, StreamId)> = Vec::new();
+    for stream in read.map(|r| r.keys).unwrap_or_default() {
+        let Some(band) = (1..=BANDS).find(|&b| keys.band(b) == stream.key) else {
+            continue;
+        };
+        entries.extend(stream.ids.into_iter().map(|e| (band, e)));
+    }
+    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut slow_next = slow_next;
+    if entries.len() > count {
+        let excess: Vec<(usize, String)> = entries
+            .drain(count..)
+            .map(|(band, e)| (band, e.id))
+            .collect();
+        give_back(shared, sub, &state.pel_name, &excess).await?;
+        slow_next = true;
+    }
+    if !entries.is_empty() {
+        let mut conn = shared.conn();
+        shared
+            .call(
+                redis::cmd("HINCRBY")
+                    .arg(keys.info())
+                    .arg("delivered")
+                    .arg(entries.len())
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+    }
+    let mut deliveries = Vec::with_capacity(entries.len());
+    let deadline = Instant::now() + sub.spec().ack_timeout;
+    for (band, entry) in entries {
+        let fields: HashMap<String, String> = entry
+            .map
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref(v).ok()?)))
+            .collect();
+        if let Some(d) = take(shared, state, sub, band, entry.id, 1, &fields, deadline).await? {
+            deliveries.push(d);
+        }
+    }
+    Ok(Fast {
+        fetched: Fetched {
+            deliveries,
+            next_retry,
+        },
+        slow_next,
+    })
+}
+
+/// Hands entries a consumer read beyond its free slots to the `~returned`
+/// pseudo-consumer, which the slow path serves first.
+async fn give_back(shared: &Shared, sub: &Sub, owner: &str, entries: &[(usize, String)]) -> Result<()> {
+    let mut inv = shared.scripts.hold.prepare_invoke();
+    for band in sub.keys.bands() {
+        inv.key(band);
+    }
+    inv.arg(owner).arg(RETURNED);
+    for (band, id) in entries {
+        inv.arg(*band).arg(id);
+    }
+    let mut conn = shared.conn();
+    shared.call(inv.invoke_async::<Vec<String>>(&mut conn)).await?;
+    mark_returned(shared, sub, entries.len()).await
+}
+
+/// Counts deliveries handed to `~returned`, so that fetches take the slow
+/// path (which sets the exact count again).
+pub(super) async fn mark_returned(shared: &Shared, sub: &Sub, n: usize) -> Result<()> {
+    let mut conn = shared.conn();
+    shared
+        .call(
+            redis::cmd("HINCRBY")
+                .arg(sub.keys.info())
+                .arg("returned")
+                .arg(n)
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Registers one read entry as held and makes its delivery; `None` when
+/// it was expired or unreadable (dealt with here).
+#[allow(clippy::too_many_arguments)]
+async fn take(
+    shared: &Shared,
+    state: &ConsumerState,
+    sub: &Sub,
+    band: usize,
+    id: String,
+    delivered: u32,
+    fields: &HashMap<String, String>,
+    deadline: Instant,
+) -> Result<Option<Delivery>> {
+    let event = match fields.get("ev").map(|json| serde_json::from_str::<Event>(json)) {
+        Some(Ok(event)) => event,
+        Some(Err(e)) => {
+            let reason = format!("unreadable event: {e}");
+            dead_letter_unreadable(shared, sub, band, &id, &reason).await?;
+            return Ok(None);
+        }
+        None => {
+            dead_letter_unreadable(shared, sub, band, &id, "entry holds no event").await?;
+            return Ok(None);
+        }
+    };
+    if event.ttl.is_some() && event.is_expired() {
+        drop_expired(shared, sub, band, &id).await?;
+        return Ok(None);
+    }
+    let before: u32 = fields.get("dl").and_then(|d| d.parse().ok()).unwrap_or(0);
+    let delivery_id = format!("{band}-{id}");
+    state.held.lock().insert(
+        delivery_id.clone(),
+        Held {
+            band,
+            entry: id,
+            deadline,
+            trace: trace::extract(&event.headers),
+        },
+    );
+    Ok(Some(Delivery {
+        subscription: sub.name().to_string(),
+        delivery_id,
+        attempt: before + delivered,
+        event,
+    }))
+}
+
+/// The slow path: `fetch.lua` promotes due retries and serves returned
+/// deliveries first.
+async fn fetch_slow(
     shared: Arc<Shared>,
     state: Arc<ConsumerState>,
     sub: Arc<Sub>,
@@ -264,39 +491,9 @@ async fn fetch(
             .get(3)
             .and_then(|v| redis::from_redis_value_ref(v).ok())
             .unwrap_or_default();
-        let event = match fields.get("ev").map(|json| serde_json::from_str::<Event>(json)) {
-            Some(Ok(event)) => event,
-            Some(Err(e)) => {
-                let reason = format!("unreadable event: {e}");
-                dead_letter_unreadable(&shared, &sub, band, &id, &reason).await?;
-                continue;
-            }
-            None => {
-                dead_letter_unreadable(&shared, &sub, band, &id, "entry holds no event").await?;
-                continue;
-            }
-        };
-        if event.ttl.is_some() && event.is_expired() {
-            drop_expired(&shared, &sub, band, &id).await?;
-            continue;
+        if let Some(d) = take(&shared, &state, &sub, band, id, delivered, &fields, deadline).await? {
+            deliveries.push(d);
         }
-        let before: u32 = fields.get("dl").and_then(|d| d.parse().ok()).unwrap_or(0);
-        let delivery_id = format!("{band}-{id}");
-        state.held.lock().insert(
-            delivery_id.clone(),
-            Held {
-                band,
-                entry: id,
-                deadline,
-                trace: trace::extract(&event.headers),
-            },
-        );
-        deliveries.push(Delivery {
-            subscription: sub.name().to_string(),
-            delivery_id,
-            attempt: before + delivered,
-            event,
-        });
     }
     Ok(Fetched {
         deliveries,

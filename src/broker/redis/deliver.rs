@@ -217,12 +217,21 @@ pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
         for (_, h) in &held {
             inv.arg(h.band).arg(&h.entry);
         }
-        if let Err(e) = shared
+        match shared
             .call(inv.invoke_async::<Vec<String>>(&mut conn))
             .await
         {
-            tracing::warn!(consumer = %state.display, error = %e,
-                "returning deliveries failed; they are reclaimed after reclaim_idle");
+            Ok(gone) => {
+                let returned = held.len().saturating_sub(gone.len());
+                if returned > 0
+                    && let Some(sub) = shared.subs.by_sid(&state.sid)
+                    && let Err(e) = super::consumer::mark_returned(shared, &sub, returned).await
+                {
+                    tracing::debug!(error = %e, "returned deliveries not counted");
+                }
+            }
+            Err(e) => tracing::warn!(consumer = %state.display, error = %e,
+                "returning deliveries failed; they are reclaimed after reclaim_idle"),
         }
     }
     let _ = shared

@@ -5,6 +5,7 @@
 -- First promotes due retries into their bands; then, per band from 10 down
 -- to 1, takes returned deliveries (they keep their place at the band's
 -- front) and then new entries.
+-- Sets the info hash's `returned` to the returned deliveries left.
 -- Returns -1 if the subscription is gone, else
 -- {{band, id, deliveries, {field, value, ...}}, ...}, next retry due ms
 -- (or ''), and the server time in ms.
@@ -52,5 +53,18 @@ for b = 10, 1, -1 do
   end
 end
 if #out > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', #out) end
+-- Returned deliveries still waiting: the fast path (a plain XREADGROUP)
+-- comes here again while this count is above zero.
+local left = 0
+for b = 1, 10 do
+  local key = KEYS[2 + b]
+  local ok, sum = pcall(redis.call, 'XPENDING', key, 'g')
+  if ok and type(sum[4]) == 'table' then
+    for _, c in ipairs(sum[4]) do
+      if c[1] == ARGV[3] then left = left + tonumber(c[2]) end
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'returned', left)
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {out, nxt[2] or '', now}
