@@ -333,16 +333,18 @@ async fn read_bands(
         slow_next = true;
     }
     if !entries.is_empty() {
+        // Counted off the delivery's path: the counter is for status.
         let mut conn = shared.conn();
-        shared
-            .call(
-                redis::cmd("HINCRBY")
-                    .arg(keys.info())
-                    .arg("delivered")
-                    .arg(entries.len())
-                    .query_async::<i64>(&mut conn),
-            )
-            .await?;
+        let count = redis::cmd("HINCRBY")
+            .arg(keys.info())
+            .arg("delivered")
+            .arg(entries.len())
+            .clone();
+        tokio::spawn(async move {
+            if let Err(e) = count.query_async::<i64>(&mut conn).await {
+                tracing::debug!(error = %e, "delivered counter not updated");
+            }
+        });
     }
     let mut deliveries = Vec::with_capacity(entries.len());
     let deadline = Instant::now() + sub.spec().ack_timeout;
