@@ -87,6 +87,10 @@ pub struct Capabilities {
     pub persistent: bool,
     /// Several router processes can share this broker.
     pub clustered: bool,
+    /// An ack costs a round trip to a shared store: transports settle acks
+    /// that need no answer in the background, so that a consumer's acks
+    /// overlap instead of queueing behind each other.
+    pub acks_round_trip: bool,
 }
 
 /// Per-call publish knobs.

@@ -194,7 +194,12 @@ pub struct Session {
     /// (count, bytes) of the patterns of all open subscriptions.
     patterns_held: (usize, usize),
     budget: Budget,
+    /// Permits for acks settled in the background.
+    background_acks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Acks a connection may have settling in the background at once.
+pub const MAX_BACKGROUND_ACKS: usize = 4096;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -220,6 +225,7 @@ impl Session {
             disconnect: CancellationToken::new(),
             patterns_held: (0, 0),
             budget,
+            background_acks: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_ACKS)),
         }
     }
 
@@ -272,6 +278,15 @@ impl Session {
                 let id = frame.id.clone();
                 let result = self.subscribe_frame(frame).await;
                 self.reply(&id, result).await;
+            }
+            ClientFrame::Ack {
+                id,
+                delivery_id,
+                subscription_id,
+            } if id.is_none() && self.router.broker().capabilities().acks_round_trip => {
+                if let Err(e) = self.ack_in_background(delivery_id, subscription_id).await {
+                    self.reply(&id, Err(e)).await;
+                }
             }
             ClientFrame::Ack {
                 id,
@@ -578,6 +593,41 @@ impl Session {
             .await
     }
 
+    /// Acks a delivery without waiting for the broker (an ack with no `id`
+    /// on a broker whose acks cost a round trip): the acks of a consumer
+    /// overlap, and a failure is sent as an `error` frame. At most
+    /// [`MAX_BACKGROUND_ACKS`] are outstanding per connection; past that
+    /// this waits. Acks already started finish when the connection closes.
+    ///
+    /// # Errors
+    /// `unknown_subscription` for a `subscription_id` this connection does
+    /// not have.
+    pub async fn ack_in_background(
+        &mut self,
+        delivery_id: String,
+        subscription_id: Option<String>,
+    ) -> Result<(), ApiError> {
+        let (groups, kept) = self.groups_for(&delivery_id, subscription_id.as_deref())?;
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let Ok(permit) = self.background_acks.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let broker = self.router.broker().clone();
+        let out = self.out.clone();
+        tokio::spawn(async move {
+            let result = settle_in(&broker, &groups, kept, &delivery_id, None).await;
+            drop(permit);
+            if let Err(e) = result {
+                let _ = out
+                    .send(Outgoing::Reply(ServerFrame::error(&None, &e)))
+                    .await;
+            }
+        });
+        Ok(())
+    }
+
     /// Acks (`nack: None`) or nacks, trying each candidate group until one
     /// knows the delivery.
     async fn settle(
@@ -586,30 +636,8 @@ impl Session {
         subscription_id: Option<&str>,
         nack: Option<NackOptions>,
     ) -> Result<Settled, ApiError> {
-        let broker = self.router.broker();
-        let mut last = None;
         let (groups, kept) = self.groups_for(delivery_id, subscription_id)?;
-        for group in groups {
-            let settle = match &nack {
-                None => broker.ack(&group, delivery_id),
-                Some(options) => broker.nack(&group, delivery_id, options.clone()),
-            };
-            // A delivery made on this connection: its span's parent is the
-            // context kept with it (else the broker looks for it).
-            let result = match kept {
-                Some(parent) => trace::settle_under(parent, settle).await,
-                None => settle.await,
-            };
-            match result {
-                Ok(()) => return Ok(Settled::Done),
-                Err(e @ BrokerError::UnknownDelivery(_)) => last = Some(e),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        match last {
-            Some(e) => Err(e.into()),
-            None => Ok(Settled::Ignored),
-        }
+        settle_in(self.router.broker(), &groups, kept, delivery_id, nack).await
     }
 
     /// The groups that may hold `delivery_id`: the one it was delivered
@@ -1024,6 +1052,40 @@ async fn forward_durable(
                 return;
             }
         }
+    }
+}
+
+/// Acks (`nack: None`) or nacks `delivery_id` in the first of `groups` that
+/// knows it; `kept` is the trace context of a delivery made on the
+/// connection.
+async fn settle_in(
+    broker: &crate::broker::SharedBroker,
+    groups: &[String],
+    kept: Option<Option<StepContext>>,
+    delivery_id: &str,
+    nack: Option<NackOptions>,
+) -> Result<Settled, ApiError> {
+    let mut last = None;
+    for group in groups {
+        let settle = match &nack {
+            None => broker.ack(group, delivery_id),
+            Some(options) => broker.nack(group, delivery_id, options.clone()),
+        };
+        // A delivery made on this connection: its span's parent is the
+        // context kept with it (else the broker looks for it).
+        let result = match kept.clone() {
+            Some(parent) => trace::settle_under(parent, settle).await,
+            None => settle.await,
+        };
+        match result {
+            Ok(()) => return Ok(Settled::Done),
+            Err(e @ BrokerError::UnknownDelivery(_)) => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match last {
+        Some(e) => Err(e.into()),
+        None => Ok(Settled::Ignored),
     }
 }
 

@@ -464,6 +464,7 @@ impl Broker for MemoryBroker {
         Capabilities {
             persistent: false,
             clustered: false,
+            acks_round_trip: false,
         }
     }
 

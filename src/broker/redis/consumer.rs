@@ -73,6 +73,12 @@ pub(super) struct ConsumerState {
 }
 
 impl ConsumerState {
+    /// Free slots that make a busy consumer fetch again: a quarter of
+    /// `max_in_flight` (at least one).
+    pub(super) fn refill_at(&self) -> usize {
+        (self.max_in_flight / 4).max(1)
+    }
+
     pub(super) fn new(
         id: u64,
         pel_name: String,
@@ -141,11 +147,11 @@ impl ConsumerHandle for RedisConsumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.fetch.is_none() {
-                let free = self
-                    .state
-                    .max_in_flight
-                    .saturating_sub(self.state.held.lock().len());
-                if free > 0 {
+                let held = self.state.held.lock().len();
+                let free = self.state.max_in_flight.saturating_sub(held);
+                // Refill in chunks: a fetch per freed slot would cost a round
+                // trip per delivery under load.
+                if free > 0 && (held == 0 || free >= self.state.refill_at()) {
                     let task = fetch(self.shared.clone(), self.state.clone(), sub, free);
                     self.fetch = Some(tokio::spawn(task));
                 }
@@ -322,7 +328,7 @@ async fn read_bands(
         };
         entries.extend(stream.ids.into_iter().map(|e| (band, e)));
     }
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut slow_next = slow_next;
     if entries.len() > count {
         let excess: Vec<(usize, String)> = entries
@@ -333,18 +339,16 @@ async fn read_bands(
         slow_next = true;
     }
     if !entries.is_empty() {
-        // Counted off the delivery's path: the counter is for status.
         let mut conn = shared.conn();
-        let count = redis::cmd("HINCRBY")
-            .arg(keys.info())
-            .arg("delivered")
-            .arg(entries.len())
-            .clone();
-        tokio::spawn(async move {
-            if let Err(e) = count.query_async::<i64>(&mut conn).await {
-                tracing::debug!(error = %e, "delivered counter not updated");
-            }
-        });
+        shared
+            .call(
+                redis::cmd("HINCRBY")
+                    .arg(keys.info())
+                    .arg("delivered")
+                    .arg(entries.len())
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
     }
     let mut deliveries = Vec::with_capacity(entries.len());
     let deadline = Instant::now() + sub.spec().ack_timeout;

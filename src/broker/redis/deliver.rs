@@ -114,8 +114,9 @@ impl Local {
     }
 
     /// Forgets a delivery held by a local consumer (acked or failed here);
-    /// returns whether local consumers should be woken: the holder was at
-    /// its `max_in_flight` (a slot opened), or no local consumer held it.
+    /// returns whether local consumers should be woken: the holder now has
+    /// enough free slots to fetch again ([`ConsumerState::refill_at`]) or
+    /// holds nothing, or no local consumer held it.
     fn forget(&self, sid: &str, delivery_id: &str) -> bool {
         self.consumers
             .lock()
@@ -123,8 +124,10 @@ impl Local {
             .filter(|c| c.sid == sid)
             .find_map(|c| {
                 let mut held = c.held.lock();
-                let full = held.len() >= c.max_in_flight;
-                held.remove(delivery_id).map(|_| full)
+                held.remove(delivery_id).map(|_| {
+                    let free = c.max_in_flight.saturating_sub(held.len());
+                    free == c.refill_at() || held.is_empty()
+                })
             })
             .unwrap_or(true)
     }
@@ -311,7 +314,9 @@ async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
                 }
                 // After the XACKs, and only when something was acked: a
                 // blind HINCRBY would recreate the `info` of a subscription
-                // deleted meanwhile.
+                // deleted meanwhile. Awaited before the next batch, so that
+                // counters read after an ack include it; acks arriving
+                // meanwhile make the next batch bigger.
                 if acked > 0 {
                     let _ = shared
                         .call(

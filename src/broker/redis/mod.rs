@@ -517,6 +517,7 @@ impl Broker for RedisBroker {
         Capabilities {
             persistent: true,
             clustered: true,
+            acks_round_trip: true,
         }
     }
 
