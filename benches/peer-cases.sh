@@ -10,7 +10,10 @@
 # and stops them by PID on exit (chained with run.sh's own EXIT trap). Each durable
 # scenario runs as `event-router bench --durable` over WebSocket:
 #   event-router         one replica: publishers and subscribers on :18081
-#   event-router-2rep    two replicas: half of the connections on each
+#   event-router-2rep    two replicas: one bench process on each with half of the
+#                        connections and events, each on a topic and group of its own
+#                        (so that neither sees the other's events): the two replicas'
+#                        aggregate on one Redis
 # Fan-out scenarios are not the router's to match here (live delivery has its own
 # benchmark) and are skipped.
 #
@@ -86,12 +89,12 @@ router_bench() { # URL ARGS...
   local url=$1; shift
   "$ROUTER_BIN" bench --url "$url" --json -q --timeout 75s "$@" | router_json
 }
-router_two() { # ARGS... (already halved)
-  local a b
+router_two() { # GROUP ARGS... (already halved)
+  local group=$1 a b; shift
   a=$(mktemp); b=$(mktemp)
-  router_bench "http://127.0.0.1:$ROUTER_PORT1" "$@" >"$a" &
+  router_bench "http://127.0.0.1:$ROUTER_PORT1" --durable "$group-a" --topic "$group.a" "$@" >"$a" &
   local pa=$!
-  router_bench "http://127.0.0.1:$ROUTER_PORT2" "$@" >"$b" &
+  router_bench "http://127.0.0.1:$ROUTER_PORT2" --durable "$group-b" --topic "$group.b" "$@" >"$b" &
   local pb=$!
   wait "$pa" "$pb"
   python3 -c '
@@ -126,14 +129,14 @@ extra_case() { # NAME ARGS... (the redis-limit flags of the scenario)
     shift
   done
   [[ "$mode" == durable ]] || return 0
-  local group="pb-$name-$RANDOM"
+  local group="pb-${name//[^A-Za-z0-9_-]/-}-$RANDOM"
   local args=(--durable "$group" --publishers "$producers" --subscribers "$consumers"
     --events "$events" --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0)
   [[ -n "$rate" ]] && args+=(--rate "$rate")
   case_run "$name" event-router -- bash -c 'router_bench "$@"' _ "http://127.0.0.1:$ROUTER_PORT1" "${args[@]}"
   # Two replicas: each bench process gets half of everything, its own group member.
   if ((producers >= 2 && consumers >= 2)); then
-    local half=(--durable "$group-2" --publishers $((producers / 2)) --subscribers $((consumers / 2))
+    local half=("$group-2" --publishers $((producers / 2)) --subscribers $((consumers / 2))
       --events $((events / 2)) --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0)
     [[ -n "$rate" ]] && half+=(--rate $((rate / 2)))
     case_run "$name" event-router-2rep -- bash -c 'router_two "$@"' _ "${half[@]}"

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::pace::Pacer;
 use super::report::{Latency, Report};
 use super::{
-    BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD, TOPIC,
+    BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD,
     Target, WARMUP_TIMEOUT,
 };
 
@@ -209,7 +209,7 @@ impl<'a> Bench<'a> {
         }
         let run_id = format!("{}-warmup", self.run_id);
         let events = (0..n)
-            .map(|k| Event::new(TOPIC, payload(&run_id, k, 0, &self.pad)))
+            .map(|k| Event::new(self.args.topic.as_str(), payload(&run_id, k, 0, &self.pad)))
             .collect::<Result<Vec<_>, _>>()
             .context("cannot build a warm-up event")?;
         let chunk = self.args.batch.max(1);
@@ -269,7 +269,8 @@ impl<'a> Bench<'a> {
     }
 
     async fn subscribe(&self, client: &Client) -> anyhow::Result<Subscription> {
-        let builder = client.subscribe(TOPIC);
+        let topic = self.args.topic.as_str();
+        let builder = client.subscribe(topic);
         let builder = match &self.args.durable {
             Some(group) => builder
                 .group(group.clone())
@@ -279,7 +280,7 @@ impl<'a> Bench<'a> {
         builder
             .start()
             .await
-            .with_context(|| format!("cannot subscribe to {TOPIC}"))
+            .with_context(|| format!("cannot subscribe to {topic}"))
     }
 
     fn spawn_publishers(
@@ -299,6 +300,7 @@ impl<'a> Bench<'a> {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
             let ctx = PublisherCtx {
+                topic: self.args.topic.clone(),
                 client: client.clone(),
                 run_id: self.run_id.clone(),
                 pad: self.pad.clone(),
@@ -478,6 +480,7 @@ fn spawn_ticker(
 
 struct PublisherCtx {
     client: Client,
+    topic: String,
     run_id: String,
     pad: String,
     shared: Arc<Shared>,
@@ -502,7 +505,7 @@ impl PublisherCtx {
                     None => now,
                 };
                 let payload = payload(&self.run_id, k, t, &self.pad);
-                match Event::new(TOPIC, payload) {
+                match Event::new(self.topic.as_str(), payload) {
                     Ok(event) => Some(event),
                     Err(e) => {
                         self.shared.error(format!("cannot build an event: {e}"));

@@ -48,6 +48,13 @@ use super::{ApiClient, Endpoint, print_json, print_line};
 
 /// The topic every bench event is published on.
 pub const TOPIC: &str = "bench.load";
+
+/// A `--topic` value: a valid topic.
+fn parse_topic(text: &str) -> Result<String, String> {
+    event_router::topic::validate_topic(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
 /// Highest latency the histogram holds (µs); longer ones count as this.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How often the progress line is refreshed.
@@ -138,6 +145,11 @@ pub struct BenchArgs {
     /// delivery; the group gets each event once.
     #[arg(long, value_name = "G")]
     pub durable: Option<String>,
+
+    /// Topic the events are published on and subscribed to (runs with
+    /// different topics on one router do not see each other's events).
+    #[arg(long, default_value = TOPIC, value_name = "TOPIC", value_parser = parse_topic)]
+    pub topic: String,
 
     /// Events per publish: 1 sends `publish` frames, more sends
     /// `publish_batch` frames of that many events (at most 10000, a
