@@ -14,7 +14,8 @@
 #                        connections and events, each on a topic and group of its own
 #                        (so that neither sees the other's events): the two replicas'
 #                        aggregate on one Redis
-# Fan-out scenarios are not the router's to match here (live delivery has its own
+# Publishers are not held back by deliveries (--window of the whole run), as the peers'
+# producers are not. Fan-out scenarios are not the router's to match here (live delivery has its own
 # benchmark) and are skipped.
 #
 # ROUTER_BIN overrides the binary (default: target/release/event-router of this tree).
@@ -131,13 +132,15 @@ extra_case() { # NAME ARGS... (the redis-limit flags of the scenario)
   [[ "$mode" == durable ]] || return 0
   local group="pb-${name//[^A-Za-z0-9_-]/-}-$RANDOM"
   local args=(--durable "$group" --publishers "$producers" --subscribers "$consumers"
-    --events "$events" --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0)
+    --events "$events" --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0
+    --window "$events")
   [[ -n "$rate" ]] && args+=(--rate "$rate")
   case_run "$name" event-router -- bash -c 'router_bench "$@"' _ "http://127.0.0.1:$ROUTER_PORT1" "${args[@]}"
   # Two replicas: each bench process gets half of everything, its own group member.
   if ((producers >= 2 && consumers >= 2)); then
     local half=("$group-2" --publishers $((producers / 2)) --subscribers $((consumers / 2))
-      --events $((events / 2)) --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0)
+      --events $((events / 2)) --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0
+      --window $((events / 2)))
     [[ -n "$rate" ]] && half+=(--rate $((rate / 2)))
     case_run "$name" event-router-2rep -- bash -c 'router_two "$@"' _ "${half[@]}"
   fi
