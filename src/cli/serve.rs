@@ -292,7 +292,8 @@ pub struct ServeArgs {
     pub max_queued_bytes_per_subscription: Option<usize>,
 
     /// Run as a replica on this Redis instead of the in-memory broker,
-    /// e.g. redis://127.0.0.1:6379/ or redis://:password@host:6379/0.
+    /// e.g. redis://127.0.0.1:6379/ or redis://:password@host:6379/0; on a
+    /// Redis Cluster, several node URLs separated by commas.
     #[arg(
         long,
         env = "EVENT_ROUTER_REDIS",
