@@ -507,6 +507,7 @@ pub(super) fn start_maintenance(shared: &Arc<Shared>) {
                 _ = tokio::time::sleep(tick) => {}
             }
             let Some(shared) = weak.upgrade() else { return };
+            shared.maybe_reconnect();
             expire_overdue(&shared).await;
             if last_keepalive.elapsed() >= keepalive_every {
                 last_keepalive = Instant::now();

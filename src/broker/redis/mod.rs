@@ -37,7 +37,7 @@ mod subs;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -213,7 +213,15 @@ pub(super) struct Shared {
     config: RedisBrokerConfig,
     keys: Keys,
     node_id: String,
-    conn: Conn,
+    /// Replaced when a cluster connection stays unavailable (see
+    /// [`Shared::call`]).
+    conn: parking_lot::RwLock<Conn>,
+    /// When a call last succeeded (ms since the Unix epoch), and whether a
+    /// reconnect is under way.
+    last_ok_ms: AtomicI64,
+    /// When a call last failed (ms since the Unix epoch).
+    last_err_ms: AtomicI64,
+    reconnecting: AtomicBool,
     scripts: Scripts,
     subs: subs::Registry,
     live: live::LiveIndex,
@@ -308,12 +316,21 @@ impl Shared {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.config.command_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(map_err(e)),
-            Err(_) => Err(BrokerError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.config.command_timeout
-            ))),
+            Ok(Ok(v)) => {
+                self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.last_err_ms.store(now_ms(), Ordering::Relaxed);
+                Err(map_err(e))
+            }
+            Err(_) => {
+                self.last_err_ms.store(now_ms(), Ordering::Relaxed);
+                Err(BrokerError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.config.command_timeout
+                )))
+            }
         }
     }
 
@@ -326,7 +343,36 @@ impl Shared {
 
     /// A handle on the shared multiplexed connection.
     fn conn(&self) -> Conn {
-        self.conn.clone()
+        self.conn.read().clone()
+    }
+
+    /// A cluster connection that has failed every call for three times
+    /// `command_timeout` is rebuilt from the configured node URLs: after a
+    /// master failover, redis-rs' cluster connection was seen to stay
+    /// unavailable for good.
+    pub(super) fn maybe_reconnect(self: &Arc<Self>) {
+        let last_ok = self.last_ok_ms.load(Ordering::Relaxed);
+        let failing = self.last_err_ms.load(Ordering::Relaxed) > last_ok;
+        let stale = now_ms() - last_ok;
+        let limit = i64::try_from(self.config.command_timeout.as_millis() * 3).unwrap_or(i64::MAX);
+        if !failing || stale < limit || !self.conn.read().is_cluster() || self.is_closed() {
+            return;
+        }
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            match Conn::connect(&shared.config.url, shared.config.command_timeout).await {
+                Ok(conn) => {
+                    *shared.conn.write() = conn;
+                    shared.last_ok_ms.store(now_ms(), Ordering::Relaxed);
+                    tracing::warn!("redis cluster connection rebuilt after failing for {stale} ms");
+                }
+                Err(e) => tracing::debug!(error = %e, "redis cluster reconnect failed"),
+            }
+            shared.reconnecting.store(false, Ordering::Release);
+        });
     }
 
     fn is_closed(&self) -> bool {
@@ -388,7 +434,10 @@ impl RedisBroker {
         let shared = Arc::new(Shared {
             keys,
             node_id,
-            conn,
+            conn: parking_lot::RwLock::new(conn),
+            last_ok_ms: AtomicI64::new(now_ms()),
+            last_err_ms: AtomicI64::new(0),
+            reconnecting: AtomicBool::new(false),
             scripts: Scripts::new(),
             subs: subs::Registry::default(),
             live: live::LiveIndex::default(),
