@@ -405,7 +405,6 @@ async fn closed_loop(
     Closed { rate, redis_us }
 }
 
-
 fn new_run() -> Arc<Run> {
     Arc::new(Run {
         acked: AtomicU64::new(0),
@@ -433,7 +432,10 @@ async fn main() {
     for (i, (others, label)) in [
         (Others::None, "1 subscription"),
         (Others::NineUnmatched, "10 subscriptions, 1 matching"),
-        (Others::NineMatching, "10 subscriptions, all matching, 1 consumed"),
+        (
+            Others::NineMatching,
+            "10 subscriptions, all matching, 1 consumed",
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -455,7 +457,9 @@ async fn main() {
                 "each extra matching subscription: {extra:.1} us of Redis CPU per event = {:.2} raw XADDs",
                 extra / raw.cpu_us
             ),
-            None => println!("each extra matching subscription: {extra:.1} us of Redis CPU per event"),
+            None => {
+                println!("each extra matching subscription: {extra:.1} us of Redis CPU per event")
+            }
         }
     }
 

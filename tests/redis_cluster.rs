@@ -66,7 +66,11 @@ impl Backend {
     /// give them (the value on the second line for the inline protocol).
     fn get(&self, args: &[&str]) -> Option<String> {
         match self {
-            Backend::Single(r) => r.command(&args.join(" ")).lines().nth(1).map(str::to_string),
+            Backend::Single(r) => r
+                .command(&args.join(" "))
+                .lines()
+                .nth(1)
+                .map(str::to_string),
             Backend::Cluster(c) => c
                 .command(args)
                 .lines()
@@ -235,22 +239,22 @@ impl Api {
 fn start_replica(redis_url: &str, i: usize, more: &[&str]) -> RouterProcess {
     let node = format!("replica-{i}-{}", std::process::id());
     let mut args: Vec<&str> = vec![
-            "--redis",
-            redis_url,
-            "--node-id",
-            &node,
-            "--redis-membership-ttl",
-            "1s",
-            "--redis-reclaim-idle",
-            "1s",
-            "--redis-command-timeout",
-            "1s",
-            // A batch half stored by a replica that died before answering
-            // is retried elsewhere under the same ids: stored once.
-            "--redis-dedup-window",
-            "60s",
-            "--shutdown-grace",
-            "1s",
+        "--redis",
+        redis_url,
+        "--node-id",
+        &node,
+        "--redis-membership-ttl",
+        "1s",
+        "--redis-reclaim-idle",
+        "1s",
+        "--redis-command-timeout",
+        "1s",
+        // A batch half stored by a replica that died before answering
+        // is retried elsewhere under the same ids: stored once.
+        "--redis-dedup-window",
+        "60s",
+        "--shutdown-grace",
+        "1s",
     ];
     args.extend_from_slice(more);
     RouterProcess::start_with_env(
@@ -858,8 +862,17 @@ fn on_redis_cluster(masters: usize, replicas: usize, router_args: &[&str]) -> Cl
     Cluster::on(Backend::Cluster(redis), router_args)
 }
 
-fn assert_whole(name: &str, published: &HashMap<String, Instant>, missing: &[String], total: usize) {
-    assert_eq!(published.len(), total, "{name}: every batch was acknowledged");
+fn assert_whole(
+    name: &str,
+    published: &HashMap<String, Instant>,
+    missing: &[String],
+    total: usize,
+) {
+    assert_eq!(
+        published.len(),
+        total,
+        "{name}: every batch was acknowledged"
+    );
     assert!(
         missing.is_empty(),
         "{name}: lost {} events, e.g. {:?}",
@@ -877,7 +890,11 @@ async fn on_a_redis_cluster_durable_events_reach_one_group_at_least_once_and_rou
     report("cluster steady", &published, &missing, &seen, &per);
     assert_whole("cluster steady", &published, &missing, 10_000);
     let sid = cluster.sid("csteady");
-    assert_eq!(cluster.counter(&sid, "routed"), 10_000, "each event routed exactly once");
+    assert_eq!(
+        cluster.counter(&sid, "routed"),
+        10_000,
+        "each event routed exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -950,16 +967,25 @@ async fn failover_run(router_args: &[&str], name: &str) -> (usize, usize) {
 /// it with `cargo test --test redis_cluster -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "routers sometimes do not recover from a master failover; see docs/redis.md, Limits"]
-async fn a_master_failover_loses_no_acknowledged_event_with_wait_and_counts_what_it_loses_without() {
+async fn a_master_failover_loses_no_acknowledged_event_with_wait_and_counts_what_it_loses_without()
+{
     let _serial = SERIAL.lock().await;
     let (published, lost) = failover_run(&[], "fail-nowait").await;
     println!("failover without WAIT: {lost} of {published} acknowledged events lost");
     let (published, lost) = failover_run(
-        &["--redis-wait-replicas", "1", "--redis-wait-timeout", "500ms"],
+        &[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout",
+            "500ms",
+        ],
         "fail-wait",
     )
     .await;
     println!("failover with WAIT 1: {lost} of {published} acknowledged events lost");
     assert!(published > 1_000, "publishing resumed after the failover");
-    assert_eq!(lost, 0, "with WAIT, an acknowledged event survives the failover");
+    assert_eq!(
+        lost, 0,
+        "with WAIT, an acknowledged event survives the failover"
+    );
 }

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use event_router::broker::{
-    Broker, BrokerError, ConsumeOptions, GroupSpec, PublishOptions, RedisBroker,
-    RedisBrokerConfig,
+    Broker, BrokerError, ConsumeOptions, GroupSpec, PublishOptions, RedisBroker, RedisBrokerConfig,
 };
 use event_router::{Event, Selector};
 use serde_json::json;
@@ -80,9 +79,12 @@ impl Publishers {
                         return;
                     }
                     counter.store(k + 1, Ordering::SeqCst);
-                    let event =
-                        Event::new("race.x", json!({ "t": t, "k": k })).expect("event");
-                    if broker.publish(event, PublishOptions::default()).await.is_ok() {
+                    let event = Event::new("race.x", json!({ "t": t, "k": k })).expect("event");
+                    if broker
+                        .publish(event, PublishOptions::default())
+                        .await
+                        .is_ok()
+                    {
                         acked.lock().insert((t, k));
                     }
                 }
@@ -198,7 +200,10 @@ async fn subscriptions_created_while_publishing_get_every_event_published_after_
             .filter(|(t, k)| *k >= after[*t as usize])
             .filter(|e| !got.contains(e))
             .collect();
-        checked += acked.iter().filter(|(t, k)| *k >= after[*t as usize]).count();
+        checked += acked
+            .iter()
+            .filter(|(t, k)| *k >= after[*t as usize])
+            .count();
         assert!(
             missing.is_empty(),
             "{name}: {} events published after its creation returned are missing, e.g. {:?}",
@@ -206,8 +211,14 @@ async fn subscriptions_created_while_publishing_get_every_event_published_after_
             &missing[..missing.len().min(5)]
         );
     }
-    assert!(checked > 100, "the publishers ran during the changes ({checked} checked)");
-    println!("create race: {} events acknowledged, {checked} (event, subscription) pairs checked", acked.len());
+    assert!(
+        checked > 100,
+        "the publishers ran during the changes ({checked} checked)"
+    );
+    println!(
+        "create race: {} events acknowledged, {checked} (event, subscription) pairs checked",
+        acked.len()
+    );
     pub_side.close().await;
     cfg_side.close().await;
 }
@@ -238,7 +249,11 @@ async fn deleted_subscriptions_get_nothing_published_after_their_delete_returned
     }
     sleep(Duration::from_millis(100)).await;
     let acked = publishers.stop().await;
-    assert!(acked.len() > 100, "the publishers ran ({} events)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the publishers ran ({} events)",
+        acked.len()
+    );
     for (name, sid) in &sids {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}:s:{{{sid}}}:*"))
@@ -308,7 +323,10 @@ async fn a_filter_updated_while_publishing_applies_to_every_event_published_afte
             .filter(|(t, k)| *t == 0 && *k >= after[0])
             .filter(|e| !got.contains(e))
             .count();
-        assert_eq!(missing, 0, "{name}: matching events published after the update are missing");
+        assert_eq!(
+            missing, 0,
+            "{name}: matching events published after the update are missing"
+        );
     }
     pub_side.close().await;
     cfg_side.close().await;
@@ -365,19 +383,38 @@ async fn acked_entries_are_trimmed_from_the_bands_but_held_ones_stay() {
         }
     }
     let held = held.expect("a held delivery");
-    let held_entry = held.delivery_id.split_once('-').expect("band-id").1.to_string();
+    let held_entry = held
+        .delivery_id
+        .split_once('-')
+        .expect("band-id")
+        .1
+        .to_string();
     // The held entry pins the floor: nothing is trimmed past it.
     sleep(Duration::from_millis(2500)).await;
-    let len: u64 = redis::cmd("XLEN").arg(&band).query_async(&mut conn).await.expect("XLEN");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&band)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
     assert_eq!(len, 600, "entries after an unacked one are kept");
-    broker.ack("trim", &held.delivery_id).await.expect("ack held");
+    broker
+        .ack("trim", &held.delivery_id)
+        .await
+        .expect("ack held");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let len: u64 = redis::cmd("XLEN").arg(&band).query_async(&mut conn).await.expect("XLEN");
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&band)
+            .query_async(&mut conn)
+            .await
+            .expect("XLEN");
         if len < 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "acked entries not trimmed: {len} left");
+        assert!(
+            Instant::now() < deadline,
+            "acked entries not trimmed: {len} left"
+        );
         sleep(Duration::from_millis(100)).await;
     }
     let gone: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -398,9 +435,7 @@ async fn a_redis_holding_the_first_layout_is_refused_with_what_to_do() {
     let server = RedisServer::start();
     let prefix = prefix();
     // The first layout's subscriptions hash, without a layout mark.
-    let reply = server.command(&format!(
-        "HSET {prefix}:{{cfg}}:subs jobs record"
-    ));
+    let reply = server.command(&format!("HSET {prefix}:{{cfg}}:subs jobs record"));
     assert!(reply.starts_with(":1"), "{reply}");
     let err = RedisBroker::connect(config(&server.url(), &prefix))
         .await
@@ -411,7 +446,10 @@ async fn a_redis_holding_the_first_layout_is_refused_with_what_to_do() {
         "{message}"
     );
     // Another prefix on the same Redis is fine.
-    connect(&server.url(), &format!("{prefix}b")).await.close().await;
+    connect(&server.url(), &format!("{prefix}b"))
+        .await
+        .close()
+        .await;
 }
 
 #[tokio::test]
@@ -464,7 +502,11 @@ async fn a_stored_event_that_cannot_be_read_is_dead_lettered_with_the_reason() {
         .await
         .expect("dead letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].reason.contains("unreadable event"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("unreadable event"),
+        "{}",
+        dead[0].reason
+    );
     assert_eq!(dead[0].event.topic, "router.unreadable");
     assert_eq!(dead[0].event.payload["raw"], deep.as_str());
     broker.close().await;

@@ -101,7 +101,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         String::new(),
     ];
     if !replicas.is_empty() {
-        out.push(replica_table(&replicas, stats.pointer("/broker/node").and_then(Value::as_str)));
+        out.push(replica_table(
+            &replicas,
+            stats.pointer("/broker/node").and_then(Value::as_str),
+        ));
         out.push(String::new());
     }
     if subscriptions.is_empty() {
@@ -186,7 +189,11 @@ fn replica_table(replicas: &[String], answering: Option<&str>) -> String {
     let rows: Vec<Vec<String>> = replicas
         .iter()
         .map(|node| {
-            let mark = if Some(node.as_str()) == answering { "yes" } else { "" };
+            let mark = if Some(node.as_str()) == answering {
+                "yes"
+            } else {
+                ""
+            };
             vec![node.clone(), mark.to_string()]
         })
         .collect();

@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broker::redis::conn::{Conn, nodes};
 use futures::StreamExt;
 use redis::Script;
-use crate::broker::redis::conn::{Conn, nodes};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -322,7 +322,10 @@ impl RedisCluster {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "redis cluster not ready in {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "redis cluster not ready in {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

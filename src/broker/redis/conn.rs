@@ -28,7 +28,10 @@ pub(crate) enum Conn {
 
 /// The node URLs of `url`: several, comma-separated, mean a cluster.
 pub(crate) fn nodes(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 impl Conn {
@@ -59,13 +62,11 @@ impl Conn {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(4)
                 .set_max_delay(Duration::from_secs(2));
-            let conn = tokio::time::timeout(
-                timeout,
-                ConnectionManager::new_with_config(client, config),
-            )
-            .await
-            .map_err(|_| BrokerError::Unavailable("redis connect timed out".into()))?
-            .map_err(map_err)?;
+            let conn =
+                tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("redis connect timed out".into()))?
+                    .map_err(map_err)?;
             Conn::Single(conn)
         };
         Ok(conn)

@@ -33,8 +33,8 @@ use tokio::time::Instant;
 
 use super::deliver::{dead_letter_unreadable, drop_expired, release};
 use super::keys::RETURNED;
-use super::subs::{self, Sub};
 use super::keys::{BAND_GROUP, BANDS};
+use super::subs::{self, Sub};
 use super::{Shared, is_nogroup, now_ms};
 use crate::broker::{BrokerError, ConsumerHandle, Result};
 use crate::event::{Delivery, Event};
@@ -272,7 +272,11 @@ async fn fetch(
 async fn repair(shared: &Shared, sub: &Sub) -> Result<()> {
     let mut conn = shared.conn();
     let exists: bool = shared
-        .call(redis::cmd("EXISTS").arg(sub.keys.info()).query_async(&mut conn))
+        .call(
+            redis::cmd("EXISTS")
+                .arg(sub.keys.info())
+                .query_async(&mut conn),
+        )
         .await?;
     if !exists {
         return Err(BrokerError::UnknownSubscription(sub.name().to_string()));
@@ -311,7 +315,11 @@ async fn read_bands(
     }
     let mut pipe = redis::pipe();
     pipe.cmd("HGET").arg(keys.info()).arg("returned");
-    pipe.cmd("ZRANGE").arg(keys.retry()).arg(0).arg(0).arg("WITHSCORES");
+    pipe.cmd("ZRANGE")
+        .arg(keys.retry())
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES");
     pipe.add_command(read);
     let mut conn = shared.conn();
     let (returned, next, read): (Option<i64>, Vec<(String, f64)>, Option<StreamReadReply>) =
@@ -377,7 +385,12 @@ async fn read_bands(
 
 /// Hands entries a consumer read beyond its free slots to the `~returned`
 /// pseudo-consumer, which the slow path serves first.
-async fn give_back(shared: &Shared, sub: &Sub, owner: &str, entries: &[(usize, String)]) -> Result<()> {
+async fn give_back(
+    shared: &Shared,
+    sub: &Sub,
+    owner: &str,
+    entries: &[(usize, String)],
+) -> Result<()> {
     let mut inv = shared.scripts.hold.prepare_invoke();
     for band in sub.keys.bands() {
         inv.key(band);
@@ -387,7 +400,9 @@ async fn give_back(shared: &Shared, sub: &Sub, owner: &str, entries: &[(usize, S
         inv.arg(*band).arg(id);
     }
     let mut conn = shared.conn();
-    shared.call(inv.invoke_async::<Vec<String>>(&mut conn)).await?;
+    shared
+        .call(inv.invoke_async::<Vec<String>>(&mut conn))
+        .await?;
     mark_returned(shared, sub, entries.len()).await
 }
 
@@ -420,7 +435,10 @@ async fn take(
     fields: &HashMap<String, String>,
     deadline: Instant,
 ) -> Result<Option<Delivery>> {
-    let event = match fields.get("ev").map(|json| serde_json::from_str::<Event>(json)) {
+    let event = match fields
+        .get("ev")
+        .map(|json| serde_json::from_str::<Event>(json))
+    {
         Some(Ok(event)) => event,
         Some(Err(e)) => {
             let reason = format!("unreadable event: {e}");
@@ -501,7 +519,11 @@ async fn fetch_slow(
             .get(3)
             .and_then(|v| redis::from_redis_value_ref(v).ok())
             .unwrap_or_default();
-        if let Some(d) = take(&shared, &state, &sub, band, id, delivered, &fields, deadline).await? {
+        if let Some(d) = take(
+            &shared, &state, &sub, band, id, delivered, &fields, deadline,
+        )
+        .await?
+        {
             deliveries.push(d);
         }
     }

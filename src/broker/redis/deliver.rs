@@ -302,7 +302,10 @@ async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
         };
         let mut pipe = redis::pipe();
         for (band, id, _) in &batch {
-            pipe.cmd("XACK").arg(sub.keys.band(*band)).arg(BAND_GROUP).arg(id);
+            pipe.cmd("XACK")
+                .arg(sub.keys.band(*band))
+                .arg(BAND_GROUP)
+                .arg(id);
         }
         let mut conn = shared.conn();
         let outcome: Result<Vec<i64>> = shared.call(pipe.query_async(&mut conn)).await;
@@ -591,7 +594,12 @@ async fn keep_alive(shared: &Shared) {
 /// Cuts acked entries out of the bands of every subscription that has a
 /// consumer on this replica (others are trimmed by the janitor pass).
 async fn trim_local(shared: &Shared) {
-    let mut sids: Vec<String> = shared.deliver.snapshot().iter().map(|c| c.sid.clone()).collect();
+    let mut sids: Vec<String> = shared
+        .deliver
+        .snapshot()
+        .iter()
+        .map(|c| c.sid.clone())
+        .collect();
     sids.sort_unstable();
     sids.dedup();
     for sid in sids {

@@ -160,12 +160,7 @@ impl SubKeys {
 
     /// Every key of the subscription, for deletion.
     pub(super) fn all(&self) -> Vec<String> {
-        let mut keys = vec![
-            self.info(),
-            self.retry(),
-            self.dlq(),
-            self.consumers(),
-        ];
+        let mut keys = vec![self.info(), self.retry(), self.dlq(), self.consumers()];
         keys.extend(self.bands());
         keys
     }

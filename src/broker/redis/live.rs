@@ -272,7 +272,9 @@ async fn subscribe_all(shared: &Shared, channels: &[String]) -> Result<()> {
 
 async fn subscribe_on_current(shared: &Shared, channels: &[String]) -> Result<()> {
     let Some(conn) = shared.pubsub.conn.lock().clone() else {
-        return Err(BrokerError::Unavailable("redis pub/sub connection is down".into()));
+        return Err(BrokerError::Unavailable(
+            "redis pub/sub connection is down".into(),
+        ));
     };
     for channel in channels {
         // One channel per command: the connection matches one confirmation
@@ -280,7 +282,11 @@ async fn subscribe_on_current(shared: &Shared, channels: &[String]) -> Result<()
         match conn.clone() {
             PubSubConn::Single(mut c) => {
                 shared
-                    .call(redis::cmd("SSUBSCRIBE").arg(channel).query_async::<Value>(&mut c))
+                    .call(
+                        redis::cmd("SSUBSCRIBE")
+                            .arg(channel)
+                            .query_async::<Value>(&mut c),
+                    )
                     .await?;
             }
             PubSubConn::Cluster(mut c) => shared.call(c.ssubscribe(channel)).await?,

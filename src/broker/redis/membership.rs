@@ -31,7 +31,8 @@ pub(super) fn start(shared: &Arc<Shared>) {
 
 /// One heartbeat; forgets replicas silent for ten times the dead-after span.
 async fn beat(shared: &Shared) -> Result<()> {
-    let dead_after = i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
+    let dead_after =
+        i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
     let now = now_ms();
     let mut conn = shared.conn();
     shared
@@ -54,7 +55,8 @@ async fn beat(shared: &Shared) -> Result<()> {
 
 /// Node ids with a heartbeat within two thirds of `membership_ttl`, sorted.
 pub(super) async fn live(shared: &Shared) -> Result<Vec<String>> {
-    let dead_after = i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
+    let dead_after =
+        i64::try_from(shared.config.membership_ttl.as_millis()).unwrap_or(i64::MAX) * 2 / 3;
     let mut conn = shared.conn();
     let mut nodes: Vec<String> = shared
         .call(

@@ -469,7 +469,6 @@ impl RedisBroker {
     pub fn config(&self) -> &RedisBrokerConfig {
         &self.shared.config
     }
-
 }
 
 /// The key layout this code writes (`er:{cfg}:layout`).
@@ -487,10 +486,9 @@ async fn check_layout(shared: &Shared) -> Result<()> {
             redis::cmd("EXISTS").arg(keys.v1_ingest(0)).clone(),
         ])
         .await?;
-    let (layout, subs, ingest): (Option<String>, bool, bool) = redis::from_redis_value(
-        redis::Value::Array(found),
-    )
-    .map_err(|e| BrokerError::Internal(format!("layout reply: {e}")))?;
+    let (layout, subs, ingest): (Option<String>, bool, bool) =
+        redis::from_redis_value(redis::Value::Array(found))
+            .map_err(|e| BrokerError::Internal(format!("layout reply: {e}")))?;
     let mut conn = shared.conn();
     match layout.as_deref() {
         Some(LAYOUT) => return Ok(()),

@@ -41,9 +41,9 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 use redis::streams::{StreamId, StreamRangeReply};
 
+use super::Shared;
 use super::keys::partition_of;
 use super::subs::{self, Routes, Sub};
-use super::Shared;
 use crate::broker::{BrokerError, HistoryEntry, HistoryQuery, PublishOptions, Published, Result};
 use crate::event::Event;
 
@@ -89,7 +89,8 @@ pub(super) async fn publish(
         return Ok(Vec::new());
     }
     let routes = shared.subs.routes();
-    let atomic_partition = (options.atomic && events.len() > 1).then(|| partition(shared, &events[0]));
+    let atomic_partition =
+        (options.atomic && events.len() > 1).then(|| partition(shared, &events[0]));
     let now = jiff::Timestamp::now();
     let mut planned = Vec::with_capacity(events.len());
     let mut matched = Vec::new();
@@ -124,7 +125,10 @@ pub(super) async fn publish(
     }
     let expired = planned.iter().filter(|p| p.expired).count() as u64;
     if expired > 0 {
-        shared.counters.expired.fetch_add(expired, Ordering::Relaxed);
+        shared
+            .counters
+            .expired
+            .fetch_add(expired, Ordering::Relaxed);
     }
     Ok(events
         .iter()
@@ -185,7 +189,11 @@ impl Txn {
     }
 
     /// Closes the transaction, with `WAIT` for `replicas` after it.
-    fn finish(mut self, replicas: u32, timeout: std::time::Duration) -> (redis::Pipeline, Vec<Want>) {
+    fn finish(
+        mut self,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> (redis::Pipeline, Vec<Want>) {
         self.pipe.cmd("EXEC");
         if replicas > 0 {
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -213,7 +221,13 @@ async fn transact(
 ) -> Result<Written> {
     let keys = &shared.keys;
     let cluster = shared.conn().is_cluster();
-    let partition_slot = |p: u32| if cluster { Slot::Partition(p) } else { Slot::All };
+    let partition_slot = |p: u32| {
+        if cluster {
+            Slot::Partition(p)
+        } else {
+            Slot::All
+        }
+    };
     let sub_slot = |i: usize| if cluster { Slot::Sub(i) } else { Slot::All };
     let cap = shared.config.history_max_len;
     // Transactions in order of first use, so replies map back simply.
@@ -241,7 +255,11 @@ async fn transact(
         if cap > 0 {
             xadd.arg("MAXLEN").arg("~").arg(cap);
         }
-        xadd.arg("*").arg("ts").arg(plan.ts).arg("ev").arg(&plan.json);
+        xadd.arg("*")
+            .arg("ts")
+            .arg(plan.ts)
+            .arg("ev")
+            .arg(&plan.json);
         txn(&mut txns, partition_slot(plan.partition)).add(xadd, Want::History(e));
         if !shared.config.dedup_window.is_zero() && !cluster {
             // In the transaction, so that a retry after a crash between
@@ -281,15 +299,38 @@ async fn transact(
     }
     for (p, n, live) in &partitions {
         let t = txn(&mut txns, partition_slot(*p));
-        t.add(redis::cmd("HINCRBY").arg(keys.meta(*p)).arg("seq").arg(*n).clone(), Want::Skip);
-        t.add(redis::cmd("SPUBLISH").arg(keys.live(*p)).arg(live).clone(), Want::Skip);
-        t.add(redis::cmd("GET").arg(keys.fence(*p)).clone(), Want::Fence(*p));
+        t.add(
+            redis::cmd("HINCRBY")
+                .arg(keys.meta(*p))
+                .arg("seq")
+                .arg(*n)
+                .clone(),
+            Want::Skip,
+        );
+        t.add(
+            redis::cmd("SPUBLISH").arg(keys.live(*p)).arg(live).clone(),
+            Want::Skip,
+        );
+        t.add(
+            redis::cmd("GET").arg(keys.fence(*p)).clone(),
+            Want::Fence(*p),
+        );
     }
     for &(i, n) in &woken {
         let sub = &routes.subs[i].keys;
         let t = txn(&mut txns, sub_slot(i));
-        t.add(redis::cmd("HINCRBY").arg(sub.info()).arg("routed").arg(n).clone(), Want::Skip);
-        t.add(redis::cmd("SPUBLISH").arg(sub.wake()).arg("").clone(), Want::Skip);
+        t.add(
+            redis::cmd("HINCRBY")
+                .arg(sub.info())
+                .arg("routed")
+                .arg(n)
+                .clone(),
+            Want::Skip,
+        );
+        t.add(
+            redis::cmd("SPUBLISH").arg(sub.wake()).arg("").clone(),
+            Want::Skip,
+        );
     }
     let wait = shared.config.wait_replicas;
     let runs = txns.into_iter().map(|(_, t)| {
@@ -329,14 +370,16 @@ async fn transact(
             match want {
                 Want::Skip => {}
                 Want::History(e) => {
-                    written.history[e] = redis::from_redis_value(value).map_err(|_| bad("history id"))?;
+                    written.history[e] =
+                        redis::from_redis_value(value).map_err(|_| bad("history id"))?;
                 }
                 Want::Band(e, i) => {
                     let id = redis::from_redis_value(value).map_err(|_| bad("band id"))?;
                     written.bands.insert((e, i), id);
                 }
                 Want::Fence(p) => {
-                    let fence: Option<i64> = redis::from_redis_value(value).map_err(|_| bad("fence"))?;
+                    let fence: Option<i64> =
+                        redis::from_redis_value(value).map_err(|_| bad("fence"))?;
                     if routes.fences.get(p as usize).copied().unwrap_or(0) != fence.unwrap_or(0) {
                         written.fences_moved = true;
                     }
@@ -347,8 +390,15 @@ async fn transact(
     for (e, plan) in planned.iter().enumerate() {
         if let Some(first) = &plan.duplicate_of {
             // `#n`: the same id earlier in this batch.
-            written.history[e] = match first.strip_prefix('#').and_then(|n| n.parse::<usize>().ok()) {
-                Some(n) => written.history.get(n).cloned().ok_or_else(|| bad("duplicate"))?,
+            written.history[e] = match first
+                .strip_prefix('#')
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(n) => written
+                    .history
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| bad("duplicate"))?,
                 None => first.clone(),
             };
         }
@@ -396,8 +446,19 @@ async fn compensate(
             }
             if new.by_sid(&sub.record.sid).is_some() {
                 if let Some(id) = written.bands.get(&(e, i)) {
-                    cmds.push(redis::cmd("XDEL").arg(sub.keys.band(plan.band)).arg(id).clone());
-                    cmds.push(redis::cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(-1).clone());
+                    cmds.push(
+                        redis::cmd("XDEL")
+                            .arg(sub.keys.band(plan.band))
+                            .arg(id)
+                            .clone(),
+                    );
+                    cmds.push(
+                        redis::cmd("HINCRBY")
+                            .arg(sub.keys.info())
+                            .arg("routed")
+                            .arg(-1)
+                            .clone(),
+                    );
                 }
             } else if !dropped.iter().any(|d| d.record.sid == sub.record.sid) {
                 dropped.push(sub.clone());
@@ -419,7 +480,13 @@ async fn compensate(
                         .arg(&plan.json)
                         .clone(),
                 );
-                cmds.push(redis::cmd("HINCRBY").arg(sub.keys.info()).arg("routed").arg(1).clone());
+                cmds.push(
+                    redis::cmd("HINCRBY")
+                        .arg(sub.keys.info())
+                        .arg("routed")
+                        .arg(1)
+                        .clone(),
+                );
                 if !woken.iter().any(|w| w.record.sid == sub.record.sid) {
                     woken.push(sub.clone());
                 }
@@ -436,7 +503,11 @@ async fn compensate(
     for sub in &woken {
         shared.deliver.notify(&sub.record.sid);
     }
-    tracing::debug!(added = woken.len(), dropped = dropped.len(), "publish raced a subscription change; placement corrected");
+    tracing::debug!(
+        added = woken.len(),
+        dropped = dropped.len(),
+        "publish raced a subscription change; placement corrected"
+    );
     Ok(())
 }
 
@@ -445,10 +516,15 @@ async fn find_duplicates(shared: &Shared, events: &[Event], planned: &mut [Plann
     let gets = events
         .iter()
         .zip(planned.iter())
-        .map(|(event, plan)| redis::cmd("GET").arg(shared.keys.dedup(plan.partition, &event.id)).clone())
+        .map(|(event, plan)| {
+            redis::cmd("GET")
+                .arg(shared.keys.dedup(plan.partition, &event.id))
+                .clone()
+        })
         .collect();
-    let known: Vec<Option<String>> = redis::from_redis_value(Value::Array(shared.each(gets).await?))
-        .map_err(|e| BrokerError::Internal(format!("dedup reply: {e}")))?;
+    let known: Vec<Option<String>> =
+        redis::from_redis_value(Value::Array(shared.each(gets).await?))
+            .map_err(|e| BrokerError::Internal(format!("dedup reply: {e}")))?;
     let mut first_in_batch: HashMap<&str, usize> = HashMap::new();
     for (i, (event, known)) in events.iter().zip(known).enumerate() {
         match known {
@@ -467,7 +543,12 @@ async fn find_duplicates(shared: &Shared, events: &[Event], planned: &mut [Plann
 }
 
 /// Records the history id of every newly stored event for the dedup window.
-async fn remember(shared: &Shared, events: &[Event], planned: &[Planned], history: &[String]) -> Result<()> {
+async fn remember(
+    shared: &Shared,
+    events: &[Event],
+    planned: &[Planned],
+    history: &[String],
+) -> Result<()> {
     let window = u64::try_from(shared.config.dedup_window.as_millis()).unwrap_or(u64::MAX);
     let sets = events
         .iter()
@@ -632,7 +713,12 @@ async fn scan_partition(
 pub(super) async fn totals(shared: &Arc<Shared>) -> Result<(u64, u64)> {
     let mut cmds = Vec::new();
     for p in 0..shared.keys.partitions() {
-        cmds.push(redis::cmd("HGET").arg(shared.keys.meta(p)).arg("seq").clone());
+        cmds.push(
+            redis::cmd("HGET")
+                .arg(shared.keys.meta(p))
+                .arg("seq")
+                .clone(),
+        );
         cmds.push(redis::cmd("XLEN").arg(shared.keys.history(p)).clone());
     }
     let values: Vec<Option<u64>> = redis::from_redis_value(Value::Array(shared.each(cmds).await?))

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::pace::Pacer;
 use super::report::{Latency, Report};
 use super::{
-    BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD,
-    Target, WARMUP_TIMEOUT,
+    BenchArgs, CLOSE_TIMEOUT, MAX_LATENCY_US, POLL_INTERVAL, PROGRESS_INTERVAL, START_LEAD, Target,
+    WARMUP_TIMEOUT,
 };
 
 /// Which events one subscriber (live) or one group (durable) has seen.
