@@ -23,7 +23,8 @@
 //! - [`sink`]: push sinks (HTTP POST of CloudEvents per delivery).
 //! - [`auth`]: API keys, JWT, ACL, per-principal limits.
 //! - [`server`]: WebSocket (v2 and seed v1), HTTP, SSE over one session core.
-//! - [`config`]: configuration and duration parsing.
+//! - [`config`]: configuration.
+//! - [`duration`]: durations as people write them (a leaf).
 //! - [`shutdown`]: signal handling.
 //! - [`telemetry`]: logs, OpenTelemetry traces, Prometheus metrics.
 //! - `cli`: one module per subcommand of the `event-router` binary.
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod duration;
 pub mod event;
 pub mod filter;
 pub mod operator;

@@ -128,10 +128,10 @@ pub struct LiveSubscription {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Backoff {
     /// Delay before the first retry. Default 1 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration::as_text")]
     pub initial: Duration,
     /// Upper bound of the delay. Default 60 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration::as_text")]
     pub max: Duration,
     /// Growth factor per attempt. Default 2.
     pub multiplier: f64,
@@ -184,7 +184,7 @@ pub struct GroupSpec {
     /// Deliveries per event before it is dead-lettered. Default 5, minimum 1.
     pub max_attempts: u32,
     /// Time a consumer has to ack before redelivery. Default 30 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration::as_text")]
     pub ack_timeout: Duration,
     /// Delay policy for nacked or timed-out deliveries.
     pub backoff: Backoff,

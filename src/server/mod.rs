@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
@@ -265,7 +267,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/health", get(http::health))
         .route("/ready", get(http::ready))
         .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(crate::telemetry::metrics::serve))
+        .route("/metrics", get(metrics))
         .route("/api/v1/events", post(http::publish).get(http::history))
         .route("/api/v1/events/batch", post(http::publish_batch))
         .route("/api/v1/events/stream", get(sse::stream))
@@ -371,4 +373,43 @@ pub async fn run(
 
 fn flatten(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
     result.map_err(std::io::Error::other)?
+}
+
+/// `GET /metrics`: refreshes the state gauges from the broker, then answers
+/// in the classic text format, or OpenMetrics when the `Accept` header asks
+/// for `application/openmetrics-text`.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let broker = state.router.broker();
+    let stats = broker.stats().await.ok();
+    let subscriptions = broker.subscriptions().await.unwrap_or_default();
+    let connections = state.connections.snapshot();
+    let m = crate::telemetry::metrics::metrics();
+    m.refresh(
+        stats.as_ref(),
+        &subscriptions,
+        connections.websocket,
+        connections.sse,
+    );
+    m.refresh_discarded(broker.discarded());
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            m.encode_openmetrics(),
+            crate::telemetry::metrics::OPENMETRICS_CONTENT_TYPE,
+        )
+    } else {
+        (
+            m.encode_text(),
+            crate::telemetry::metrics::TEXT_CONTENT_TYPE,
+        )
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }

@@ -20,9 +20,6 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -34,7 +31,6 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
 use crate::broker::{BrokerStats, SubscriptionInfo};
-use crate::server::AppState;
 
 /// Most distinct `subscription` label values; later subscriptions are
 /// counted under [`OTHER`].
@@ -522,39 +518,6 @@ pub fn to_classic_text(openmetrics: &str) -> String {
         }
     }
     out
-}
-
-/// `GET /metrics`: refreshes the state gauges from the broker, then answers
-/// in the classic text format, or OpenMetrics when the `Accept` header asks
-/// for `application/openmetrics-text`.
-pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let broker = state.router.broker();
-    let stats = broker.stats().await.ok();
-    let subscriptions = broker.subscriptions().await.unwrap_or_default();
-    let connections = state.connections.snapshot();
-    let m = metrics();
-    m.refresh(
-        stats.as_ref(),
-        &subscriptions,
-        connections.websocket,
-        connections.sse,
-    );
-    m.refresh_discarded(broker.discarded());
-    let openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let (body, content_type) = if openmetrics {
-        (m.encode_openmetrics(), OPENMETRICS_CONTENT_TYPE)
-    } else {
-        (m.encode_text(), TEXT_CONTENT_TYPE)
-    };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response()
 }
 
 #[cfg(test)]
