@@ -12,7 +12,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, key_prefix as prefix};
 use event_router::broker::{
     Broker, BrokerError, ConsumeOptions, Consumer, GroupSpec, PublishOptions, RedisBroker,
     RedisBrokerConfig,
@@ -20,11 +20,6 @@ use event_router::broker::{
 use event_router::{Delivery, Event, Selector};
 use serde_json::json;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-
-/// A unique key prefix, so brokers of different tests share nothing.
-fn prefix() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 /// Fast timings for tests on one machine.
 fn config(url: &str, prefix: &str) -> RedisBrokerConfig {
@@ -203,14 +198,7 @@ async fn band_consumers(url: &str, prefix: &str, name: &str, band: u8) -> Vec<St
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let record: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:{{cfg}}:subs"))
-        .arg(name)
-        .query_async(&mut conn)
-        .await
-        .expect("subscription record");
-    let record: serde_json::Value = serde_json::from_str(&record).expect("record JSON");
-    let sid = record["sid"].as_str().expect("sid");
+    let sid = common::redis::subscription_sid(&mut conn, prefix, name).await;
     let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(format!("{prefix}:s:{{{sid}}}:q{band}"))

@@ -15,17 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, key_prefix as prefix, subscription_sid as sid};
 use event_router::broker::{
     Broker, BrokerError, ConsumeOptions, GroupSpec, PublishOptions, RedisBroker, RedisBrokerConfig,
 };
 use event_router::{Event, Selector};
 use serde_json::json;
 use tokio::time::{Instant, sleep, timeout};
-
-fn prefix() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
 
 fn config(url: &str, prefix: &str) -> RedisBrokerConfig {
     RedisBrokerConfig {
@@ -123,17 +119,6 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("connect")
-}
-
-async fn sid(conn: &mut redis::aio::MultiplexedConnection, prefix: &str, name: &str) -> String {
-    let record: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:{{cfg}}:subs"))
-        .arg(name)
-        .query_async(conn)
-        .await
-        .expect("subscription record");
-    let record: serde_json::Value = serde_json::from_str(&record).expect("record JSON");
-    record["sid"].as_str().expect("sid").to_string()
 }
 
 /// `(t, k)` of every event stored in a subscription's default band.

@@ -381,3 +381,28 @@ impl RedisCluster {
         panic!("no master for slot {slot} in {shards}");
     }
 }
+
+/// A unique key prefix, so that brokers of different tests share nothing.
+pub fn key_prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// The key id (`sid`) of durable subscription `name` under `prefix`, read
+/// from its record in the routing config.
+///
+/// # Panics
+/// When the subscription has no readable record.
+pub async fn subscription_sid(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    name: &str,
+) -> String {
+    let record: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{cfg}}:subs"))
+        .arg(name)
+        .query_async(conn)
+        .await
+        .expect("subscription record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("record JSON");
+    record["sid"].as_str().expect("sid").to_string()
+}

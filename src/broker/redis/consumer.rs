@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::deliver::{dead_letter_unreadable, drop_expired, release};
+use super::deliver::{dead_letter_unreadable, drop_expired, give_back, release};
 use super::keys::RETURNED;
 use super::keys::{BAND_GROUP, BANDS};
 use super::subs::{self, Sub};
@@ -343,7 +343,8 @@ async fn read_bands(
             .drain(count..)
             .map(|(band, e)| (band, e.id))
             .collect();
-        give_back(shared, sub, &state.pel_name, &excess).await?;
+        let excess: Vec<(usize, &str)> = excess.iter().map(|(b, id)| (*b, id.as_str())).collect();
+        give_back(shared, &sub.keys, &state.pel_name, &excess).await?;
         slow_next = true;
     }
     if !entries.is_empty() {
@@ -381,45 +382,6 @@ async fn read_bands(
         },
         slow_next,
     })
-}
-
-/// Hands entries a consumer read beyond its free slots to the `~returned`
-/// pseudo-consumer, which the slow path serves first.
-async fn give_back(
-    shared: &Shared,
-    sub: &Sub,
-    owner: &str,
-    entries: &[(usize, String)],
-) -> Result<()> {
-    let mut inv = shared.scripts.hold.prepare_invoke();
-    for band in sub.keys.bands() {
-        inv.key(band);
-    }
-    inv.arg(owner).arg(RETURNED);
-    for (band, id) in entries {
-        inv.arg(*band).arg(id);
-    }
-    let mut conn = shared.conn();
-    shared
-        .call(inv.invoke_async::<Vec<String>>(&mut conn))
-        .await?;
-    mark_returned(shared, sub, entries.len()).await
-}
-
-/// Counts deliveries handed to `~returned`, so that fetches take the slow
-/// path (which sets the exact count again).
-pub(super) async fn mark_returned(shared: &Shared, sub: &Sub, n: usize) -> Result<()> {
-    let mut conn = shared.conn();
-    shared
-        .call(
-            redis::cmd("HINCRBY")
-                .arg(sub.keys.info())
-                .arg("returned")
-                .arg(n)
-                .query_async::<i64>(&mut conn),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Registers one read entry as held and makes its delivery; `None` when

@@ -35,7 +35,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::consumer::{ConsumerState, RedisConsumer};
-use super::keys::{BAND_GROUP, BANDS, RETURNED};
+use super::keys::{BAND_GROUP, BANDS, RETURNED, SubKeys};
 use super::publish::{entry_event, parse_id};
 use super::subs::Sub;
 use super::{Shared, now_ms};
@@ -205,6 +205,54 @@ async fn heartbeat(shared: &Shared, sub: &Sub, pel_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `hold.lua` on entries `(band, id)` pending to `owner`: they move
+/// to `to`, or with `to` empty only have their idle time reset. Returns
+/// the delivery ids that `owner` no longer held.
+async fn hold<'a>(
+    shared: &Shared,
+    keys: &SubKeys,
+    owner: &str,
+    to: &str,
+    entries: impl IntoIterator<Item = (usize, &'a str)>,
+) -> Result<Vec<String>> {
+    let mut inv = shared.scripts.hold.prepare_invoke();
+    for band in keys.bands() {
+        inv.key(band);
+    }
+    inv.arg(owner).arg(to);
+    for (band, id) in entries {
+        inv.arg(band).arg(id);
+    }
+    let mut conn = shared.conn();
+    shared.call(inv.invoke_async(&mut conn)).await
+}
+
+/// Hands entries pending to `owner` to the `~returned` pseudo-consumer,
+/// whose deliveries the slow fetch path serves first, and counts them in
+/// the subscription's `returned` (so that fetches take that path).
+pub(super) async fn give_back(
+    shared: &Shared,
+    keys: &SubKeys,
+    owner: &str,
+    entries: &[(usize, &str)],
+) -> Result<()> {
+    let gone = hold(shared, keys, owner, RETURNED, entries.iter().copied()).await?;
+    let returned = entries.len().saturating_sub(gone.len());
+    if returned > 0 {
+        let mut conn = shared.conn();
+        shared
+            .call(
+                redis::cmd("HINCRBY")
+                    .arg(keys.info())
+                    .arg("returned")
+                    .arg(returned)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Returns a consumer's held deliveries to the front of their bands and
 /// removes it from the subscription's consumer list.
 pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
@@ -212,29 +260,13 @@ pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
     let mut conn = shared.conn();
     if !held.is_empty() {
         let keys = shared.keys.sub(&state.sid);
-        let mut inv = shared.scripts.hold.prepare_invoke();
-        for band in keys.bands() {
-            inv.key(band);
-        }
-        inv.arg(&state.pel_name).arg(RETURNED);
-        for (_, h) in &held {
-            inv.arg(h.band).arg(&h.entry);
-        }
-        match shared
-            .call(inv.invoke_async::<Vec<String>>(&mut conn))
-            .await
-        {
-            Ok(gone) => {
-                let returned = held.len().saturating_sub(gone.len());
-                if returned > 0
-                    && let Some(sub) = shared.subs.by_sid(&state.sid)
-                    && let Err(e) = super::consumer::mark_returned(shared, &sub, returned).await
-                {
-                    tracing::debug!(error = %e, "returned deliveries not counted");
-                }
-            }
-            Err(e) => tracing::warn!(consumer = %state.display, error = %e,
-                "returning deliveries failed; they are reclaimed after reclaim_idle"),
+        let entries: Vec<(usize, &str)> = held
+            .iter()
+            .map(|(_, h)| (h.band, h.entry.as_str()))
+            .collect();
+        if let Err(e) = give_back(shared, &keys, &state.pel_name, &entries).await {
+            tracing::warn!(consumer = %state.display, error = %e,
+                "returning deliveries failed; they are reclaimed after reclaim_idle");
         }
     }
     let _ = shared
@@ -564,19 +596,8 @@ async fn keep_alive(shared: &Shared) {
         if held.is_empty() {
             continue;
         }
-        let mut inv = shared.scripts.hold.prepare_invoke();
-        for band in sub.keys.bands() {
-            inv.key(band);
-        }
-        inv.arg(&state.pel_name).arg("");
-        for (band, entry) in &held {
-            inv.arg(*band).arg(entry);
-        }
-        let mut conn = shared.conn();
-        match shared
-            .call(inv.invoke_async::<Vec<String>>(&mut conn))
-            .await
-        {
+        let entries = held.iter().map(|(band, entry)| (*band, entry.as_str()));
+        match hold(shared, &sub.keys, &state.pel_name, "", entries).await {
             Ok(gone) if !gone.is_empty() => {
                 let mut map = state.held.lock();
                 for delivery_id in &gone {
