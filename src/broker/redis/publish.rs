@@ -146,7 +146,8 @@ pub(super) async fn publish(
 struct Written {
     /// History id of every event (the first id of a duplicate).
     history: Vec<String>,
-    /// Band entry id per (event index, subscription index).
+    /// Band entry id per (event index, subscription index); filled only
+    /// when `fences_moved` (a compensation needs them).
     bands: HashMap<(usize, usize), String>,
     /// A partition's fence differs from the routing table's.
     fences_moved: bool,
@@ -349,6 +350,7 @@ async fn transact(
         fences_moved: false,
     };
     let mut short_of_replicas = None;
+    let mut execs = Vec::with_capacity(done.len());
     for (replies, wants) in done {
         let mut replies = replies.into_iter();
         let Some(Value::Array(exec)) = replies.next() else {
@@ -366,24 +368,32 @@ async fn transact(
         if exec.len() != wants.len() {
             return Err(bad("number of replies"));
         }
+        execs.push((exec, wants));
+    }
+    // Fences first: band entry ids are only kept for a compensation.
+    for (exec, wants) in &execs {
+        for (value, want) in exec.iter().zip(wants) {
+            if let Want::Fence(p) = want {
+                let fence: Option<i64> =
+                    redis::from_redis_value_ref(value).map_err(|_| bad("fence"))?;
+                if routes.fences.get(*p as usize).copied().unwrap_or(0) != fence.unwrap_or(0) {
+                    written.fences_moved = true;
+                }
+            }
+        }
+    }
+    for (exec, wants) in execs {
         for (value, want) in exec.into_iter().zip(wants) {
             match want {
-                Want::Skip => {}
                 Want::History(e) => {
                     written.history[e] =
                         redis::from_redis_value(value).map_err(|_| bad("history id"))?;
                 }
-                Want::Band(e, i) => {
+                Want::Band(e, i) if written.fences_moved => {
                     let id = redis::from_redis_value(value).map_err(|_| bad("band id"))?;
                     written.bands.insert((e, i), id);
                 }
-                Want::Fence(p) => {
-                    let fence: Option<i64> =
-                        redis::from_redis_value(value).map_err(|_| bad("fence"))?;
-                    if routes.fences.get(p as usize).copied().unwrap_or(0) != fence.unwrap_or(0) {
-                        written.fences_moved = true;
-                    }
-                }
+                Want::Band(..) | Want::Skip | Want::Fence(_) => {}
             }
         }
     }
