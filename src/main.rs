@@ -14,6 +14,13 @@ use clap::{Parser, Subcommand};
 /// short-lived allocations freed on other threads than the ones that made
 /// them, where glibc's malloc spent about a third of the router's CPU time
 /// (`event-router bench`, docs/benchmarks.md).
+///
+/// Built without transparent huge pages (`no_thp`), and [`main`] turns them
+/// off for the process: mimalloc returns freed memory to the OS in small
+/// pieces and takes it back on demand, and with huge pages every take-back
+/// zeroed a whole 2 MiB page. `perf` put that zeroing at 17 % of the
+/// router's CPU and up to half of the bench client's on the Redis durable
+/// path (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -55,6 +62,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A refusal (a sandbox without prctl) only costs speed; see GLOBAL.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args).await,
