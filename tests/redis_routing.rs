@@ -415,6 +415,100 @@ async fn acked_entries_are_trimmed_from_the_bands_but_held_ones_stay() {
     broker.close().await;
 }
 
+/// Acks of one subscription go out together, one `XACK` per band: every
+/// first ack of a held delivery succeeds, every repeat (in the same batch
+/// or a later one) is an unknown delivery, and the counter counts each
+/// event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_and_repeated_acks_each_get_their_own_answer() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let broker = Arc::new(connect(&server.url(), &prefix).await);
+    broker
+        .ensure_subscription(GroupSpec::new(
+            "acks",
+            Selector::parse(&["acks.#"], None).expect("selector"),
+        ))
+        .await
+        .expect("subscription");
+    // Two bands: priorities 5 and 9.
+    let events: Vec<Event> = (0..200)
+        .map(|n| {
+            let mut e = Event::new("acks.x", json!({ "n": n })).expect("event");
+            if n % 2 == 0 {
+                e.priority = event_router::Priority::parse("9").expect("priority");
+            }
+            e
+        })
+        .collect();
+    broker
+        .publish_batch(events, PublishOptions::default())
+        .await
+        .expect("publish");
+    let mut consumer = broker
+        .consume(
+            "acks",
+            ConsumeOptions {
+                max_in_flight: 1000,
+                ..ConsumeOptions::default()
+            },
+        )
+        .await
+        .expect("consume");
+    let mut ids = Vec::new();
+    while ids.len() < 200 {
+        let batch = timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("deliveries in time")
+            .expect("consumer");
+        ids.extend(batch.into_iter().map(|d| d.delivery_id));
+    }
+    let bands: HashSet<&str> = ids
+        .iter()
+        .filter_map(|d| d.split_once('-'))
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(bands.len(), 2, "deliveries from two bands: {bands:?}");
+    // Every delivery acked twice at once, the first 50 a third time.
+    let attempts: Vec<String> = ids
+        .iter()
+        .chain(ids.iter())
+        .chain(ids.iter().take(50))
+        .cloned()
+        .collect();
+    let answers = futures::future::join_all(attempts.iter().map(|id| {
+        let broker = broker.clone();
+        let id = id.clone();
+        async move { (id.clone(), broker.ack("acks", &id).await) }
+    }))
+    .await;
+    let mut ok = std::collections::HashMap::<String, usize>::new();
+    for (id, answer) in answers {
+        match answer {
+            Ok(()) => *ok.entry(id).or_default() += 1,
+            Err(BrokerError::UnknownDelivery(_)) => {}
+            Err(e) => panic!("ack {id}: {e}"),
+        }
+    }
+    assert_eq!(ok.len(), 200, "every delivery acked");
+    assert!(
+        ok.values().all(|&n| n == 1),
+        "each delivery acked exactly once: {:?}",
+        ok.iter()
+            .filter(|(_, n)| **n != 1)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    // A repeat long after: unknown.
+    assert!(matches!(
+        broker.ack("acks", &ids[7]).await,
+        Err(BrokerError::UnknownDelivery(_))
+    ));
+    let info = broker.subscription("acks").await.expect("info");
+    assert_eq!((info.in_flight, info.acked), (0, 200));
+    broker.close().await;
+}
+
 #[tokio::test]
 async fn a_redis_holding_the_first_layout_is_refused_with_what_to_do() {
     let server = RedisServer::start();

@@ -22,7 +22,7 @@
 //! delivery idle longer than `reclaim_idle` belongs to a dead replica and
 //! any replica's janitor fails it as an ack timeout.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,10 +58,27 @@ pub(super) struct Local {
 /// Acks of one subscription queued while another batch is in flight.
 #[derive(Default)]
 struct AckQueue {
-    /// (band, entry id, where the outcome goes).
-    waiting: Vec<(usize, String, oneshot::Sender<Result<bool>>)>,
+    waiting: Vec<QueuedAck>,
     /// A flush task is running and will take `waiting`.
     flushing: bool,
+}
+
+/// One ack waiting to go out.
+struct QueuedAck {
+    band: usize,
+    /// `<band>-<entry id>`, as parsed by [`parse_delivery`].
+    delivery_id: String,
+    /// Whether it was acked.
+    tx: oneshot::Sender<Result<bool>>,
+}
+
+impl QueuedAck {
+    /// The band entry's id.
+    fn id(&self) -> &str {
+        self.delivery_id
+            .split_once('-')
+            .map_or(self.delivery_id.as_str(), |(_, id)| id)
+    }
 }
 
 /// Acks sent in one pipeline at most.
@@ -113,11 +130,11 @@ impl Local {
         }
     }
 
-    /// Forgets a delivery held by a local consumer (acked or failed here);
-    /// returns whether local consumers should be woken: the holder now has
-    /// enough free slots to fetch again ([`ConsumerState::refill_at`]) or
-    /// holds nothing, or no local consumer held it.
-    fn forget(&self, sid: &str, delivery_id: &str) -> bool {
+    /// Forgets a delivery held by a local consumer (acked or failed here).
+    /// `None` when no local consumer held it; else whether local consumers
+    /// should be woken: the holder now has enough free slots to fetch again
+    /// ([`ConsumerState::refill_at`]) or holds nothing.
+    fn forget(&self, sid: &str, delivery_id: &str) -> Option<bool> {
         self.consumers
             .lock()
             .values()
@@ -129,7 +146,6 @@ impl Local {
                     free == c.refill_at() || held.is_empty()
                 })
             })
-            .unwrap_or(true)
     }
 
     /// A locally held delivery whose ack deadline has passed.
@@ -283,7 +299,7 @@ pub(super) async fn release(shared: &Shared, state: &ConsumerState) {
 
 /// Acknowledges a delivery from any replica.
 pub(super) async fn ack(shared: &Arc<Shared>, sub: &Arc<Sub>, delivery_id: &str) -> Result<()> {
-    let (band, id) = parse_delivery(delivery_id)?;
+    let (band, _) = parse_delivery(delivery_id)?;
     let sid = &sub.record.sid;
     if let Some(holder) = shared.deliver.overdue(sid, delivery_id) {
         // Same answer as the memory broker: past its deadline, a delivery
@@ -291,13 +307,17 @@ pub(super) async fn ack(shared: &Arc<Shared>, sub: &Arc<Sub>, delivery_id: &str)
         expire_one(shared, &holder, delivery_id).await;
         return Err(BrokerError::UnknownDelivery(delivery_id.to_string()));
     }
-    // Concurrent acks of one subscription share one script call: the
-    // first starts a flush task, the others join its queue.
+    // Concurrent acks of one subscription share one round trip: the first
+    // starts a flush task, the others join its queue.
     let (tx, rx) = oneshot::channel();
     let start = {
         let mut queues = shared.deliver.acks.lock();
         let queue = queues.entry(sid.clone()).or_default();
-        queue.waiting.push((band, id.to_string(), tx));
+        queue.waiting.push(QueuedAck {
+            band,
+            delivery_id: delivery_id.to_string(),
+            tx,
+        });
         !std::mem::replace(&mut queue.flushing, true)
     };
     if start {
@@ -306,9 +326,6 @@ pub(super) async fn ack(shared: &Arc<Shared>, sub: &Arc<Sub>, delivery_id: &str)
     let done = rx
         .await
         .map_err(|_| BrokerError::Internal("ack batch dropped".into()))??;
-    if shared.deliver.forget(sid, delivery_id) {
-        shared.deliver.notify(sid);
-    }
     if done {
         Ok(())
     } else {
@@ -317,10 +334,19 @@ pub(super) async fn ack(shared: &Arc<Shared>, sub: &Arc<Sub>, delivery_id: &str)
 }
 
 /// Sends the queued acks of `sub` in batches until its queue is empty.
+///
+/// One `XACK` per band carries every distinct id of the batch (a command
+/// per id cost Redis about a microsecond each, and the router an encoded
+/// command and a reply each). `XACK` answers with a count, not per id:
+/// when it acked every id, each ack succeeded; when it acked fewer (an id
+/// acked already, or dropped meanwhile), an ack counts as done if a local
+/// consumer held its delivery, and as an unknown delivery otherwise. Held
+/// deliveries are forgotten here, in batch order, so that of two acks of
+/// one delivery only the first is done.
 async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
     let sid = &sub.record.sid;
     loop {
-        let batch: Vec<_> = {
+        let batch: Vec<QueuedAck> = {
             let mut queues = shared.deliver.acks.lock();
             let Some(queue) = queues.get_mut(sid) else {
                 return;
@@ -332,50 +358,78 @@ async fn flush_acks(shared: Arc<Shared>, sub: Arc<Sub>) {
             let n = queue.waiting.len().min(ACK_BATCH);
             queue.waiting.drain(..n).collect()
         };
+        // Distinct ids per band, in order; a repeated id is acked once.
+        let mut bands: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        let mut repeated = vec![false; batch.len()];
+        {
+            let mut seen = HashSet::with_capacity(batch.len());
+            for (i, ack) in batch.iter().enumerate() {
+                if seen.insert((ack.band, ack.id())) {
+                    bands.entry(ack.band).or_default().push(ack.id());
+                } else {
+                    repeated[i] = true;
+                }
+            }
+        }
         let mut pipe = redis::pipe();
-        for (band, id, _) in &batch {
+        for (band, ids) in &bands {
             pipe.cmd("XACK")
                 .arg(sub.keys.band(*band))
                 .arg(BAND_GROUP)
-                .arg(id);
+                .arg(ids);
         }
         let mut conn = shared.conn();
-        let outcome: Result<Vec<i64>> = shared.call(pipe.query_async(&mut conn)).await;
-        match outcome {
-            Ok(done) if done.len() == batch.len() => {
-                let acked: i64 = done.iter().sum();
-                for ((_, _, tx), n) in batch.into_iter().zip(done) {
-                    let _ = tx.send(Ok(n == 1));
-                }
-                // After the XACKs, and only when something was acked: a
-                // blind HINCRBY would recreate the `info` of a subscription
-                // deleted meanwhile. Awaited before the next batch, so that
-                // counters read after an ack include it; acks arriving
-                // meanwhile make the next batch bigger.
-                if acked > 0 {
-                    let _ = shared
-                        .call(
-                            redis::cmd("HINCRBY")
-                                .arg(sub.keys.info())
-                                .arg("acked")
-                                .arg(acked)
-                                .query_async::<i64>(&mut conn),
-                        )
-                        .await;
-                }
-            }
+        let outcome: Result<Vec<usize>> = shared.call(pipe.query_async(&mut conn)).await;
+        let counts = match outcome {
+            Ok(counts) if counts.len() == bands.len() => counts,
             Ok(_) => {
-                for (_, _, tx) in batch {
-                    let _ = tx.send(Err(BrokerError::Internal(
-                        "ack pipeline returned the wrong number of results".into(),
-                    )));
+                let e = BrokerError::Internal(
+                    "ack pipeline returned the wrong number of results".into(),
+                );
+                for ack in batch {
+                    let _ = ack.tx.send(Err(e.clone()));
                 }
+                continue;
             }
             Err(e) => {
-                for (_, _, tx) in batch {
-                    let _ = tx.send(Err(e.clone()));
+                for ack in batch {
+                    let _ = ack.tx.send(Err(e.clone()));
                 }
+                continue;
             }
+        };
+        let whole: HashMap<usize, bool> = bands
+            .iter()
+            .zip(&counts)
+            .map(|((band, ids), n)| (*band, *n == ids.len()))
+            .collect();
+        let acked: usize = counts.iter().sum();
+        drop(bands);
+        let mut wake = false;
+        for (ack, repeated) in batch.into_iter().zip(repeated) {
+            let forgot = shared.deliver.forget(sid, &ack.delivery_id);
+            wake |= forgot.unwrap_or(true);
+            let done = !repeated && (whole.get(&ack.band) == Some(&true) || forgot.is_some());
+            let _ = ack.tx.send(Ok(done));
+        }
+        if wake {
+            shared.deliver.notify(sid);
+        }
+        // After the XACKs, and only when something was acked: a blind
+        // HINCRBY would recreate the `info` of a subscription deleted
+        // meanwhile. Awaited before the next batch, so that counters read
+        // after an ack include it; acks arriving meanwhile make the next
+        // batch bigger.
+        if acked > 0 {
+            let _ = shared
+                .call(
+                    redis::cmd("HINCRBY")
+                        .arg(sub.keys.info())
+                        .arg("acked")
+                        .arg(acked)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
         }
     }
 }
