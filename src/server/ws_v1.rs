@@ -488,10 +488,19 @@ mod tests {
     #[test]
     fn unknown_subscription_keys_are_refused_and_named() {
         for (sub, key) in [
-            (json!({"type":"filtered","filter":{"event_type":["a"]}}), "event_type"),
+            (
+                json!({"type":"filtered","filter":{"event_type":["a"]}}),
+                "event_type",
+            ),
             (json!({"type":"filtered","topics":["a"]}), "topics"),
-            (json!({"type":"pattern","pattern":"a.*","regex":true}), "regex"),
-            (json!({"type":"conditional","conditions":{},"mode":"any"}), "mode"),
+            (
+                json!({"type":"pattern","pattern":"a.*","regex":true}),
+                "regex",
+            ),
+            (
+                json!({"type":"conditional","conditions":{},"mode":"any"}),
+                "mode",
+            ),
             (json!({"type":"all","filter":{}}), "filter"),
         ] {
             let e = parse_subscription(sub).unwrap_err();
