@@ -8,7 +8,7 @@
 //! - [`acl`]: grants and the subscription-pattern containment check.
 //!
 //! [`Auth`] is built once per server. The HTTP layer ([`middleware`])
-//! authenticates every request except `/health`, `/ready`, `/metrics` and
+//! authenticates every request except `/health`, `/live`, `/ready`, `/metrics` and
 //! `/openapi.json` from `Authorization: Bearer`, or a `token` query
 //! parameter (for browsers' WebSocket and EventSource), enforces the admin
 //! and group rules of the subscription endpoints by path, and leaves an
@@ -578,7 +578,10 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeAccess {
 
 /// Paths served without credentials: probes, metrics, the API description.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
+    matches!(
+        path,
+        "/health" | "/live" | "/ready" | "/metrics" | "/openapi.json"
+    )
 }
 
 /// The bearer token of a request: `Authorization: Bearer`, else a `token`
@@ -670,7 +673,8 @@ fn unauthorized(e: ApiError) -> Response {
     response
 }
 
-/// Admin and group rules of `/api/v1/stats` and `/api/v1/subscriptions...`.
+/// Admin and group rules of `/api/v1/stats`, `/api/v1/events/purge` and
+/// `/api/v1/subscriptions...`.
 /// Returns the admin action to audit, if the request is one.
 fn authorize_path(
     access: &Access,
@@ -680,6 +684,10 @@ fn authorize_path(
     if path == "/api/v1/stats" {
         access.check_admin("stats")?;
         return Ok(None);
+    }
+    if path == "/api/v1/events/purge" {
+        access.check_admin("purge history")?;
+        return Ok(Some("history_purge"));
     }
     let Some(rest) = path.strip_prefix("/api/v1/subscriptions") else {
         return Ok(None);

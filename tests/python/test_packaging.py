@@ -95,7 +95,7 @@ def test_router_deployment_is_probed_hardened_and_drains_before_it_is_killed():
     pod = router["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/live"
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
