@@ -352,7 +352,8 @@ pub async fn run(
         }
         Some(files) => {
             let listener = tls::TlsListener::new(listener, files, shutdown.clone())?;
-            if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
+            if let Ok(peer) = axum::serve::Listener::local_addr(&listener) {
+                let addr = peer.addr;
                 tracing::info!(%addr, "serving HTTPS, WSS and SSE over TLS");
             }
             tokio::spawn(connection::serve(
