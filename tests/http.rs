@@ -664,6 +664,7 @@ async fn openapi_json_lists_every_http_path() {
     for path in [
         "/api/v1/events",
         "/api/v1/events/batch",
+        "/api/v1/events/purge",
         "/api/v1/events/stream",
         "/api/v1/request",
         "/api/v1/stats",
