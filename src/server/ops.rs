@@ -147,9 +147,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
     } else {
         "broker not reachable".to_string()
     };
+    // /health is public: the cause goes to the log, not to the caller.
     let (queue, kind) = match broker.stats().await {
         Ok(stats) => ("ok".to_string(), stats.kind),
-        Err(e) => (format!("cannot read broker stats: {e}"), "unknown"),
+        Err(error) => {
+            tracing::warn!(%error, "health: cannot read the broker's stats");
+            ("broker stats unavailable".to_string(), "unknown")
+        }
     };
     let checks = HealthChecks {
         transport,
