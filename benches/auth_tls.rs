@@ -81,6 +81,7 @@ fn tls_files() -> Tls {
     let files = TlsFiles {
         cert: dir.join("tls.crt"),
         key: dir.join("tls.key"),
+        client_ca: None,
     };
     std::fs::write(&files.cert, ck.cert.pem()).unwrap();
     std::fs::write(&files.key, ck.signing_key.serialize_pem()).unwrap();

@@ -265,6 +265,14 @@ pub struct ServerSection {
     /// PEM private key of `tls_cert`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// PEM file of the certificate authorities whose client certificates
+    /// the TLS listener accepts (mTLS; reloaded when it changes). Clients
+    /// without a certificate may still connect and use tokens; one with a
+    /// certificate that does not verify is refused in the handshake.
+    /// `auth.client_certs` makes verified certificates credentials. Needs
+    /// `tls_cert`. Default none: client certificates are not requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -285,6 +293,7 @@ impl Default for ServerSection {
             max_unauthenticated_connections: server::DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -457,6 +466,12 @@ impl Config {
             return invalid(
                 "server.tls_cert",
                 "tls_cert and tls_key must be set together".into(),
+            );
+        }
+        if self.server.tls_client_ca.is_some() && self.server.tls_cert.is_none() {
+            return invalid(
+                "server.tls_client_ca",
+                "client certificates need TLS: set tls_cert and tls_key too".into(),
             );
         }
         let r = &self.redis;

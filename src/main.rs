@@ -36,7 +36,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
         event-router serve                                # router on :8080, in-memory broker\n  \
         event-router publish task.created '{\"id\":42}'     # publish one event\n  \
         event-router tail 'task.*'                         # print matching events as they arrive\n  \
-        event-router status                               # health, counters, subscriptions\n\n\
+        event-router status                               # health, counters, subscriptions\n  \
+        event-router export --output events.jsonl          # retained events as JSON lines\n\n\
         Client commands talk to --url (env EVENT_ROUTER_URL, default http://127.0.0.1:8080).\n\
         Protocol reference: docs/protocol.md. Configuration: docs/configuration.md."
 )]
@@ -49,10 +50,13 @@ struct Cli {
 enum Command {
     Serve(cli::serve::ServeArgs),
     Publish(cli::publish::PublishArgs),
+    #[command(visible_alias = "monitor")]
     Tail(cli::tail::TailArgs),
     Status(cli::status::StatusArgs),
     Dlq(cli::dlq::DlqArgs),
     Replay(cli::replay::ReplayArgs),
+    Export(cli::export::ExportArgs),
+    Purge(cli::purge::PurgeArgs),
     Bench(cli::bench::BenchArgs),
     Apply(cli::apply::ApplyArgs),
     Auth(cli::auth::AuthArgs),
@@ -73,6 +77,8 @@ async fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(args).await,
         Command::Dlq(args) => cli::dlq::run(args).await,
         Command::Replay(args) => cli::replay::run(args).await,
+        Command::Export(args) => cli::export::run(args).await,
+        Command::Purge(args) => cli::purge::run(args).await,
         Command::Bench(args) => cli::bench::run(args).await,
         Command::Apply(args) => cli::apply::run(args).await,
         Command::Auth(args) => cli::auth::run(args),

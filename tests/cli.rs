@@ -77,7 +77,30 @@ fn help_of_every_subcommand_exits_zero_and_names_its_flags() {
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["--help"],
-            &["serve", "publish", "tail", "status", "dlq", "replay"],
+            &[
+                "serve", "publish", "tail", "monitor", "status", "dlq", "replay", "export", "purge",
+            ],
+        ),
+        (
+            &["monitor", "--help"],
+            &["--filter", "--group", "--json", "--url", "Examples:"],
+        ),
+        (
+            &["export", "--help"],
+            &[
+                "--topic",
+                "--filter",
+                "--from",
+                "--to",
+                "--format",
+                "cloudevents",
+                "--output",
+                "Examples:",
+            ],
+        ),
+        (
+            &["purge", "--help"],
+            &["--older-than", "--confirm", "--topic", "Examples:"],
         ),
         (
             &["serve", "--help"],
@@ -413,6 +436,16 @@ fn serve_applies_resource_files_visible_in_status_json() {
         "{}",
         text.stdout
     );
+    // The v2 design's CLI example.
+    for line in [
+        "Event Router Status: Running",
+        "Events Published: 0",
+        "Active Subscriptions: 1",
+        "Queue Depth: 0",
+    ] {
+        assert!(text.stdout.contains(line), "{line:?} in:\n{}", text.stdout);
+    }
+    assert!(text.stdout.contains("Events/sec: "), "{}", text.stdout);
 }
 
 #[test]

@@ -287,6 +287,35 @@ async fn stats_report_broker_counters_and_connections() {
 }
 
 #[tokio::test]
+async fn stats_have_the_v2_designs_fields_first() {
+    let a = app();
+    let (status, _) = a
+        .json(
+            "PUT",
+            "/api/v1/subscriptions/jobs",
+            json!({"topics":["job.*"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for n in 0..3 {
+        a.json(
+            "POST",
+            "/api/v1/events",
+            json!({"type":"job.run","payload":n}),
+        )
+        .await;
+    }
+    let (status, body) = a.get("/api/v1/stats").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events_published"], 3, "{body}");
+    assert_eq!(body["events_delivered"], 0, "{body}");
+    assert_eq!(body["active_subscriptions"], 1, "{body}");
+    assert_eq!(body["queue_depth"], 3, "{body}");
+    assert_eq!(body["error_rate"], 0.0, "{body}");
+    assert!(body["events_per_second"].as_f64().is_some(), "{body}");
+}
+
+#[tokio::test]
 async fn subscriptions_are_created_read_listed_and_deleted() {
     let a = app();
     let spec = json!({"topics":["order.*"],"filter":{"priority":{"$gte":5}},
@@ -588,11 +617,14 @@ async fn requests_over_http_get_the_reply_or_time_out_with_504() {
 }
 
 #[tokio::test]
-async fn health_is_always_ok_and_ready_turns_503_on_shutdown() {
+async fn health_has_the_designs_shape_and_ready_turns_503_on_shutdown() {
     let a = app();
+    let (status, body) = a.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "healthy", "{body}");
     assert_eq!(
-        a.get("/health").await,
-        (StatusCode::OK, json!({"status":"ok"}))
+        body["checks"],
+        json!({"transport":"ok","persistence":"ok","queue":"ok"})
     );
     assert_eq!(
         a.get("/ready").await,
@@ -601,7 +633,25 @@ async fn health_is_always_ok_and_ready_turns_503_on_shutdown() {
     a.token.cancel();
     let (status, body) = a.get("/ready").await;
     assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
-    assert_eq!(a.get("/health").await.0, StatusCode::OK);
+    let (status, body) = a.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["checks"]["transport"], "shutting down", "{body}");
+    assert_eq!(
+        a.get("/live").await,
+        (StatusCode::OK, json!({"status":"alive"}))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_check_makes_health_unhealthy_with_503() {
+    let a = app();
+    a.router.broker().close().await;
+    let (status, body) = a.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert_eq!(body["checks"]["transport"], "ok", "{body}");
+    assert_ne!(body["checks"]["persistence"], "ok", "{body}");
+    assert_eq!(a.get("/live").await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -614,6 +664,7 @@ async fn openapi_json_lists_every_http_path() {
     for path in [
         "/api/v1/events",
         "/api/v1/events/batch",
+        "/api/v1/events/purge",
         "/api/v1/events/stream",
         "/api/v1/request",
         "/api/v1/stats",
@@ -626,6 +677,7 @@ async fn openapi_json_lists_every_http_path() {
         "/api/v1/subscriptions/{name}/dlq/purge",
         "/api/v1/subscriptions/{name}/replay",
         "/health",
+        "/live",
         "/ready",
     ] {
         assert!(paths.contains_key(path), "{path} missing from openapi.json");

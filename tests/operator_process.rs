@@ -17,7 +17,7 @@ use event_router::operator::ConfigStore;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use common::process::Child;
+use common::process::{Child, Stream};
 use common::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -84,6 +84,12 @@ async fn api(State(fake): State<Fake>, request: Request) -> Response {
             .into_response();
     }
     match (&method, path.as_str()) {
+        (&Method::GET, "/version") => json_response(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "x",
+                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}),
+        ),
         (&Method::GET, SUBS) if fake.crds => list("SubscriptionList", vec![subscription()]),
         (&Method::GET, ROUTES) if fake.crds => list("EventRouteList", vec![]),
         (&Method::GET, SUBS | ROUTES) => not_found(),
@@ -146,6 +152,8 @@ fn operator(redis: &RedisServer, prefix: &str, kubeconfig: &std::path::Path) -> 
             "op-1",
             "--status-interval",
             "1s",
+            "--probe-listen",
+            "127.0.0.1:0",
         ],
         &[("KUBECONFIG", kc.as_str()), ("RUST_LOG", "info")],
     )
@@ -199,6 +207,27 @@ async fn operator_leads_reconciles_into_redis_and_releases_the_lease_on_sigterm(
         .await
         .expect("a second status update within the interval")
         .unwrap();
+
+    // The probes answer on the port the operator printed.
+    let line = tokio::task::block_in_place(|| {
+        child.line_matching(Stream::Stderr, WAIT, |l| {
+            l.starts_with("probes listening on ")
+        })
+    })
+    .unwrap_or_else(|| panic!("no probe line; output:\n{}", child.output()));
+    let addr = line
+        .trim_start_matches("probes listening on ")
+        .trim()
+        .to_string();
+    let healthz = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 200);
+    let body: Value = readyz.json().await.unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["role"], "leader", "{body}");
 
     child.signal("TERM");
     // The fake API server must keep answering while this thread waits.

@@ -52,6 +52,7 @@ async fn start(scratch: &Scratch) -> (Running, TlsFiles, CertificateDer<'static>
     let files = TlsFiles {
         cert: scratch.0.join("tls.crt"),
         key: scratch.0.join("tls.key"),
+        client_ca: None,
     };
     let der = write_cert(&files);
     let server = start_with(ServerConfig {
@@ -174,6 +175,7 @@ async fn a_key_that_does_not_fit_the_certificate_is_named() {
     let files = TlsFiles {
         cert: scratch.0.join("tls.crt"),
         key: scratch.0.join("tls.key"),
+        client_ca: None,
     };
     write_cert(&files);
     let other = rcgen::KeyPair::generate().unwrap();
@@ -183,6 +185,7 @@ async fn a_key_that_does_not_fit_the_certificate_is_named() {
     let missing = TlsFiles {
         cert: scratch.0.join("absent.crt"),
         key: files.key.clone(),
+        client_ca: None,
     };
     assert!(
         missing

@@ -31,6 +31,11 @@ pub struct AuthConfig {
     /// Who may publish, subscribe, join groups and administer.
     #[serde(deserialize_with = "null_is_default")]
     pub acl: Vec<AclEntry>,
+    /// Client certificates (mTLS) as credentials: a certificate verified
+    /// against `server.tls_client_ca` authenticates the principal named by
+    /// its common name or first alternative name. Absent: certificates are
+    /// not credentials.
+    pub client_certs: Option<super::cert::ClientCertConfig>,
     /// Whether requests without a token are served as principal
     /// `anonymous` (with the ACL entries naming `anonymous`). Default false.
     pub anonymous: bool,

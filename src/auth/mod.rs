@@ -6,9 +6,10 @@
 //! - [`keys`]: API keys, SHA-256 at rest, constant-time compare.
 //! - [`jwt`]: HS256 / RS256 / ES256 / JWKS verification.
 //! - [`acl`]: grants and the subscription-pattern containment check.
+//! - [`cert`]: client certificates (mTLS) as credentials.
 //!
 //! [`Auth`] is built once per server. The HTTP layer ([`middleware`])
-//! authenticates every request except `/health`, `/ready`, `/metrics` and
+//! authenticates every request except `/health`, `/live`, `/ready`, `/metrics` and
 //! `/openapi.json` from `Authorization: Bearer`, or a `token` query
 //! parameter (for browsers' WebSocket and EventSource), enforces the admin
 //! and group rules of the subscription endpoints by path, and leaves an
@@ -25,6 +26,7 @@
 //! logged with target `audit` and counted ([`AuthStats`]).
 
 pub mod acl;
+pub mod cert;
 pub mod config;
 pub mod jwt;
 pub mod keys;
@@ -43,6 +45,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 pub use acl::Grants;
+pub use cert::{CertPrincipal, ClientCertConfig, ClientCertificate};
 pub use config::{AclEntry, ApiKeyEntry, AuthConfig, AuthConfigError, JwtConfig, LimitsConfig};
 pub use keys::{generate_key, sha256_hex};
 
@@ -75,6 +78,9 @@ pub struct Auth {
     anonymous: bool,
     keys: keys::ApiKeys,
     jwt: Option<jwt::JwtVerifier>,
+    /// Which name of a verified client certificate is the principal;
+    /// `None`: certificates are not credentials.
+    client_certs: Option<CertPrincipal>,
     acl: Vec<acl::CompiledEntry>,
     limits: LimitsConfig,
     grants: Mutex<HashMap<String, Arc<Grants>>>,
@@ -112,6 +118,7 @@ impl Auth {
             anonymous: true,
             keys: keys::ApiKeys::default(),
             jwt: None,
+            client_certs: None,
             acl: Vec::new(),
             limits: LimitsConfig::default(),
             grants: Mutex::default(),
@@ -143,9 +150,11 @@ impl Auth {
                 "limits.publish_burst must be at least 1, got {burst}"
             )));
         }
-        if keys.is_empty() && jwt.is_none() && !config.anonymous {
+        let client_certs = config.client_certs.as_ref().map(|c| c.principal);
+        if keys.is_empty() && jwt.is_none() && client_certs.is_none() && !config.anonymous {
             return Err(AuthConfigError::Invalid(
-                "no api_keys, no jwt and anonymous is false: nobody could connect".into(),
+                "no api_keys, no jwt, no client_certs and anonymous is false: nobody could connect"
+                    .into(),
             ));
         }
         Ok(Auth {
@@ -153,6 +162,7 @@ impl Auth {
             anonymous: config.anonymous,
             keys,
             jwt,
+            client_certs,
             acl,
             limits: config.limits.clone(),
             grants: Mutex::default(),
@@ -200,6 +210,32 @@ impl Auth {
             _ => "unknown API key".to_string(),
         };
         Err(self.unauthorized(&reason))
+    }
+
+    /// The access of a client certificate the TLS layer verified, when
+    /// `auth.client_certs` makes certificates credentials (`None` when it
+    /// does not: the request is then treated as having no credentials).
+    ///
+    /// # Errors
+    /// 401 `unauthorized` when the certificate lacks the configured name.
+    pub fn authenticate_certificate(
+        self: &Arc<Self>,
+        cert: &ClientCertificate,
+    ) -> Option<Result<Access, ApiError>> {
+        if !self.enforced {
+            return Some(Ok(Access::unrestricted()));
+        }
+        let from = self.client_certs?;
+        Some(match cert.principal(from) {
+            Some(principal) => Ok(self.access_for(principal.to_string(), true)),
+            None => Err(self.unauthorized(&format!(
+                "the client certificate has no {}",
+                match from {
+                    CertPrincipal::CommonName => "subject common name",
+                    CertPrincipal::AltName => "subject alternative name",
+                }
+            ))),
+        })
     }
 
     /// Counts, logs and builds a 401.
@@ -578,7 +614,10 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeAccess {
 
 /// Paths served without credentials: probes, metrics, the API description.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
+    matches!(
+        path,
+        "/health" | "/live" | "/ready" | "/metrics" | "/openapi.json"
+    )
 }
 
 /// The bearer token of a request: `Authorization: Bearer`, else a `token`
@@ -626,12 +665,18 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: N
         return next.run(req).await;
     }
     let is_ws = req.method() == Method::GET && (path == "/" || path == "/ws");
-    let access = match request_token(req.headers(), req.uri()) {
-        Some(token) => match auth.authenticate(&token) {
+    let certificate = req
+        .extensions()
+        .get::<ClientCertificate>()
+        .and_then(|cert| auth.authenticate_certificate(cert));
+    let access = match (request_token(req.headers(), req.uri()), certificate) {
+        (Some(token), _) => match auth.authenticate(&token) {
             Ok(access) => Some(access),
             Err(e) => return unauthorized(e),
         },
-        None => match auth.anonymous_access() {
+        (None, Some(Ok(access))) => Some(access),
+        (None, Some(Err(e))) => return unauthorized(e),
+        (None, None) => match auth.anonymous_access() {
             Some(access) => Some(access),
             None if is_ws => None,
             None => return unauthorized(auth.unauthorized("no bearer token")),
@@ -670,7 +715,8 @@ fn unauthorized(e: ApiError) -> Response {
     response
 }
 
-/// Admin and group rules of `/api/v1/stats` and `/api/v1/subscriptions...`.
+/// Admin and group rules of `/api/v1/stats`, `/api/v1/events/purge` and
+/// `/api/v1/subscriptions...`.
 /// Returns the admin action to audit, if the request is one.
 fn authorize_path(
     access: &Access,
@@ -680,6 +726,10 @@ fn authorize_path(
     if path == "/api/v1/stats" {
         access.check_admin("stats")?;
         return Ok(None);
+    }
+    if path == "/api/v1/events/purge" {
+        access.check_admin("purge history")?;
+        return Ok(Some("history_purge"));
     }
     let Some(rest) = path.strip_prefix("/api/v1/subscriptions") else {
         return Ok(None);
@@ -782,6 +832,7 @@ pub fn server_config(
         server.tls = Some(crate::server::tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
+            client_ca: config.server.tls_client_ca.clone(),
         });
     }
     Ok(server)

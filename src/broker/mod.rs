@@ -384,6 +384,15 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// Which retained events to delete from history.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPurge {
+    /// Events whose `time` is before this.
+    pub before: Timestamp,
+    /// Only events this selector matches; all events when `None`.
+    pub selector: Option<Selector>,
+}
+
 /// An event from history with its cursor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEntry {
@@ -536,6 +545,12 @@ pub trait Broker: Send + Sync + 'static {
     /// redelivery (the subscription's selector is not applied again).
     /// Returns how many were queued.
     async fn replay(&self, subscription: &str, query: HistoryQuery) -> Result<u64>;
+
+    /// Deletes retained events whose `time` is before `purge.before` (and
+    /// that its selector matches) from history; durable subscriptions'
+    /// queues and dead letters keep theirs. Returns how many were deleted.
+    /// Events published meanwhile are never deleted unless they match.
+    async fn purge_history(&self, purge: HistoryPurge) -> Result<u64>;
 
     /// Broker-wide counters.
     async fn stats(&self) -> Result<BrokerStats>;

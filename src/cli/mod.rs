@@ -1,6 +1,7 @@
 //! The subcommands of the `event-router` binary, one module each.
 //!
-//! `serve` runs a router; the others (`publish`, `tail`, `status`, `dlq`) are
+//! `serve` runs a router; the others (`publish`, `tail`/`monitor`, `status`,
+//! `dlq`, `replay`, `export`, `purge`) are
 //! clients of a running router's HTTP and WebSocket API (`docs/protocol.md`),
 //! reached through [`ApiClient`] at `--url`.
 
@@ -9,8 +10,10 @@ pub mod auth;
 pub mod bench;
 pub mod crd;
 pub mod dlq;
+pub mod export;
 pub mod operator;
 pub mod publish;
+pub mod purge;
 pub mod replay;
 pub mod serve;
 pub mod status;

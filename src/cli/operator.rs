@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use event_router::config;
-use event_router::operator::{self, OperatorConfig, leader};
+use event_router::operator::{self, OperatorConfig, leader, probes};
 use tokio_util::sync::CancellationToken;
 
 /// Run the operator: reconcile Subscription and EventRoute resources into
@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  \
     event-router operator --redis redis://redis:6379/\n  \
-    event-router operator --redis redis://redis:6379/ --namespace agents")]
+    event-router operator --redis redis://redis:6379/ --namespace agents\n  \
+    curl -s localhost:8081/readyz      # {\"status\":\"ready\",\"role\":\"leader\",\"checks\":{...}}")]
 pub struct OperatorArgs {
     /// The Redis the replicas share, e.g. redis://redis:6379/.
     #[arg(long, env = "EVENT_ROUTER_REDIS", value_name = "URL")]
@@ -63,6 +64,16 @@ pub struct OperatorArgs {
     /// Interval of status updates (pending, lag, DLQ, consumers).
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = config::parse_duration)]
     pub status_interval: Duration,
+
+    /// Address of the probe port: GET /healthz (liveness) and /readyz
+    /// (leader or standby, API server and Redis reachable).
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_PROBE_LISTEN",
+        value_name = "ADDR",
+        default_value = probes::DEFAULT_PROBE_LISTEN
+    )]
+    pub probe_listen: String,
 }
 
 /// Runs the operator until SIGINT/SIGTERM.
@@ -85,6 +96,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         lease_duration: args.lease_duration,
         status_interval: args.status_interval.max(Duration::from_secs(1)),
     };
+    let probe_listener = tokio::net::TcpListener::bind(&args.probe_listen)
+        .await
+        .with_context(|| format!("cannot listen on --probe-listen {}", args.probe_listen))?;
+    if let Ok(addr) = probe_listener.local_addr() {
+        // A stable line for scripts and tests, like `serve`'s.
+        eprintln!("probes listening on {addr}");
+    }
     let token = CancellationToken::new();
     let stop = super::shutdown_signal().await;
     let cancel = token.clone();
@@ -92,7 +110,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         stop.await;
         cancel.cancel();
     });
-    operator::run(client, config, token).await?;
+    operator::run(client, config, Some(probe_listener), token).await?;
     Ok(ExitCode::SUCCESS)
 }
 

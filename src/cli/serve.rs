@@ -104,6 +104,16 @@ pub struct ServeArgs {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA bundle: verify client certificates (mTLS); with `client_certs` in the auth file they authenticate.
+    #[arg(
+        long,
+        env = "EVENT_ROUTER_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Largest event payload in bytes [default: 1048576].
     #[arg(
         long,
@@ -465,6 +475,9 @@ impl ServeArgs {
         if self.tls_cert.is_some() {
             c.server.tls_cert.clone_from(&self.tls_cert);
             c.server.tls_key.clone_from(&self.tls_key);
+        }
+        if self.tls_client_ca.is_some() {
+            c.server.tls_client_ca.clone_from(&self.tls_client_ca);
         }
         set(&mut c.broker.history_max_events, &self.history_max_events);
         set(&mut c.broker.history_max_age, &self.history_max_age);

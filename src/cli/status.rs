@@ -12,7 +12,9 @@ use super::{ApiClient, Endpoint, describe_error, print_json, print_line, table};
 
 /// Show a router's health, readiness, counters and durable subscriptions.
 ///
-/// Prints the replicas sharing the Redis (on the Redis broker: those whose
+/// Starts with the v2 design's summary (`Event Router Status: Running`,
+/// Events Published, Active Subscriptions, Queue Depth, events per second,
+/// error rate), then the health checks, readiness, the replicas sharing the Redis (on the Redis broker: those whose
 /// membership heartbeat is recent), and a table of durable subscriptions (pending, in flight,
 /// retrying, lag, dead letters, consumers). Reads GET /health, /ready,
 /// /api/v1/stats, /api/v1/subscriptions and /metrics (for lag).
@@ -92,14 +94,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }))?;
         return Ok(code);
     }
-    let mut out = vec![
-        format!("router:  {}", client.base()),
-        format!("health:  {}", health.describe(health_code)),
-        format!("ready:   {}", ready.describe(ready_code)),
-        format!("broker:  {}", broker_line(&stats)),
-        format!("stats:   {}", stats_line(&stats)),
+    let mut out = summary(&stats, health.ok && ready.ok, client.base().as_str());
+    out.extend([
+        format!("Health: {}", health.describe(health_code)),
+        format!("Ready: {}", ready.describe(ready_code)),
+        format!("Details: {}", stats_line(&stats)),
         String::new(),
-    ];
+    ]);
     if !replicas.is_empty() {
         out.push(replica_table(
             &replicas,
@@ -114,6 +115,51 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     print_line(&out.join("\n")).context("cannot write to stdout")?;
     Ok(code)
+}
+
+/// The v2 design's summary lines: state, transport, broker, the headline
+/// counters (thousands separated) and rates.
+fn summary(stats: &Value, up: bool, url: &str) -> Vec<String> {
+    let count = |key: &str| {
+        stats
+            .get(key)
+            .and_then(Value::as_u64)
+            .map_or("-".into(), thousands)
+    };
+    let rate = |key: &str| stats.get(key).and_then(Value::as_f64);
+    vec![
+        format!(
+            "Event Router Status: {}",
+            if up { "Running" } else { "Degraded" }
+        ),
+        format!("Transport: WebSocket, HTTP, SSE at {url}"),
+        format!("Broker: {}", broker_line(stats)),
+        format!("Events Published: {}", count("events_published")),
+        format!("Events Delivered: {}", count("events_delivered")),
+        format!("Active Subscriptions: {}", count("active_subscriptions")),
+        format!("Queue Depth: {}", count("queue_depth")),
+        format!(
+            "Events/sec: {}",
+            rate("events_per_second").map_or("-".into(), |r| format!("{r:.1}"))
+        ),
+        format!(
+            "Error Rate: {}",
+            rate("error_rate").map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
+        ),
+    ]
+}
+
+/// `10234` as `10,234`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The subscription entries, whether the router answers with a list or
@@ -325,6 +371,36 @@ mod tests {
         let lags = lag_samples(text);
         assert_eq!(lags.len(), 1);
         assert_eq!(lags["workers"], 12.4);
+    }
+
+    #[test]
+    fn summary_reads_like_the_designs_cli_example() {
+        let stats = json!({"events_published": 10234, "events_delivered": 10100,
+            "active_subscriptions": 45, "queue_depth": 123, "error_rate": 0.01,
+            "events_per_second": 12.34, "broker": {"kind": "memory"}});
+        let lines = summary(&stats, true, "http://127.0.0.1:8080/");
+        assert_eq!(lines[0], "Event Router Status: Running");
+        assert!(
+            lines.contains(&"Events Published: 10,234".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"Active Subscriptions: 45".to_string()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"Queue Depth: 123".to_string()), "{lines:?}");
+        assert!(lines.contains(&"Events/sec: 12.3".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"Error Rate: 1.00%".to_string()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            summary(&stats, false, "u")[0],
+            "Event Router Status: Degraded"
+        );
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 
     #[test]

@@ -33,12 +33,13 @@ const SUBSCRIBE_ID: &str = "1";
 #[command(
     after_help = "Patterns: `*` matches one segment, `#` zero or more, `pattern:REGEX` a regex.\n\
     Filters: JSON ('{\"payload.n\":{\"$gt\":5}}') or field:op:value shorthand (priority:gte:7);\n\
-    several --filter flags must all hold.\n\n\
+    several --filter flags must all hold. `type:PATTERN` subscribes to a topic pattern.\n\n\
     Examples:\n  \
     event-router tail                                  # everything\n  \
     event-router tail 'task.*' 'agent.#' --filter priority:gte:7\n  \
     event-router tail 'task.#' --group workers --json | jq .payload\n  \
-    event-router tail audit.# -n 1                     # exit after one event"
+    event-router tail audit.# -n 1                     # exit after one event\n  \
+    event-router monitor --filter 'type:user.*'         # monitor is the same command"
 )]
 pub struct TailArgs {
     /// Topic patterns to subscribe to [default: #, everything].
@@ -75,11 +76,22 @@ impl TailArgs {
     /// # Errors
     /// An invalid pattern or filter, named.
     pub fn subscribe_frame(&self) -> anyhow::Result<Value> {
-        let patterns = if self.patterns.is_empty() {
-            vec!["#".to_string()]
-        } else {
-            self.patterns.clone()
-        };
+        let mut patterns = self.patterns.clone();
+        let typed: Vec<String> = self
+            .filters
+            .iter()
+            .filter_map(|f| topic_filter(f))
+            .collect();
+        if !patterns.is_empty() && !typed.is_empty() {
+            bail!(
+                "give topic patterns either as arguments or as --filter type:PATTERN, not both \
+                 (several patterns match any of them, so a type filter would widen them)"
+            );
+        }
+        patterns.extend(typed);
+        if patterns.is_empty() {
+            patterns.push("#".to_string());
+        }
         for p in &patterns {
             Pattern::parse(p).with_context(|| format!("invalid pattern {p:?}"))?;
         }
@@ -101,6 +113,7 @@ impl TailArgs {
         let mut docs = self
             .filters
             .iter()
+            .filter(|text| topic_filter(text).is_none())
             .map(|text| parse_filter(text))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(match docs.len() {
@@ -109,6 +122,16 @@ impl TailArgs {
             _ => Some(json!({ "$and": docs })),
         })
     }
+}
+
+/// The topic pattern of a `type:PATTERN` (or `topic:PATTERN`) filter, the
+/// form of the v2 design's `event-router monitor --filter "type:user.*"`:
+/// it subscribes to the pattern instead of filtering on content.
+fn topic_filter(text: &str) -> Option<String> {
+    let (field, pattern) = text.trim().split_once(':')?;
+    let topic_field = matches!(field.trim(), "type" | "topic");
+    (topic_field && !pattern.contains(':') && Pattern::parse(pattern.trim()).is_ok())
+        .then(|| pattern.trim().to_string())
 }
 
 /// A filter given as JSON or as `field:op:value` shorthand, checked locally
@@ -403,6 +426,23 @@ mod tests {
         let mut all = vec!["tail"];
         all.extend_from_slice(argv);
         Wrapper::try_parse_from(all).unwrap().tail
+    }
+
+    #[test]
+    fn a_type_filter_subscribes_to_the_topic_pattern_as_in_the_designs_monitor_example() {
+        let frame = args(&["--filter", "type:user.*", "--filter", "priority:gte:7"])
+            .subscribe_frame()
+            .unwrap();
+        assert_eq!(frame["topics"], json!(["user.*"]));
+        assert_eq!(frame["filter"], json!({"priority": {"$gte": 7}}));
+        let frame = args(&["--filter", "type:eq:user.created"])
+            .subscribe_frame()
+            .unwrap();
+        assert_eq!(
+            frame["topics"],
+            json!(["#"]),
+            "a full shorthand stays a filter"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`status`]: the `Ready` condition and counters written back.
 //! - [`store`]: the config documents in Redis, and the replicas' watcher.
 //! - [`leader`]: leader election on a `Lease`.
+//! - [`probes`]: `/healthz` and `/readyz` on the probe port.
 //!
 //! [`run`] campaigns for the lease and, while it leads, runs one
 //! controller per kind; on losing the lease it stops them and campaigns
@@ -18,6 +19,7 @@
 
 pub mod crd;
 pub mod leader;
+pub mod probes;
 pub mod reconcile;
 pub mod status;
 pub mod store;
@@ -36,6 +38,7 @@ use crate::broker::{Broker, BrokerError, RedisBroker, RedisBrokerConfig, SharedB
 
 pub use crd::{EventRoute, EventRouteStatus, Subscription, SubscriptionStatus};
 pub use leader::LeaderElector;
+pub use probes::{Probes, Role};
 pub use reconcile::{Context, ROUTE_FINALIZER, SUBSCRIPTION_FINALIZER};
 pub use store::{ConfigStore, ConfigWatcher, StoreError};
 
@@ -100,17 +103,33 @@ pub struct OperatorConfig {
 }
 
 /// Connects to Redis, then leads or waits to lead until `token` is
-/// cancelled; returns after releasing the lease.
+/// cancelled; returns after releasing the lease. With `probe_listener`,
+/// serves [`probes`] on it meanwhile.
 ///
 /// # Errors
 /// Redis unreachable at startup, or the CRDs missing.
-pub async fn run(client: Client, config: OperatorConfig, token: CancellationToken) -> Result<()> {
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    probe_listener: Option<tokio::net::TcpListener>,
+    token: CancellationToken,
+) -> Result<()> {
     check_crds(&client, config.namespace.as_deref()).await?;
     let store = ConfigStore::connect(&config.redis_url, &config.key_prefix).await?;
     let mut broker_config = RedisBrokerConfig::new(config.redis_url.clone());
     broker_config.key_prefix.clone_from(&config.key_prefix);
     let redis = Arc::new(RedisBroker::connect(broker_config).await?);
     let broker: SharedBroker = redis.clone();
+    let probes = Probes::new(client.clone(), broker.clone());
+    let probe_server = probe_listener.map(|listener| {
+        let probes = probes.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            if let Err(error) = probes.serve(listener, token).await {
+                tracing::warn!(%error, "the probe server stopped");
+            }
+        })
+    });
     let mut context = Context::new(client.clone(), store, broker);
     context.status_interval = config.status_interval;
     let ctx = Arc::new(context);
@@ -122,11 +141,16 @@ pub async fn run(client: Client, config: OperatorConfig, token: CancellationToke
         config.lease_duration,
     );
     tracing::info!(identity = %config.identity, lease = %config.lease_name, "operator started; campaigning for the lease");
-    while campaign(&elector, &token).await {
+    while campaign(&elector, &probes, &token).await {
+        probes.set_role(Role::Leader);
         lead(&elector, &ctx, config.namespace.clone(), &token).await;
+        probes.set_role(Role::Standby);
     }
     elector.release().await;
     redis.close().await;
+    if let Some(task) = probe_server {
+        task.abort();
+    }
     tracing::info!("operator stopped");
     Ok(())
 }
@@ -156,14 +180,15 @@ where
 }
 
 /// Waits until this replica holds the lease; `false` when cancelled first.
-async fn campaign(elector: &LeaderElector, token: &CancellationToken) -> bool {
+/// While another replica holds it, the probes report [`Role::Standby`].
+async fn campaign(elector: &LeaderElector, probes: &Probes, token: &CancellationToken) -> bool {
     loop {
         if token.is_cancelled() {
             return false;
         }
         match elector.try_acquire_or_renew().await {
             Ok(true) => return true,
-            Ok(false) => {}
+            Ok(false) => probes.set_role(Role::Standby),
             Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
         }
         tokio::select! {

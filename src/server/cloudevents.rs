@@ -11,6 +11,9 @@
 //! any other extension land in `metadata`, so nothing sent is lost.
 //! `specversion` is required and must be `1.0`; `data_base64` must be
 //! base64. A plain (non-CloudEvents) body must be JSON by content type.
+//!
+//! [`to_structured`] maps the other way (for `event-router export`):
+//! [`from_structured`] of its output gives the event back.
 
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
@@ -260,6 +263,60 @@ fn map_attributes(attributes: Map<String, Value>) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
+/// Source of an event published without one, as CloudEvents requires a
+/// `source`.
+pub const DEFAULT_SOURCE: &str = "/event-router";
+
+/// `event` as a structured-mode CloudEvent: the inverse of
+/// [`from_structured`]. `metadata` entries become extension attributes
+/// (a name that is already a context attribute is left out), and a payload
+/// that arrived as `data_base64` leaves as one.
+pub fn to_structured(event: &crate::event::Event) -> Value {
+    let mut ce = Map::new();
+    let mut put = |name: &str, value: Value| {
+        ce.insert(name.to_string(), value);
+    };
+    put("specversion", "1.0".into());
+    put("id", event.id.clone().into());
+    put("type", event.topic.clone().into());
+    put(
+        "source",
+        event.source.as_deref().unwrap_or(DEFAULT_SOURCE).into(),
+    );
+    put("time", event.time.to_string().into());
+    put("priority", event.priority.get().into());
+    let optional = [
+        ("datacontenttype", &event.datacontenttype),
+        ("target", &event.target),
+        ("correlationid", &event.correlation_id),
+        ("causationid", &event.causation_id),
+        ("replyto", &event.reply_to),
+        ("key", &event.key),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            put(name, v.clone().into());
+        }
+    }
+    if let Some(ttl) = event.ttl {
+        put("ttl", ttl.into());
+    }
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = event.headers.get(name) {
+            put(name, v.into());
+        }
+    }
+    let base64 = event.metadata.get("data_base64") == Some(&Value::Bool(true));
+    for (name, value) in &event.metadata {
+        if !(name == "data_base64" || ce.contains_key(name)) {
+            ce.insert(name.clone(), value.clone());
+        }
+    }
+    let data = if base64 { "data_base64" } else { "data" };
+    ce.insert(data.into(), event.payload.clone());
+    Value::Object(ce)
+}
+
 /// CloudEvents integers arrive as text in headers.
 fn number_or_text(value: Value) -> Value {
     match &value {
@@ -272,6 +329,23 @@ fn number_or_text(value: Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn to_structured_round_trips_through_from_structured() {
+        let raw = json!({"type":"task.created","source":"/planner","priority":8,
+            "payload":{"n":1},"correlation_id":"c-1","ttl":30,"key":"k",
+            "headers":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            "metadata":{"subject":"s-1"}});
+        let event = crate::event::Event::from_json(raw, 1 << 20).unwrap();
+        let ce = to_structured(&event);
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["type"], "task.created");
+        assert_eq!(ce["data"], json!({"n":1}));
+        assert_eq!(ce["correlationid"], "c-1");
+        assert_eq!(ce["subject"], "s-1");
+        let back = crate::event::Event::from_json(from_structured(ce).unwrap(), 1 << 20).unwrap();
+        assert_eq!(back, event);
+    }
 
     #[test]
     fn structured_attributes_and_extensions_map_to_our_fields() {

@@ -40,6 +40,20 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::ServerConfig;
+use crate::auth::ClientCertificate;
+
+/// What a listener learned about a connection's client in its handshake,
+/// beyond the address: a verified client certificate (TLS listener with
+/// `tls_client_ca`). Each request of the connection carries it as an
+/// extension for the auth layer.
+pub trait ClientIdentity {
+    /// The verified client certificate's names, if any.
+    fn client_certificate(&self) -> Option<ClientCertificate> {
+        None
+    }
+}
+
+impl ClientIdentity for std::net::SocketAddr {}
 
 /// Serves `app` on every connection `listener` accepts until `shutdown` is
 /// cancelled, then asks open HTTP connections to finish their current
@@ -56,6 +70,7 @@ pub async fn serve<L>(
 ) -> io::Result<()>
 where
     L: Listener,
+    L::Addr: ClientIdentity,
 {
     let pending = Arc::new(Pending::new(config.max_unauthenticated_connections));
     let tasks = TaskTracker::new();
@@ -64,12 +79,20 @@ where
         idle: config.idle_timeout,
     };
     loop {
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let ticket = pending.admit();
-        tasks.spawn(serve_one(io, app.clone(), limits, ticket, shutdown.clone()));
+        let certificate = peer.client_certificate();
+        tasks.spawn(serve_one(
+            io,
+            app.clone(),
+            limits,
+            ticket,
+            certificate,
+            shutdown.clone(),
+        ));
     }
     drop(listener);
     tasks.close();
@@ -88,6 +111,7 @@ async fn serve_one<I>(
     app: axum::Router,
     limits: Timeouts,
     ticket: Ticket,
+    certificate: Option<ClientCertificate>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -101,8 +125,12 @@ async fn serve_one<I>(
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let app = app.clone();
         let ticket = ticket.clone();
+        let certificate = certificate.clone();
         async move {
-            let req: Request = req.map(Body::new);
+            let mut req: Request = req.map(Body::new);
+            if let Some(certificate) = certificate {
+                req.extensions_mut().insert(certificate);
+            }
             let response = app.oneshot(req).await;
             if let Ok(r) = &response
                 && !matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)

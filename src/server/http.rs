@@ -1,6 +1,7 @@
 //! REST handlers (DESIGN §5): publish (our JSON and CloudEvents), history,
-//! stats, durable subscriptions and their dead-letter queues, HTTP ack/nack
-//! for SSE consumers, request/response, health and readiness.
+//! durable subscriptions and their dead-letter queues, HTTP ack/nack
+//! for SSE consumers, request/response. Health, readiness and stats are in
+//! [`super::ops`].
 //!
 //! Every error is `{"error":{"code","message"}}` with its status (see
 //! [`ApiError`]); bodies are limited to
@@ -22,7 +23,7 @@ use super::cloudevents::{self, Mode};
 use super::error::{ApiError, Body, ErrorBody, Json, Query};
 use super::session::{build_selector, parse_batch, parse_filter_texts};
 use crate::broker::{
-    BrokerStats, DeadLetter, DeadLetterQuery, DeadLetterSelection, HistoryEntry, HistoryQuery,
+    DeadLetter, DeadLetterQuery, DeadLetterSelection, HistoryEntry, HistoryPurge, HistoryQuery,
     NackOptions, SubscriptionInfo,
 };
 use crate::resources::{DeliveryMode, SubscriptionSpec};
@@ -313,31 +314,6 @@ pub struct ConnectionStats {
     pub websocket: u64,
     /// Open SSE streams.
     pub sse: u64,
-}
-
-/// Broker counters and connection counts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatsResponse {
-    /// Broker-wide counters.
-    #[schema(value_type = Object)]
-    pub broker: BrokerStats,
-    /// Open connections.
-    pub connections: ConnectionStats,
-}
-
-/// `GET /api/v1/stats`.
-#[utoipa::path(
-    get,
-    path = "/api/v1/stats",
-    tag = "operations",
-    responses((status = 200, body = StatsResponse), (status = 503, body = ErrorBody))
-)]
-pub async fn stats(State(state): State<AppState>) -> Result<axum::Json<StatsResponse>, ApiError> {
-    let broker = state.router.broker().stats().await?;
-    Ok(axum::Json(StatsResponse {
-        broker,
-        connections: state.connections.snapshot(),
-    }))
 }
 
 /// Every durable subscription.
@@ -722,6 +698,48 @@ pub async fn replay(
     Ok(axum::Json(CountResponse { count }))
 }
 
+/// Which retained events to delete from history.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeHistoryRequest {
+    /// RFC 3339: events whose `time` is before this are deleted.
+    pub before: String,
+    /// Topic patterns; every topic when absent.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A filter the events must match: a JSON document, a `field:op:value`
+    /// shorthand string, or an array of such strings (all must hold).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+}
+
+/// `POST /api/v1/events/purge`: delete retained events older than
+/// `before` from history (durable subscriptions keep their queued copies).
+#[utoipa::path(
+    post,
+    path = "/api/v1/events/purge",
+    tag = "events",
+    request_body = PurgeHistoryRequest,
+    responses((status = 200, body = CountResponse), (status = 400, body = ErrorBody))
+)]
+pub async fn purge_history(
+    State(state): State<AppState>,
+    Json(req): Json<PurgeHistoryRequest>,
+) -> Result<axum::Json<CountResponse>, ApiError> {
+    let selector = match (req.topics.is_empty(), &req.filter) {
+        (true, None) => None,
+        (true, Some(filter)) => Some(build_selector(&["#".to_string()], None, Some(filter))?),
+        (false, filter) => Some(build_selector(&req.topics, None, filter.as_ref())?),
+    };
+    let purge = HistoryPurge {
+        before: timestamp("before", &req.before)?,
+        selector,
+    };
+    let count = state.router.broker().purge_history(purge).await?;
+    Ok(axum::Json(CountResponse { count }))
+}
+
 /// A request/response exchange over HTTP.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RequestBody {
@@ -767,47 +785,6 @@ pub async fn request(
         .map_or(DEFAULT_REQUEST_TIMEOUT, Duration::from_millis);
     let response = state.router.request(event, timeout).await?;
     Ok(axum::Json(RequestResponse { response }))
-}
-
-/// Health or readiness.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StatusResponse {
-    /// `ok` or `ready`.
-    pub status: &'static str,
-}
-
-/// `GET /health`: 200 while the process runs.
-#[utoipa::path(
-    get,
-    path = "/health",
-    tag = "operations",
-    responses((status = 200, body = StatusResponse))
-)]
-pub async fn health() -> axum::Json<StatusResponse> {
-    axum::Json(StatusResponse { status: "ok" })
-}
-
-/// `GET /ready`: 200 when the broker can serve and the server is not
-/// shutting down, else 503 `not_ready`.
-#[utoipa::path(
-    get,
-    path = "/ready",
-    tag = "operations",
-    responses((status = 200, body = StatusResponse), (status = 503, body = ErrorBody))
-)]
-pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<StatusResponse>, ApiError> {
-    let reason = if state.shutdown.is_cancelled() {
-        "shutting down"
-    } else if !state.router.broker().ready().await {
-        "broker not ready"
-    } else {
-        return Ok(axum::Json(StatusResponse { status: "ready" }));
-    };
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-        reason,
-    ))
 }
 
 /// Unknown paths: 404 in our error shape.

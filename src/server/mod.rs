@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod openapi;
+pub mod ops;
 pub mod protocol;
 pub mod session;
 pub mod sse;
@@ -226,6 +227,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Open connection counts.
     pub connections: Arc<Connections>,
+    /// Readings of the published counter for `events_per_second`.
+    pub publish_rate: Arc<ops::PublishRate>,
 }
 
 impl AppState {
@@ -237,6 +240,7 @@ impl AppState {
             shutdown,
             tasks: TaskTracker::new(),
             connections: Arc::default(),
+            publish_rate: Arc::default(),
         }
     }
 
@@ -264,15 +268,17 @@ pub fn app(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
-        .route("/health", get(http::health))
-        .route("/ready", get(http::ready))
+        .route("/health", get(ops::health))
+        .route("/live", get(ops::live))
+        .route("/ready", get(ops::ready))
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .route("/api/v1/events", post(http::publish).get(http::history))
         .route("/api/v1/events/batch", post(http::publish_batch))
+        .route("/api/v1/events/purge", post(http::purge_history))
         .route("/api/v1/events/stream", get(sse::stream))
         .route("/api/v1/request", post(http::request))
-        .route("/api/v1/stats", get(http::stats))
+        .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/subscriptions", get(http::list_subscriptions))
         .route(
             "/api/v1/subscriptions/{name}",
@@ -317,6 +323,13 @@ pub async fn run(
     let grace = config.shutdown_grace;
     let tls_files = config.tls.clone();
     let state = AppState::new(router, config, shutdown.clone());
+    // The first reading of `events_per_second`; without it (store down) the
+    // first stats read takes it.
+    if let Ok(stats) = state.router.broker().stats().await {
+        state
+            .publish_rate
+            .record(std::time::Instant::now(), stats.published);
+    }
     let limits = state.config.clone();
     let tasks = state.tasks.clone();
     let mut server = match tls_files {
@@ -339,7 +352,8 @@ pub async fn run(
         }
         Some(files) => {
             let listener = tls::TlsListener::new(listener, files, shutdown.clone())?;
-            if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
+            if let Ok(peer) = axum::serve::Listener::local_addr(&listener) {
+                let addr = peer.addr;
                 tracing::info!(%addr, "serving HTTPS, WSS and SSE over TLS");
             }
             tokio::spawn(connection::serve(

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, http, sse, ws};
+use super::{error, http, ops, sse, ws};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -18,9 +18,10 @@ use super::{error, http, sse, ws};
         http::publish,
         http::publish_batch,
         http::history,
+        http::purge_history,
         sse::stream,
         http::request,
-        http::stats,
+        ops::stats,
         http::list_subscriptions,
         http::get_subscription,
         http::put_subscription,
@@ -31,15 +32,16 @@ use super::{error, http, sse, ws};
         http::redrive,
         http::replay,
         http::purge,
-        http::health,
-        http::ready,
+        ops::health,
+        ops::live,
+        ops::ready,
         ws::upgrade,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "events", description = "Publish, history, streams, request/response"),
         (name = "subscriptions", description = "Durable subscriptions and dead letters"),
-        (name = "operations", description = "Health, readiness, stats"),
+        (name = "operations", description = "Health, liveness, readiness, stats"),
         (name = "websocket", description = "WebSocket v2 and seed v1 protocols"),
     )
 )]

@@ -7,6 +7,13 @@
 //! are polled every [`RELOAD_POLL`]; a change that does not load (a
 //! half-written file, a key that does not match) is logged and the previous
 //! certificate stays in use.
+//!
+//! With [`TlsFiles::client_ca`] the listener asks for client certificates
+//! (mTLS) and verifies them against those authorities: a client without
+//! one still connects (it may use a token), one whose certificate does not
+//! verify fails the handshake. The names of a verified certificate travel
+//! with the connection ([`TlsPeer`]) to the auth layer, which decides
+//! whether they are credentials (`auth.client_certs`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +30,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::ClientIdentity;
+use crate::auth::ClientCertificate;
+
 /// How often the certificate and key files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// Longest a TLS handshake may take.
@@ -37,6 +47,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// Certificate authorities (PEM) whose client certificates are
+    /// accepted; `None`: client certificates are not requested.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl TlsFiles {
@@ -61,26 +74,114 @@ impl TlsFiles {
         let key =
             PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad(&self.key, e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        };
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| bad(&self.key, format!("does not fit the certificate: {e}")))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
-    fn modified(&self) -> Option<(SystemTime, SystemTime)> {
+    fn modified(&self) -> Option<(SystemTime, SystemTime, Option<SystemTime>)> {
         let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        Some((m(&self.cert)?, m(&self.key)?))
+        let ca = match &self.client_ca {
+            Some(path) => Some(m(path)?),
+            None => None,
+        };
+        Some((m(&self.cert)?, m(&self.key)?, ca))
+    }
+}
+
+/// A verifier of client certificates issued by the CAs in `path`; clients
+/// without a certificate are let through (to authenticate otherwise).
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(e.to_string()))
+}
+
+/// The names of the client's certificate on `tls`, when it sent one (the
+/// handshake verified it). `None` also when the certificate does not parse,
+/// which cannot happen after verification.
+fn peer_certificate(tls: &TlsStream<TcpStream>) -> Option<ClientCertificate> {
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    certificate_names(leaf.as_ref())
+}
+
+/// The subject common name and alternative names (DNS, URI, email) of a
+/// DER certificate.
+pub fn certificate_names(der: &[u8]) -> Option<ClientCertificate> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    let mut alt_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(n) | GeneralName::URI(n) | GeneralName::RFC822Name(n) => {
+                    alt_names.push((*n).to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(ClientCertificate {
+        common_name,
+        alt_names,
+    })
+}
+
+/// A TLS connection's peer: its address and its verified client
+/// certificate's names, if it sent one.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// The client certificate's names.
+    pub certificate: Option<ClientCertificate>,
+}
+
+impl ClientIdentity for TlsPeer {
+    fn client_certificate(&self) -> Option<ClientCertificate> {
+        self.certificate.clone()
     }
 }
 
 /// A TCP listener that hands out TLS streams once their handshake is done.
 #[derive(Debug)]
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
     addr: SocketAddr,
     stop: tokio_util::sync::DropGuard,
 }
@@ -113,7 +214,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -125,14 +226,17 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         let _ = &self.stop;
-        Ok(self.addr)
+        Ok(TlsPeer {
+            addr: self.addr,
+            certificate: None,
+        })
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Arc<RwLock<TlsAcceptor>>,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
     stop: CancellationToken,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
@@ -161,6 +265,11 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
+                    let certificate = peer_certificate(&tls);
+                    let peer = TlsPeer {
+                        addr: peer,
+                        certificate,
+                    };
                     let _ = tx.send((tls, peer)).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -10,7 +10,9 @@
 //! Oversize frames: axum's limits are set above
 //! [`ServerConfig::max_frame_bytes`](super::ServerConfig::max_frame_bytes)
 //! so that a frame a little too large gets a `frame_too_large` error frame
-//! and the connection stays open; one far too large closes it (1009).
+//! and the connection stays open; one far too large (over
+//! [`transport_limit`]) closes it with 1009 (message too big) and a reason
+//! naming the limit.
 //!
 //! On server shutdown the client gets a close frame with 1001 (going away);
 //! durable consumers are dropped first, so their in-flight deliveries go
@@ -97,7 +99,7 @@ where
     W: Sink<Message> + Unpin + Send + 'static,
     W::Error: std::fmt::Display,
     R: Stream<Item = Result<Message, E>> + Unpin,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
     serve_as(sink, stream, state, Some(Access::unrestricted()), None).await;
 }
@@ -115,7 +117,7 @@ pub async fn serve_as<W, R, E>(
     W: Sink<Message> + Unpin + Send + 'static,
     W::Error: std::fmt::Display,
     R: Stream<Item = Result<Message, E>> + Unpin,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
     let _count = state.connections.websocket();
     let (tx, rx) = mpsc::channel(OUTGOING_QUEUE_FRAMES);
@@ -177,6 +179,16 @@ pub async fn serve_as<W, R, E>(
                 }
             },
             Some(Ok(Message::Close(_))) | None => break None,
+            Some(Err(e)) if too_large(&e) => {
+                break Some(CloseFrame {
+                    code: close_code::SIZE,
+                    reason: format!(
+                        "message too big: the limit is {} bytes (max_frame_bytes)",
+                        state.config.max_frame_bytes
+                    )
+                    .into(),
+                });
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "websocket read failed");
                 break None;
@@ -200,6 +212,30 @@ pub async fn serve_as<W, R, E>(
     {
         writer.abort();
     }
+}
+
+/// Whether a read failed because a message or frame exceeded the transport
+/// limit (tungstenite's capacity error, possibly wrapped by axum). The
+/// socket is still writable then, so the client can be told why.
+///
+/// The rest of the frame is not read: tungstenite ends the stream at its
+/// first error. Closing with data unread makes the kernel reset the
+/// connection; a client that reads while it writes (as WebSocket libraries
+/// do) has the close frame by then, one that writes the whole frame first
+/// sees its write fail.
+fn too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) =
+            e.downcast_ref::<WsError>()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// How long an unauthenticated connection has to send its auth frame.

@@ -11,8 +11,9 @@
 //! {"type":"publish_event","event":{"type":"task.created","priority":"high","source":"planner",
 //!   "target":"worker-1","payload":{...},"metadata":{...},"timestamp":"2024-01-01T00:00:00Z"}}
 //! {"type":"subscribe","subscription":{"type":"all"}}
-//! {"type":"subscribe","subscription":{"type":"filtered","event_types":["task.created"],
-//!   "sources":["planner"],"priorities":["high","critical"]}}
+//! {"type":"subscribe","subscription":{"type":"filtered","filter":{"event_types":["task.created"],
+//!   "sources":["planner"],"priorities":["high","critical"]}}}
+//! {"type":"subscribe","subscription":{"type":"filtered","event_types":["task.created"]}}
 //! {"type":"subscribe","subscription":{"type":"pattern","pattern":"task.*"}}
 //! {"type":"subscribe","subscription":{"type":"conditional","conditions":{"payload.n":{"$gt":3}}}}
 //! {"type":"unsubscribe","subscription_id":"..."}
@@ -36,9 +37,13 @@
 //!   number; `metadata` is always present (`{}` when empty).
 //! - `event_published.timestamp` is when the router accepted the event;
 //!   `pong.timestamp` is the server's clock. Both are RFC 3339.
-//! - `filtered`: `event_types` are topic patterns (all topics when empty or
-//!   absent); `sources` and `priorities` become `{"source":{"$in":...}}` and
+//! - `filtered`: the criteria sit under `filter` (the v1 usage guide's
+//!   form) or directly under `subscription`, not both. `event_types` are
+//!   topic patterns (all topics when empty or absent); `sources` and
+//!   `priorities` become `{"source":{"$in":...}}` and
 //!   `{"priority":{"$in":...}}` filters; every given criterion must hold.
+//! - A subscription (or `filter`) with a key not listed here is refused
+//!   with an `invalid_frame` error naming the key, never ignored.
 //! - `pattern` is a glob (`*` one segment, `#` any number) when it parses as
 //!   one, else a regular expression.
 //! - `conditional.conditions` is a filter document (DESIGN §3).
@@ -84,10 +89,15 @@ enum V1Frame {
     },
 }
 
+/// A v1 subscription. Unknown keys are refused (serde's message names
+/// them and the accepted ones) rather than ignored: a criterion the router
+/// does not understand must not widen what a subscriber receives.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum V1Subscription {
-    All,
+    All {},
+    /// Criteria directly under `subscription` (flat) or nested under
+    /// `filter`, as the v1 usage guide writes them; not both.
     Filtered {
         #[serde(default)]
         event_types: Vec<String>,
@@ -95,6 +105,8 @@ enum V1Subscription {
         sources: Vec<String>,
         #[serde(default)]
         priorities: Vec<Value>,
+        #[serde(default)]
+        filter: Option<V1Criteria>,
     },
     Pattern {
         pattern: String,
@@ -102,6 +114,24 @@ enum V1Subscription {
     Conditional {
         conditions: Value,
     },
+}
+
+/// The criteria of a `filtered` subscription; every given one must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct V1Criteria {
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    priorities: Vec<Value>,
+}
+
+impl V1Criteria {
+    fn is_empty(&self) -> bool {
+        self.event_types.is_empty() && self.sources.is_empty() && self.priorities.is_empty()
+    }
 }
 
 /// Handles one v1 frame, replying in v1 shapes through the session.
@@ -245,7 +275,7 @@ fn translate_event(event: Value) -> Result<Value, ApiError> {
 fn selector(subscription: V1Subscription) -> Result<Selector, ApiError> {
     let all = || vec![Pattern::Glob("#".into())];
     let (patterns, filter) = match subscription {
-        V1Subscription::All => (all(), None),
+        V1Subscription::All {} => (all(), None),
         V1Subscription::Pattern { pattern } => {
             let parsed = Pattern::parse(&pattern)
                 .or_else(|_| Pattern::regex(&pattern))
@@ -260,36 +290,63 @@ fn selector(subscription: V1Subscription) -> Result<Selector, ApiError> {
             event_types,
             sources,
             priorities,
+            filter,
         } => {
-            let patterns = if event_types.is_empty() {
-                all()
-            } else {
-                event_types
-                    .iter()
-                    .map(|t| Pattern::parse(t))
-                    .collect::<Result<_, _>>()
-                    .map_err(SelectorError::from)?
+            let flat = V1Criteria {
+                event_types,
+                sources,
+                priorities,
             };
-            let mut doc = Map::new();
-            if !sources.is_empty() {
-                doc.insert("source".into(), json!({ "$in": sources }));
-            }
-            if !priorities.is_empty() {
-                let values = priorities
-                    .iter()
-                    .map(|p| Priority::from_json(p).map(|p| p.get()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                doc.insert("priority".into(), json!({ "$in": values }));
-            }
-            let filter = if doc.is_empty() {
-                None
-            } else {
-                Some(Filter::compile(&Value::Object(doc)).map_err(SelectorError::from)?)
+            let criteria = match filter {
+                Some(_) if !flat.is_empty() => {
+                    return Err(ApiError::bad_request(
+                        "invalid_subscription",
+                        "a filtered subscription gives its criteria either under `filter` \
+                         or directly under `subscription`, not both",
+                    ));
+                }
+                Some(nested) => nested,
+                None => flat,
             };
-            (patterns, filter)
+            filtered(criteria)?
         }
     };
     Ok(Selector::new(patterns, filter)?)
+}
+
+/// Topic patterns and a `source`/`priority` filter from `filtered` criteria.
+fn filtered(criteria: V1Criteria) -> Result<(Vec<Pattern>, Option<Filter>), ApiError> {
+    let V1Criteria {
+        event_types,
+        sources,
+        priorities,
+    } = criteria;
+    let patterns = if event_types.is_empty() {
+        vec![Pattern::Glob("#".into())]
+    } else {
+        event_types
+            .iter()
+            .map(|t| Pattern::parse(t))
+            .collect::<Result<_, _>>()
+            .map_err(SelectorError::from)?
+    };
+    let mut doc = Map::new();
+    if !sources.is_empty() {
+        doc.insert("source".into(), json!({ "$in": sources }));
+    }
+    if !priorities.is_empty() {
+        let values = priorities
+            .iter()
+            .map(|p| Priority::from_json(p).map(|p| p.get()))
+            .collect::<Result<Vec<_>, _>>()?;
+        doc.insert("priority".into(), json!({ "$in": values }));
+    }
+    let filter = if doc.is_empty() {
+        None
+    } else {
+        Some(Filter::compile(&Value::Object(doc)).map_err(SelectorError::from)?)
+    };
+    Ok((patterns, filter))
 }
 
 /// A v1 priority: the name when it has one, else the number.
@@ -401,6 +458,62 @@ mod tests {
         assert_eq!(e.code, "invalid_priority");
         let e = sel(json!({"type":"filtered","event_types":["a..b"]})).unwrap_err();
         assert_eq!(e.code, "invalid_pattern");
+    }
+
+    #[test]
+    fn filtered_criteria_nested_under_filter_are_applied() {
+        let sel = |v: Value| selector(parse_subscription(v)?);
+        let guide = sel(json!({"type":"filtered","filter":{
+            "event_types":["task_created","task_completed"],
+            "sources":["task_manager"],
+            "priorities":["high","critical"]}}))
+        .unwrap();
+        let event = |topic: &str, source: &str, priority: u8| {
+            let mut e = Event::new(topic, Value::Null).unwrap();
+            e.source = Some(source.into());
+            e.priority = Priority::new(priority).unwrap();
+            e
+        };
+        assert!(guide.matches(&event("task_created", "task_manager", 7)));
+        assert!(guide.matches(&event("task_completed", "task_manager", 9)));
+        assert!(!guide.matches(&event("task_created", "task_manager", 5)));
+        assert!(!guide.matches(&event("task_created", "scheduler", 7)));
+        assert!(!guide.matches(&event("agent_started", "task_manager", 7)));
+        let flat = sel(json!({"type":"filtered","sources":["a"]})).unwrap();
+        assert!(!flat.matches(&event("x", "b", 5)));
+        let both = sel(json!({"type":"filtered","sources":["a"],"filter":{"sources":["b"]}}));
+        assert_eq!(both.unwrap_err().code, "invalid_subscription");
+    }
+
+    #[test]
+    fn unknown_subscription_keys_are_refused_and_named() {
+        for (sub, key) in [
+            (
+                json!({"type":"filtered","filter":{"event_type":["a"]}}),
+                "event_type",
+            ),
+            (json!({"type":"filtered","topics":["a"]}), "topics"),
+            (
+                json!({"type":"pattern","pattern":"a.*","regex":true}),
+                "regex",
+            ),
+            (
+                json!({"type":"conditional","conditions":{},"mode":"any"}),
+                "mode",
+            ),
+            (json!({"type":"all","filter":{}}), "filter"),
+        ] {
+            let e = parse_subscription(sub).unwrap_err();
+            assert_eq!(e.code, "invalid_frame");
+            assert!(e.message.contains(key), "{key}: {}", e.message);
+        }
+    }
+
+    fn parse_subscription(subscription: Value) -> Result<V1Subscription, ApiError> {
+        match parse(json!({"type":"subscribe","subscription":subscription}))? {
+            V1Frame::Subscribe { subscription, .. } => Ok(subscription),
+            other => panic!("not a subscribe frame: {other:?}"),
+        }
     }
 
     #[test]

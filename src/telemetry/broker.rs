@@ -198,6 +198,10 @@ impl Broker for InstrumentedBroker {
         self.inner.replay(subscription, query).await
     }
 
+    async fn purge_history(&self, purge: crate::broker::HistoryPurge) -> Result<u64> {
+        self.inner.purge_history(purge).await
+    }
+
     async fn stats(&self) -> Result<BrokerStats> {
         self.inner.stats().await
     }

@@ -32,7 +32,7 @@ fn request_id(request: &Request) -> String {
 pub async fn request_span(request: Request, next: Next) -> Response {
     let id = request_id(&request);
     let path = request.uri().path();
-    if matches!(path, "/health" | "/ready" | "/metrics") {
+    if matches!(path, "/health" | "/live" | "/ready" | "/metrics") {
         // Probes and scrapes: no span, so no trace per probe.
         return next.run(request).await;
     }

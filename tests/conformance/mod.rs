@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use event_router::broker::{
     Backoff, Broker, BrokerError, ConsumeOptions, Consumer, DeadLetter, DeadLetterQuery,
-    DeadLetterSelection, GroupSpec, HistoryQuery, LiveItem, LiveStream, LiveSubscription,
-    NackOptions, PublishOptions, Published,
+    DeadLetterSelection, GroupSpec, HistoryPurge, HistoryQuery, LiveItem, LiveStream,
+    LiveSubscription, NackOptions, PublishOptions, Published,
 };
 use event_router::{Delivery, Event, Priority, Selector};
 use jiff::{SignedDuration, Timestamp};
@@ -65,6 +65,7 @@ macro_rules! broker_conformance_tests {
             expired_events_are_never_delivered_and_are_counted,
             history_reads_by_topic_time_range_cursor_and_limit,
             replay_queues_history_into_a_subscription,
+            purge_history_deletes_older_matching_events_and_keeps_queued_copies,
             unknown_delivery_and_subscription_are_errors,
             deleted_subscription_ends_its_consumers,
             ensure_subscription_is_idempotent_and_keeps_queued_events,
@@ -770,6 +771,50 @@ pub async fn replay_queues_history_into_a_subscription(broker: Arc<dyn Broker>) 
         matches!(missing, Err(BrokerError::UnknownSubscription(_))),
         "{missing:?}"
     );
+}
+
+/// `purge_history` deletes the retained events older than its cutoff that
+/// its selector matches, and nothing else; durable subscriptions keep
+/// their queued copies.
+pub async fn purge_history_deletes_older_matching_events_and_keeps_queued_copies(
+    broker: Arc<dyn Broker>,
+) {
+    let ns_ = unique("purge");
+    ensure(&broker, patient_spec(&ns_, &format!("{ns_}.#"))).await;
+    let now = Timestamp::now();
+    let old = now - SignedDuration::from_hours(40 * 24);
+    for (n, sub, time) in [(1, "a", old), (2, "b", old), (3, "a", now), (4, "b", now)] {
+        let mut e = event(&format!("{ns_}.{sub}"), n);
+        e.time = time;
+        publish(&broker, e).await;
+    }
+    let history = || {
+        let broker = broker.clone();
+        let query = HistoryQuery {
+            selector: Some(selector(&[&format!("{ns_}.#")], None)),
+            ..HistoryQuery::default()
+        };
+        async move {
+            let entries = broker.history(query).await.expect("history");
+            entries.iter().map(|e| n_of(&e.event)).collect::<Vec<_>>()
+        }
+    };
+    let cutoff = now - SignedDuration::from_hours(30 * 24);
+    let only_b = HistoryPurge {
+        before: cutoff,
+        selector: Some(selector(&[&format!("{ns_}.b")], None)),
+    };
+    assert_eq!(broker.purge_history(only_b).await.expect("purge"), 1);
+    assert_eq!(history().await, [1, 3, 4]);
+    let older = HistoryPurge {
+        before: cutoff,
+        selector: Some(selector(&[&format!("{ns_}.#")], None)),
+    };
+    assert_eq!(broker.purge_history(older.clone()).await.expect("purge"), 1);
+    assert_eq!(history().await, [3, 4]);
+    assert_eq!(broker.purge_history(older).await.expect("purge"), 0);
+    let info = broker.subscription(&ns_).await.expect("subscription");
+    assert_eq!(info.pending, 4, "queued copies stay");
 }
 
 // ---------------------------------------------------------------- errors

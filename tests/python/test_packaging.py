@@ -95,7 +95,7 @@ def test_router_deployment_is_probed_hardened_and_drains_before_it_is_killed():
     pod = router["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/live"
     assert pod["securityContext"]["runAsNonRoot"] is True
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
@@ -114,6 +114,89 @@ def test_router_deployment_is_probed_hardened_and_drains_before_it_is_killed():
     assert find(objects, "PodDisruptionBudget")
     # Routers never talk to the Kubernetes API.
     assert pod["automountServiceAccountToken"] is False
+
+
+def operator_probe_port(container: dict) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    listen = env["EVENT_ROUTER_PROBE_LISTEN"]
+    assert listen.endswith(f":{ports['probes']}"), (listen, ports)
+    return ports["probes"]
+
+
+def test_operator_deployment_is_probed_on_healthz_and_readyz():
+    objects = render({"operator": {"probePort": 9091}})
+    (operator,) = find(objects, "Deployment", "operator")
+    (c,) = operator["spec"]["template"]["spec"]["containers"]
+    assert operator_probe_port(c) == 9091
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert validate_all([operator]) == 1
+
+
+def test_extra_volumes_and_mounts_reach_the_router_pod():
+    values = {
+        "router": {
+            "extraVolumes": [
+                {"name": "private-ca", "configMap": {"name": "private-ca"}},
+                {"name": "client-ca", "secret": {"secretName": "client-ca"}},
+            ],
+            "extraVolumeMounts": [
+                {"name": "private-ca", "mountPath": "/etc/event-router/ca", "readOnly": True},
+                {"name": "client-ca", "mountPath": "/etc/event-router/client-ca", "readOnly": True},
+            ],
+            "extraEnv": [
+                {"name": "SSL_CERT_DIR", "value": "/etc/event-router/ca"},
+                {"name": "EVENT_ROUTER_TLS_CLIENT_CA", "value": "/etc/event-router/client-ca/ca.crt"},
+            ],
+        }
+    }
+    objects = render(values)
+    (router,) = find(objects, "Deployment", "router")
+    pod = router["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["private-ca"]["configMap"] == {"name": "private-ca"}
+    assert volumes["client-ca"]["secret"] == {"secretName": "client-ca"}
+    assert "tmp" in volumes, "the chart's own volumes stay"
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["private-ca"] == "/etc/event-router/ca"
+    assert mounts["client-ca"] == "/etc/event-router/client-ca"
+    assert validate_all(objects) == len([o for o in objects if o["kind"] not in CUSTOM_KINDS])
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert not report["errors"], report
+
+
+def test_values_schema_requires_a_mount_path_for_extra_mounts():
+    with pytest.raises(Exception, match="mountPath"):
+        render({"router": {"extraVolumeMounts": [{"name": "private-ca"}]}})
+
+
+def subscription_schema() -> dict:
+    crds = documents((CHART / "crds" / "eventrouter.dev.yaml").read_text())
+    (crd,) = [c for c in crds if c["spec"]["names"]["kind"] == "Subscription"]
+    (version,) = crd["spec"]["versions"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_the_subscription_crd_accepts_an_https_sink_uri():
+    import jsonschema
+
+    schema = subscription_schema()
+    doc = {
+        "apiVersion": "eventrouter.dev/v1alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": "billing"},
+        "spec": {
+            "topics": ["invoice.*"],
+            "delivery": {"mode": "durable"},
+            "sink": {"uri": "https://billing.payments.svc:8443/hooks/events"},
+        },
+    }
+    jsonschema.validate(doc, schema)
+    doc["spec"]["sink"]["uri"] = "ftp://billing.payments.svc/hooks"
+    with pytest.raises(jsonschema.ValidationError, match="uri|pattern|ftp"):
+        jsonschema.validate(doc, schema)
 
 
 def test_external_redis_comes_from_the_secret_and_optional_objects_appear():
@@ -251,6 +334,12 @@ def test_overlays_differ_where_they_should():
         return documents(out.stdout)
 
     dev, prod = build("dev"), build("prod")
+    for objects in (dev, prod):
+        (operator,) = find(objects, "Deployment", "operator")
+        (c,) = operator["spec"]["template"]["spec"]["containers"]
+        operator_probe_port(c)
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert find(dev, "StatefulSet", "redis") and not find(prod, "StatefulSet")
     assert find(prod, "HorizontalPodAutoscaler") and not find(dev, "HorizontalPodAutoscaler")
     assert [s["metadata"]["name"] for s in find(dev, "Secret")] == ["event-router-redis"]

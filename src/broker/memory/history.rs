@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::broker::HistoryQuery;
+use crate::broker::{HistoryPurge, HistoryQuery};
 use crate::event::Event;
 
 /// Published events, oldest first, with their sequence numbers.
@@ -133,6 +133,22 @@ impl History {
             }
             None => false,
         }
+    }
+
+    /// Deletes the entries `purge` selects; returns how many.
+    pub(super) fn purge(&mut self, purge: &HistoryPurge) -> u64 {
+        let before = self.entries.len();
+        let mut freed = 0;
+        self.entries.retain(|e| {
+            let gone = e.event.time < purge.before
+                && purge.selector.as_ref().is_none_or(|s| s.matches(&e.event));
+            if gone {
+                freed += e.bytes;
+            }
+            !gone
+        });
+        self.bytes -= freed;
+        (before - self.entries.len()) as u64
     }
 
     /// Up to `limit` retained events matching `query`, oldest first.

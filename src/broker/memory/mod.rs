@@ -32,9 +32,9 @@ use super::footprint::event_footprint;
 use super::live::Pushed;
 use super::{
     Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
-    DeadLetterQuery, DeadLetterSelection, Discarded, GroupSpec, HistoryEntry, HistoryQuery,
-    LiveQueue, LiveStream, LiveSubscription, NackOptions, PublishOptions, Published, Result,
-    SubscriptionInfo,
+    DeadLetterQuery, DeadLetterSelection, Discarded, GroupSpec, HistoryEntry, HistoryPurge,
+    HistoryQuery, LiveQueue, LiveStream, LiveSubscription, NackOptions, PublishOptions, Published,
+    Result, SubscriptionInfo,
 };
 use crate::event::Event;
 use crate::selector::Selector;
@@ -711,6 +711,11 @@ impl Broker for MemoryBroker {
             self.shared.config.history_max_age,
         );
         Ok(group.replay(found.into_iter().map(|(_, event)| event)))
+    }
+
+    async fn purge_history(&self, purge: HistoryPurge) -> Result<u64> {
+        self.shared.check_open()?;
+        Ok(self.shared.history.lock().purge(&purge))
     }
 
     async fn stats(&self) -> Result<BrokerStats> {

@@ -9,6 +9,7 @@
 //!   replica, and the per-partition fences that changes bump.
 //! - [`publish`]: routing at publish in one `MULTI`/`EXEC` (no script),
 //!   the fence check and its compensation, history and replay.
+//! - `purge`: deleting retained history by event time.
 //! - [`deliver`]: consumers, ack/nack, ack timeouts, keep-alive, reclaim of
 //!   dead consumers' deliveries, dead letters, trimming of acked entries.
 //! - [`live`]: live fan-out and consumer wake-ups over sharded pub/sub.
@@ -33,6 +34,7 @@ mod keys;
 mod live;
 mod membership;
 mod publish;
+mod purge;
 mod subs;
 
 use std::future::Future;
@@ -47,8 +49,8 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
-    DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryQuery, LiveStream,
-    LiveSubscription, NackOptions, PublishOptions, Published, Result, SubscriptionInfo,
+    DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryPurge, HistoryQuery,
+    LiveStream, LiveSubscription, NackOptions, PublishOptions, Published, Result, SubscriptionInfo,
 };
 use crate::event::Event;
 
@@ -692,6 +694,11 @@ impl Broker for RedisBroker {
         let sub = subs::lookup(&self.shared, subscription).await?;
         let found = publish::history(&self.shared, &query, true).await?;
         deliver::enqueue(&self.shared, &sub, found.into_iter().map(|h| h.event)).await
+    }
+
+    async fn purge_history(&self, purge: HistoryPurge) -> Result<u64> {
+        self.shared.check_open()?;
+        purge::purge_history(&self.shared, &purge).await
     }
 
     /// `published` and `history_len` are cluster-wide (read from Redis);
