@@ -415,6 +415,118 @@ async fn acked_entries_are_trimmed_from_the_bands_but_held_ones_stay() {
     broker.close().await;
 }
 
+/// `EXEC` calls Redis has answered since the last `CONFIG RESETSTAT`.
+async fn exec_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Concurrent single publishes share transactions (group commit): each
+/// gets its own receipt, every one is delivered once, and Redis runs far
+/// fewer transactions than there were publishes. Publishers that give up
+/// waiting (dropped futures) leave nothing stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_publishes_share_transactions_and_each_gets_its_receipt() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let broker = Arc::new(connect(&server.url(), &prefix).await);
+    broker
+        .ensure_subscription(GroupSpec::new(
+            "group",
+            Selector::parse(&["group.#"], None).expect("selector"),
+        ))
+        .await
+        .expect("subscription");
+    let mut conn = redis_conn(&server.url()).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("RESETSTAT");
+    const N: usize = 400;
+    let tasks: Vec<_> = (0..N)
+        .map(|n| {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let event = Event::new("group.x", json!({ "n": n })).expect("event");
+                let id = event.id.clone();
+                let published = broker
+                    .publish(event, PublishOptions::default())
+                    .await
+                    .expect("publish");
+                assert_eq!(published.id, id, "each publisher gets its own receipt");
+                published.cursor
+            })
+        })
+        .collect();
+    let mut cursors = HashSet::new();
+    for t in tasks {
+        cursors.insert(t.await.expect("publisher"));
+    }
+    assert_eq!(cursors.len(), N, "a history cursor per event");
+    let execs = exec_calls(&mut conn).await;
+    println!("{N} concurrent publishes in {execs} transactions");
+    assert!(
+        execs < N as u64 / 2,
+        "{execs} transactions for {N} concurrent publishes"
+    );
+    // Publishers that stop waiting at once: the queue keeps its writer.
+    for n in 0..50 {
+        let event = Event::new("group.x", json!({ "n": N + n })).expect("event");
+        let _ = timeout(
+            Duration::ZERO,
+            broker.publish(event, PublishOptions::default()),
+        )
+        .await;
+    }
+    let event = Event::new("group.x", json!({ "n": "last" })).expect("event");
+    timeout(
+        Duration::from_secs(5),
+        broker.publish(event, PublishOptions::default()),
+    )
+    .await
+    .expect("a publish after abandoned ones completes")
+    .expect("publish");
+    let mut consumer = broker
+        .consume(
+            "group",
+            ConsumeOptions {
+                max_in_flight: 1000,
+                ..ConsumeOptions::default()
+            },
+        )
+        .await
+        .expect("consume");
+    let mut seen: HashSet<String> = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("\"last\"") && Instant::now() < deadline {
+        let Ok(batch) = timeout(Duration::from_secs(2), consumer.next()).await else {
+            continue;
+        };
+        for d in batch.expect("consumer") {
+            assert!(
+                seen.insert(d.event.payload["n"].to_string()),
+                "delivered twice: {}",
+                d.event.payload
+            );
+            broker.ack("group", &d.delivery_id).await.expect("ack");
+        }
+    }
+    assert!(
+        (0..N).all(|n| seen.contains(&n.to_string())),
+        "every acknowledged publish delivered"
+    );
+    broker.close().await;
+}
+
 /// Acks of one subscription go out together, one `XACK` per band: every
 /// first ack of a held delivery succeeds, every repeat (in the same batch
 /// or a later one) is an unknown delivery, and the counter counts each

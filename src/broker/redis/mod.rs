@@ -229,6 +229,8 @@ pub(super) struct Shared {
     live: live::LiveIndex,
     pubsub: live::PubSub,
     deliver: deliver::Local,
+    /// Single publishes waiting for a transaction.
+    publishes: parking_lot::Mutex<publish::Queue>,
     token: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
@@ -445,6 +447,7 @@ impl RedisBroker {
             live: live::LiveIndex::default(),
             pubsub: live::PubSub::default(),
             deliver: deliver::Local::default(),
+            publishes: parking_lot::Mutex::default(),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
             closed: AtomicBool::new(false),
@@ -573,15 +576,15 @@ impl Broker for RedisBroker {
     /// One `MULTI`/`EXEC`: the event into its partition's history and into
     /// every matching durable subscription, checked against the config
     /// fence (see [`publish`]). Once it returns the event is routed.
+    /// Concurrent single publishes share transactions (group commit, see
+    /// `publish::publish_one`).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] within `command_timeout` when Redis is
     /// down; the event may or may not have been stored (retry with the same
     /// id under a `dedup_window` to be safe).
-    async fn publish(&self, event: Event, options: PublishOptions) -> Result<Published> {
-        let mut out = publish::publish(&self.shared, vec![event], &options).await?;
-        out.pop()
-            .ok_or_else(|| BrokerError::Internal("publish returned nothing".into()))
+    async fn publish(&self, event: Event, _options: PublishOptions) -> Result<Published> {
+        publish::publish_one(&self.shared, event).await
     }
 
     /// The whole batch is one transaction on one Redis: all or nothing,

@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering;
 
 use redis::Value;
 use redis::streams::{StreamId, StreamRangeReply};
+use tokio::sync::oneshot;
 
 use super::Shared;
 use super::keys::partition_of;
@@ -75,6 +76,89 @@ struct Planned {
     duplicate_of: Option<String>,
     /// Expired before it could be routed: stored in history only.
     expired: bool,
+}
+
+/// Single publishes waiting for a transaction (see [`publish_one`]).
+#[derive(Default)]
+pub(super) struct Queue {
+    waiting: Vec<(Event, oneshot::Sender<Result<Published>>)>,
+    /// A publisher is writing a group and will take `waiting` next.
+    flushing: bool,
+}
+
+/// Single publishes in one transaction at most.
+const GROUP_EVENTS: usize = 256;
+
+/// Stores and routes one event, in one transaction with the single
+/// publishes of other connections that arrive while a transaction is in
+/// flight (group commit).
+///
+/// A connection waits for each publish before it sends the next, so under
+/// load a transaction per publish meant a round trip and the transaction's
+/// fixed commands (`MULTI`, `EXEC`, the fence `GET`, the meta `HINCRBY`s,
+/// the wake-up `SPUBLISH`es) per event. The first publisher to find no
+/// transaction in flight starts a writer, which writes what is queued and
+/// then, while more arrived meanwhile, the next group. No publish waits for
+/// company: an idle router writes each event alone.
+///
+/// A group is stored whole or not at all on one Redis, as a batch is;
+/// every publisher of a failed group gets the error.
+pub(super) async fn publish_one(shared: &Arc<Shared>, event: Event) -> Result<Published> {
+    shared.check_open()?;
+    let (tx, rx) = oneshot::channel();
+    let lead = {
+        let mut queue = shared.publishes.lock();
+        queue.waiting.push((event, tx));
+        !std::mem::replace(&mut queue.flushing, true)
+    };
+    if lead {
+        // A task of its own: a publisher that goes away (a dropped HTTP
+        // request) must not leave the queue without a writer.
+        let shared = shared.clone();
+        tokio::spawn(async move { while write_group(&shared).await {} });
+    }
+    rx.await
+        .map_err(|_| BrokerError::Internal("publish group dropped".into()))?
+}
+
+/// Writes one group of queued single publishes; whether more are queued
+/// (the writer goes on with them). Clears `flushing` when none are.
+async fn write_group(shared: &Shared) -> bool {
+    let group: Vec<_> = {
+        let mut queue = shared.publishes.lock();
+        if queue.waiting.is_empty() {
+            queue.flushing = false;
+            return false;
+        }
+        let n = queue.waiting.len().min(GROUP_EVENTS);
+        queue.waiting.drain(..n).collect()
+    };
+    let (events, senders): (Vec<Event>, Vec<_>) = group.into_iter().unzip();
+    match publish(shared, events, &PublishOptions::default()).await {
+        Ok(published) if published.len() == senders.len() => {
+            for (tx, p) in senders.into_iter().zip(published) {
+                let _ = tx.send(Ok(p));
+            }
+        }
+        Ok(_) => {
+            let e = BrokerError::Internal("publish returned the wrong number of results".into());
+            for tx in senders {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for tx in senders {
+                let _ = tx.send(Err(e.clone()));
+            }
+        }
+    }
+    let mut queue = shared.publishes.lock();
+    if queue.waiting.is_empty() {
+        queue.flushing = false;
+        false
+    } else {
+        true
+    }
 }
 
 /// Stores and routes `events` (see `Broker::publish_batch`: with or without
