@@ -285,13 +285,14 @@ class EventRouterClient:
         """
         if self._closed is not None:
             raise self._closed
+        registered = list(self._subs.values())
         if self._driver is None:
             if self.url is None:
                 self._local = await LocalRouter.start()
                 self.url = self._local.ws_url
             self._driver = asyncio.get_running_loop().create_task(self._run())
         await self.wait_connected(self.connect_timeout)
-        for sub in list(self._subs.values()):
+        for sub in registered:
             await sub.start()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -627,6 +628,8 @@ class EventRouterClient:
             raise self._closed
         if self._driver is None:
             await self.connect()
+        # Queued publish_nowait events go first: publishes keep their order.
+        self._send_batch()
         wait = self.publish_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         await self._take_room(events, deadline)
