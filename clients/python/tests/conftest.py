@@ -39,7 +39,7 @@ LISTENING = re.compile(r"listening on (\d+\.\d+\.\d+\.\d+:\d+)")
 def router_binary() -> str:
     path = os.environ.get("EVENT_ROUTER_BIN") or str(ROOT / "target" / "debug" / "event-router")
     if not os.access(path, os.X_OK):
-        pytest.fail(f"event-router binary not found at {path}: `cargo build`, or set EVENT_ROUTER_BIN")
+        pytest.fail(f"event-router binary not found at {path}: build it, or set EVENT_ROUTER_BIN")
     return path
 
 
@@ -182,8 +182,17 @@ class RedisServer:
             pytest.fail("redis-server is not installed (scripts/test.sh installs it)")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly",
-             "no"],
+            [
+                exe,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

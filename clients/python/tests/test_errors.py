@@ -7,11 +7,10 @@ import builtins
 import hashlib
 import pathlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import ROOT, Router, eventually
-
 from event_router import (
     AuthError,
     BufferFullError,
@@ -44,7 +43,10 @@ def test_every_documented_server_code_maps_to_a_specific_error_class() -> None:
     for code in codes:
         for context in ("publish", "request", "subscribe"):
             cls = error_class(code, context)
-            assert cls is not EventRouterError and issubclass(cls, EventRouterError), (code, context)
+            assert cls is not EventRouterError and issubclass(cls, EventRouterError), (
+                code,
+                context,
+            )
 
 
 @pytest.mark.parametrize(
@@ -80,10 +82,12 @@ def test_timeout_and_connection_errors_are_also_the_builtin_ones() -> None:
     assert issubclass(BufferFullError, PublishError)
 
 
-async def test_bad_events_are_refused_with_publish_errors(start_router: Callable[..., Router]) -> None:
+async def test_bad_events_are_refused_with_publish_errors(
+    start_router: Callable[..., Router],
+) -> None:
     router = start_router("--max-payload-bytes", "1000")
     async with EventRouterClient(router.ws_url) as client:
-        cases = [
+        cases: list[tuple[Callable[[], Awaitable[str]], str]] = [
             (lambda: client.publish("bad topic", 1), "invalid_topic"),
             (lambda: client.publish("", 1), "invalid_topic"),
             (lambda: client.publish("a.b", 1, priority=11), "invalid_priority"),
@@ -174,8 +178,12 @@ async def test_an_unreachable_router_is_a_connection_error_after_max_attempts() 
         port = s.getsockname()[1]
     client = EventRouterClient(
         f"ws://127.0.0.1:{port}/ws",
-        reconnect={"enabled": True, "max_attempts": 3, "backoff": "exponential",
-                   "initial_delay": 0.01},
+        reconnect={
+            "enabled": True,
+            "max_attempts": 3,
+            "backoff": "exponential",
+            "initial_delay": 0.01,
+        },
     )
     with pytest.raises(ConnectionError) as caught:
         await client.connect()

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 from conftest import Router, eventually
-
 from event_router import Event, EventRouterClient, PublishError, Subscription
 
 
@@ -40,8 +39,11 @@ async def test_publish_returns_the_stored_id_and_every_field_arrives(router: Rou
         assert event.payload == {"order_id": 456, "total": 99.99}
         assert (event.source, event.target) == ("order_service", "payment_service")
         assert event.priority == 7
-        assert (event.correlation_id, event.causation_id, event.key) == ("req-789", "cause-1",
-                                                                        "customer-7")
+        assert (event.correlation_id, event.causation_id, event.key) == (
+            "req-789",
+            "cause-1",
+            "customer-7",
+        )
         assert event.ttl == 60
         assert event.headers == {"x-tenant": "acme"}
         assert event.metadata == {"m": 1}
@@ -155,7 +157,7 @@ async def test_a_transaction_with_one_bad_event_stores_none(router: Router) -> N
             async with client.transaction() as tx:
                 await tx.publish("order.created", {"id": 1})
                 # Passes the client's checks; the router refuses it.
-                await tx.publish("order.paid", 1, headers={"x": 5})  # type: ignore[dict-item]
+                await tx.publish("order.paid", 1, headers={"x": 5})
         assert caught.value.code == "invalid_event"
         assert not caught.value.retryable
         await client.publish("marker.event", None)

@@ -7,13 +7,14 @@ import builtins
 
 import pytest
 from conftest import Router, eventually
-
 from event_router import Event, EventRouterClient, HandlerError, TimeoutError
 
 
 async def test_request_gets_the_responders_return_value(router: Router) -> None:
-    async with EventRouterClient(router.ws_url) as server, \
-            EventRouterClient(router.ws_url) as caller:
+    async with (
+        EventRouterClient(router.ws_url) as server,
+        EventRouterClient(router.ws_url) as caller,
+    ):
 
         @server.respond("calculator.add")
         async def add_numbers(request: Event) -> dict[str, int]:
@@ -40,9 +41,7 @@ async def test_a_raised_exception_reaches_the_requester_as_handler_error(
             return {"name": "Alice"}
 
         await eventually(lambda: all(s.server_id for s in client._subs.values()))
-        assert (await client.request("user.get", {"id": 1}, timeout=5)).payload == {
-            "name": "Alice"
-        }
+        assert (await client.request("user.get", {"id": 1}, timeout=5)).payload == {"name": "Alice"}
         with pytest.raises(HandlerError) as caught:
             await client.request("user.get", {}, timeout=5)
         assert caught.value.message == "User ID required"
@@ -79,8 +78,10 @@ async def test_responders_in_a_group_share_requests(router: Router) -> None:
 
 
 async def test_publish_and_wait_returns_the_correlated_event(router: Router) -> None:
-    async with EventRouterClient(router.ws_url) as worker, \
-            EventRouterClient(router.ws_url) as orchestrator:
+    async with (
+        EventRouterClient(router.ws_url) as worker,
+        EventRouterClient(router.ws_url) as orchestrator,
+    ):
 
         @worker.on("task.assign")
         async def work(event: Event) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from conftest import RedisServer, Router, eventually
-
 from event_router import (
     BufferFullError,
     ConnectionError,
@@ -88,8 +87,16 @@ async def test_a_live_handler_keeps_receiving_after_the_router_restarts(router: 
 async def test_with_redis_durable_deliveries_are_redelivered_and_no_handler_runs_twice(
     redis: RedisServer, start_router: Callable[..., Router]
 ) -> None:
-    extra = ("--redis", redis.url, "--node-id", "replica-a", "--redis-membership-ttl", "1s",
-             "--redis-reclaim-idle", "1s")
+    extra = (
+        "--redis",
+        redis.url,
+        "--node-id",
+        "replica-a",
+        "--redis-membership-ttl",
+        "1s",
+        "--redis-reclaim-idle",
+        "1s",
+    )
     router = start_router(*extra)
     manage = ManagementClient(router.http_url)
 
@@ -140,7 +147,9 @@ async def test_with_redis_durable_deliveries_are_redelivered_and_no_handler_runs
 
 async def test_heartbeats_detect_a_router_that_stopped_answering(router: Router) -> None:
     client = EventRouterClient(
-        router.ws_url, reconnect=FAST, heartbeat={"interval": 0.2, "timeout": 0.3},
+        router.ws_url,
+        reconnect=FAST,
+        heartbeat={"interval": 0.2, "timeout": 0.3},
         connect_timeout=0.5,
     )
     async with client:
@@ -157,8 +166,9 @@ async def test_heartbeats_detect_a_router_that_stopped_answering(router: Router)
 
 
 async def test_the_offline_buffer_is_bounded(router: Router) -> None:
-    async with EventRouterClient(router.ws_url, reconnect=FAST, buffer_size=10,
-                                 batch_size=4) as client:
+    async with EventRouterClient(
+        router.ws_url, reconnect=FAST, buffer_size=10, batch_size=4
+    ) as client:
         router.kill()
         await eventually(lambda: not client.connected)
         for n in range(10):
@@ -180,8 +190,12 @@ async def test_when_reconnecting_gives_up_waiting_calls_and_iterators_fail(
 ) -> None:
     client = EventRouterClient(
         router.ws_url,
-        reconnect={"enabled": True, "max_attempts": 3, "backoff": "exponential",
-                   "initial_delay": 0.02},
+        reconnect={
+            "enabled": True,
+            "max_attempts": 3,
+            "backoff": "exponential",
+            "initial_delay": 0.02,
+        },
     )
     async with client:
         sub = await client.subscribe("gone.*")

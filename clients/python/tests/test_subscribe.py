@@ -9,7 +9,6 @@ import contextlib
 
 import pytest
 from conftest import Router, eventually
-
 from event_router import (
     Event,
     EventRouterClient,
@@ -154,8 +153,7 @@ async def test_durable_handler_return_acks_and_exception_nacks_then_redelivers(
             info = await manage.subscription("workers")
         assert (info["pending"], info["in_flight"]) == (0, 0), info
         assert info["acked"] == 2 and info["retried"] >= 1, info
-        assert sorted(attempts, key=str) == sorted([("ok", 1), ("flaky", 1), ("flaky", 2)],
-                                                   key=str)
+        assert sorted(attempts, key=str) == sorted([("ok", 1), ("flaky", 1), ("flaky", 2)], key=str)
         assert errors == [("first try fails", flaky)]
 
 
@@ -166,8 +164,10 @@ async def test_after_max_attempts_an_event_is_dead_lettered_and_can_be_retried_o
         manage = ManagementClient(client)
         await manage.put_subscription(
             "poison",
-            {"topics": ["poison.*"],
-             "delivery": {"maxAttempts": 2, "backoff": {"initial": "20ms", "max": "50ms"}}},
+            {
+                "topics": ["poison.*"],
+                "delivery": {"maxAttempts": 2, "backoff": {"initial": "20ms", "max": "50ms"}},
+            },
         )
         calls: list[int] = []
         fail = True
@@ -215,10 +215,8 @@ async def test_consumers_of_one_group_share_the_events(router: Router) -> None:
             got[name].append(event.payload)
             await asyncio.sleep(0.01)
 
-        await a.subscribe("share.*", group="pool", handler=lambda e: slow("a", e),
-                          max_in_flight=1)
-        await b.subscribe("share.*", group="pool", handler=lambda e: slow("b", e),
-                          max_in_flight=1)
+        await a.subscribe("share.*", group="pool", handler=lambda e: slow("a", e), max_in_flight=1)
+        await b.subscribe("share.*", group="pool", handler=lambda e: slow("b", e), max_in_flight=1)
         await a.publish_batch([("share.x", n) for n in range(40)])
         await eventually(lambda: len(got["a"]) + len(got["b"]) == 40)
         assert sorted(got["a"] + got["b"]) == list(range(40)), "each event once"

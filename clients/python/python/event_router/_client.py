@@ -26,6 +26,7 @@ One driver task per client owns the connection:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import inspect
@@ -33,7 +34,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -323,6 +324,25 @@ class EventRouterClient:
                 retryable=True,
             )
 
+    async def wait_subscribed(self, timeout: float | None = None) -> None:
+        """Waits until every subscription made so far (decorators included)
+        is confirmed by the router: events published from now on, by any
+        client, reach them.
+
+        Raises:
+            SubscriptionError: one was refused (it is also given to the
+                `on_error` handlers).
+            TimeoutError: not all confirmed within `timeout` seconds.
+        """
+        subs = [s for s in self._subs.values() if s._confirmed is not None]
+        waits = [asyncio.shield(s._confirmed) for s in subs if s._confirmed is not None]
+        if not waits:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except builtins.TimeoutError:
+            raise TimeoutError("subscriptions not confirmed in time", code="timeout") from None
+
     async def close(self, *, flush: bool = True) -> None:
         """Closes the client. With `flush` (the default) queued
         `publish_nowait` events are sent first and confirmations awaited up
@@ -335,7 +355,7 @@ class EventRouterClient:
         if flush and self._driver is not None and self._connected.is_set():
             try:
                 await asyncio.wait_for(self.flush(), self.publish_timeout)
-            except (asyncio.TimeoutError, EventRouterError) as e:
+            except (builtins.TimeoutError, EventRouterError) as e:
                 log.warning("close: unconfirmed publishes dropped: %s", e)
         self._closing = True
         for sub in list(self._subs.values()):
@@ -653,7 +673,7 @@ class EventRouterClient:
                 asyncio.shield(future),
                 max(0.001, deadline - time.monotonic()) + (0.5 if op == "request" else 0),
             )
-        except asyncio.TimeoutError:
+        except builtins.TimeoutError:
             self._forget(call.id)
             raise TimeoutError(f"{op}: no reply within {wait}s", code="timeout") from None
         except asyncio.CancelledError:
@@ -678,7 +698,7 @@ class EventRouterClient:
                 raise TimeoutError("no room in the publish buffer in time", code="timeout")
             try:
                 await asyncio.wait_for(self._space.wait(), left)
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 raise TimeoutError(
                     "no room in the publish buffer in time", code="timeout"
                 ) from None
@@ -855,7 +875,7 @@ class EventRouterClient:
         group: str | None = ...,
         batch_size: None = ...,
         timeout: float | None = ...,
-    ) -> AsyncIterator[Event]: ...
+    ) -> AsyncGenerator[Event, None]: ...
 
     @overload
     def stream(
@@ -865,7 +885,7 @@ class EventRouterClient:
         group: str | None = ...,
         batch_size: int,
         timeout: float | None = ...,
-    ) -> AsyncIterator[list[Event]]: ...
+    ) -> AsyncGenerator[list[Event], None]: ...
 
     def stream(
         self,
@@ -874,7 +894,7 @@ class EventRouterClient:
         group: str | None = None,
         batch_size: int | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Events of `topics` as an async iterator; with `batch_size`, lists
         of up to `batch_size` events, each yielded when full or `timeout`
         seconds after its first event. Durable (`group`) events are acked
@@ -892,7 +912,7 @@ class EventRouterClient:
         size: float | str,
         slide: float | str | None = None,
         filter: Filter | None = None,
-    ) -> AsyncIterator[list[Event]]:
+    ) -> AsyncGenerator[list[Event], None]:
         """Sliding time windows over the live events of `topics`: every
         `slide` (default `size`; seconds or `"30s"`, `"1m"`), the events that
         arrived in the last `size`, oldest first. Empty windows are skipped."""
@@ -1396,7 +1416,7 @@ class Transaction:
         self._events.clear()
 
 
-async def _events(sub: Subscription) -> AsyncIterator[Event]:
+async def _events(sub: Subscription) -> AsyncGenerator[Event, None]:
     async with sub:
         async for event in sub:
             yield event
@@ -1404,7 +1424,7 @@ async def _events(sub: Subscription) -> AsyncIterator[Event]:
 
 async def _batches(
     sub: Subscription, size: int, timeout: float | None
-) -> AsyncIterator[list[Event]]:
+) -> AsyncGenerator[list[Event], None]:
     async with sub:
         while True:
             try:
@@ -1419,7 +1439,7 @@ async def _batches(
                     break
                 try:
                     batch.append(await asyncio.wait_for(sub._next(), left))
-                except asyncio.TimeoutError:
+                except builtins.TimeoutError:
                     break
                 except Exception:
                     break
@@ -1428,7 +1448,9 @@ async def _batches(
                 await event.ack()
 
 
-async def _windows(sub: Subscription, size: float, slide: float) -> AsyncIterator[list[Event]]:
+async def _windows(
+    sub: Subscription, size: float, slide: float
+) -> AsyncGenerator[list[Event], None]:
     seen: collections.deque[tuple[float, Event]] = collections.deque()
     async with sub:
         next_at = time.monotonic() + slide
@@ -1437,7 +1459,7 @@ async def _windows(sub: Subscription, size: float, slide: float) -> AsyncIterato
             if left > 0:
                 try:
                     event = await asyncio.wait_for(sub._next(), left)
-                except asyncio.TimeoutError:
+                except builtins.TimeoutError:
                     pass
                 except Exception:
                     return

@@ -103,7 +103,7 @@ class LocalRouter:
         assert process.stderr is not None
         try:
             addr = await asyncio.wait_for(_listening(process.stderr, seen), START_TIMEOUT)
-        except (asyncio.TimeoutError, EOFError):
+        except (TimeoutError, EOFError):
             addr = None
         if addr is None:
             await _end(process)
@@ -155,6 +155,6 @@ async def _end(process: asyncio.subprocess.Process) -> None:
         return
     try:
         await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         await process.wait()

@@ -17,6 +17,7 @@ again instead.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import contextlib
 import enum
@@ -326,7 +327,7 @@ class Subscription:
 
         try:
             return await asyncio.wait_for(self._next(), timeout)
-        except asyncio.TimeoutError:
+        except builtins.TimeoutError:
             raise TimeoutError(f"no event within {timeout}s", code="timeout") from None
         except _Ended:
             raise self._error or SubscriptionError(

@@ -164,7 +164,6 @@ class EventEnabledAgent:
 
     async def run(self) -> None:
         """Starts, then runs until `stop()` or SIGINT/SIGTERM, then stops."""
-        await self.start()
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -172,6 +171,7 @@ class EventEnabledAgent:
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
                 installed.append(sig)
         try:
+            await self.start()
             await self._stopped.wait()
         finally:
             for sig in installed:
