@@ -17,16 +17,12 @@ bundled `event-router serve` on a free loopback port and stops it on exit.
 See docs/python.md.
 """
 
-from ._client import (
-    ERROR_HEADER,
-    URL_ENV,
-    EventRouterClient,
-    Transaction,
-)
+from ._client import ERROR_HEADER, URL_ENV, EventRouterClient
 from ._config import ReconnectPolicy
 from ._event import PRIORITIES, Event
 from ._local import LocalRouter, find_binary
 from ._subscription import Subscription
+from ._transaction import Transaction
 from .agent import EventEnabledAgent, event_handler
 from .errors import (
     AuthError,

@@ -44,11 +44,12 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from . import _config
+from . import _config, _streams
 from ._config import ReconnectPolicy, parse_duration, token_from_auth
 from ._event import JSON, Event, Priority, new_event_id, priority_problem, topic_problem
 from ._local import LocalRouter
 from ._subscription import Filter, Handler, Subscription
+from ._transaction import Transaction
 from .errors import (
     AuthError,
     BufferFullError,
@@ -903,8 +904,8 @@ class EventRouterClient:
         (`contextlib.aclosing` closes it at once)."""
         sub = self.subscribe(list(topics), filter=filter, group=group)
         if batch_size is None:
-            return _events(sub)
-        return _batches(sub, max(1, batch_size), timeout)
+            return _streams.events(sub)
+        return _streams.batches(sub, max(1, batch_size), timeout)
 
     def window(
         self,
@@ -916,7 +917,7 @@ class EventRouterClient:
         """Sliding time windows over the live events of `topics`: every
         `slide` (default `size`; seconds or `"30s"`, `"1m"`), the events that
         arrived in the last `size`, oldest first. Empty windows are skipped."""
-        return _windows(
+        return _streams.windows(
             self.subscribe(list(topics), filter=filter),
             parse_duration(size),
             parse_duration(slide if slide is not None else size),
@@ -1358,120 +1359,6 @@ class EventRouterClient:
         for sub in list(self._subs.values()):
             sub._end(stream_error)
         self._subs.clear()
-
-
-class Transaction:
-    """Publishes collected in a block and stored all or nothing
-    (`EventRouterClient.transaction`)."""
-
-    def __init__(self, client: EventRouterClient) -> None:
-        self._client = client
-        self._events: list[str] = []
-        self._done = False
-        #: Ids of the committed events, in order (after commit).
-        self.event_ids: list[str] = []
-
-    async def __aenter__(self) -> Transaction:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            await self.commit()
-        else:
-            self.rollback()
-
-    async def publish(self, type: str, payload: JSON = None, **fields: Any) -> str:
-        """Adds an event (as `EventRouterClient.publish` takes it) and returns
-        the id it will be stored under; nothing is sent before commit.
-
-        Raises:
-            PublishError: invalid topic or priority.
-        """
-        if self._done:
-            raise PublishError("the transaction is finished", code="bad_request", retryable=False)
-        event_id, text = self._client._event_json(type, payload, **fields)
-        self._events.append(text)
-        return event_id
-
-    async def commit(self) -> list[str]:
-        """Stores every event or none (one atomic batch); returns their ids.
-
-        Raises:
-            PublishError: the batch was refused; nothing was stored.
-        """
-        if self._done:
-            return self.event_ids
-        self._done = True
-        self.event_ids = await self._client._batch_call(self._events, True)
-        return self.event_ids
-
-    def rollback(self) -> None:
-        """Drops the collected events."""
-        self._done = True
-        self._events.clear()
-
-
-async def _events(sub: Subscription) -> AsyncGenerator[Event, None]:
-    async with sub:
-        async for event in sub:
-            yield event
-
-
-async def _batches(
-    sub: Subscription, size: int, timeout: float | None
-) -> AsyncGenerator[list[Event], None]:
-    async with sub:
-        while True:
-            try:
-                first = await sub._next()
-            except Exception:
-                return
-            batch = [first]
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while len(batch) < size:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(sub._next(), left))
-                except builtins.TimeoutError:
-                    break
-                except Exception:
-                    break
-            yield batch
-            for event in batch:
-                await event.ack()
-
-
-async def _windows(
-    sub: Subscription, size: float, slide: float
-) -> AsyncGenerator[list[Event], None]:
-    seen: collections.deque[tuple[float, Event]] = collections.deque()
-    async with sub:
-        next_at = time.monotonic() + slide
-        while True:
-            left = next_at - time.monotonic()
-            if left > 0:
-                try:
-                    event = await asyncio.wait_for(sub._next(), left)
-                except builtins.TimeoutError:
-                    pass
-                except Exception:
-                    return
-                else:
-                    seen.append((time.monotonic(), event))
-                    continue
-            now = time.monotonic()
-            next_at += slide
-            while seen and seen[0][0] <= now - size:
-                seen.popleft()
-            if seen:
-                yield [e for _, e in seen]
 
 
 def _dumps(value: Any, what: str) -> str:
