@@ -220,3 +220,47 @@ async def test_with_reconnect_disabled_a_lost_connection_closes_the_client(
         with pytest.raises(ConnectionError) as caught:
             await client.publish("x.y", 1)
         assert caught.value.code == "connection_lost"
+
+
+async def test_a_dead_connection_returns_durable_deliveries_to_the_group(router: Router) -> None:
+    """The router lives (memory broker) but the connection dies: the client's
+    heartbeat replaces it, the router gives the in-flight deliveries back to
+    the group, and they come again on the new connection."""
+    client = EventRouterClient(
+        router.ws_url,
+        reconnect=FAST,
+        heartbeat={"interval": 0.2, "timeout": 0.3},
+        connect_timeout=0.5,
+    )
+    manage = ManagementClient(router.http_url)
+    async with client:
+        log: list[tuple[str, str, int]] = []
+        gate = asyncio.Event()
+
+        async def handle(event: Event) -> None:
+            assert event.delivery_id and event.id
+            log.append((event.delivery_id, event.id, event.attempt))
+            await gate.wait()
+
+        await client.subscribe("cut.*", group="cut-workers", handler=handle, max_in_flight=10)
+        published = [await client.publish("cut.item", n) for n in range(3)]
+        await eventually(lambda: len(log) == 1)
+        os.kill(router.pid, signal.SIGSTOP)
+        try:
+            await eventually(lambda: not client.connected, timeout=5)
+        finally:
+            os.kill(router.pid, signal.SIGCONT)
+        await client.wait_connected(10)
+        gate.set()
+        await eventually(
+            lambda: set(published) <= {e for _, e, _ in log}, timeout=20, what="every event handled"
+        )
+        for _ in range(200):
+            info = await manage.subscription("cut-workers")
+            if (info["pending"], info["in_flight"]) == (0, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert (info["pending"], info["in_flight"]) == (0, 0), info
+    per_delivery = collections.Counter(d for d, _, _ in log)
+    assert all(n == 1 for n in per_delivery.values()), f"no delivery id twice: {log}"
+    assert any(attempt >= 2 for _, _, attempt in log), f"redelivered after the cut: {log}"
