@@ -314,3 +314,21 @@ async def test_window_yields_the_events_of_each_time_window(router: Router) -> N
         await asyncio.wait_for(task, 10)
         assert windows[0] == [1, 2, 3]
         assert windows[1] == [10], "a tumbling window holds only its own events"
+
+
+async def test_an_ack_made_right_before_close_reaches_the_router(router: Router) -> None:
+    manage = ManagementClient(router.http_url)
+    for n in range(5):
+        client = EventRouterClient(router.ws_url)
+        await client.connect()
+        sub = await client.subscribe("last.*", group="last")
+        await client.publish("last.x", n)
+        event = await sub.get(5)
+        await event.ack()
+        await client.close()
+        info = await manage.subscription("last")
+        for _ in range(100):
+            if info["acked"] == n + 1 and info["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (info["acked"], info["pending"], info["in_flight"]) == (n + 1, 0, 0), info

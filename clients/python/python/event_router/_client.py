@@ -116,10 +116,12 @@ class _Conn:
     ws: ClientConnection
     out: collections.deque[str] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     last_rx: float = field(default_factory=time.monotonic)
 
     def send(self, text: str) -> None:
         self.out.append(text)
+        self.idle.clear()
         self.wake.set()
 
 
@@ -243,7 +245,11 @@ class EventRouterClient:
     # --- lifecycle ----------------------------------------------------------
 
     async def __aenter__(self) -> EventRouterClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close(flush=False)
+            raise
         return self
 
     async def __aexit__(
@@ -362,6 +368,9 @@ class EventRouterClient:
         for sub in list(self._subs.values()):
             await sub.unsubscribe()
         if self._conn is not None:
+            # Acks, nacks and unsubscribes queued so far go out first.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.idle.wait(), 1.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.ws.close(), 1.0)
         if self._driver is not None:
@@ -1159,6 +1168,7 @@ class EventRouterClient:
         try:
             while True:
                 while not conn.out:
+                    conn.idle.set()
                     conn.wake.clear()
                     await conn.wake.wait()
                 frames = conn.out

@@ -10,11 +10,14 @@ then `PATH`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
+import functools
 import os
 import re
 import shutil
+import signal
 import sys
 import sysconfig
 from pathlib import Path
@@ -66,6 +69,7 @@ class LocalRouter:
         self.http_url = f"http://{addr}"
         self._output: collections.deque[bytes] = collections.deque(maxlen=50)
         self._drain: asyncio.Task[None] | None = None
+        self._at_exit: functools.partial[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -112,6 +116,9 @@ class LocalRouter:
                 f"{exe} serve did not start:\n{output}", code="not_started", retryable=False
             )
         router = cls(process, addr)
+        # Should the event loop end without close(), the child ends with us.
+        router._at_exit = functools.partial(_terminate, process.pid)
+        atexit.register(router._at_exit)
         router._output.extend(seen)
         router._drain = asyncio.get_running_loop().create_task(router._read_rest())
         return router
@@ -129,6 +136,8 @@ class LocalRouter:
     async def stop(self) -> None:
         """Stops the child (SIGTERM, then SIGKILL after `STOP_TIMEOUT`)."""
         await _end(self.process)
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
         if self._drain is not None:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -158,3 +167,8 @@ async def _end(process: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         process.kill()
         await process.wait()
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
