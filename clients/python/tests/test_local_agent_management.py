@@ -68,7 +68,7 @@ async def test_config_dict_settings_are_read(router: Router) -> None:
             "heartbeat": {"interval": "5s", "timeout": "2s"},
         }
     )
-    assert client.reconnect.max_attempts == 5
+    assert client.reconnect_policy.max_attempts == 5
     assert (client.batch_size, client.buffer_size) == (7, 99)
     assert (client.heartbeat_interval, client.heartbeat_timeout) == (5.0, 2.0)
     async with client:

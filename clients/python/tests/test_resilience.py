@@ -264,3 +264,28 @@ async def test_a_dead_connection_returns_durable_deliveries_to_the_group(router:
     per_delivery = collections.Counter(d for d, _, _ in log)
     assert all(n == 1 for n in per_delivery.values()), f"no delivery id twice: {log}"
     assert any(attempt >= 2 for _, _, attempt in log), f"redelivered after the cut: {log}"
+
+
+async def test_reconnect_starts_over_after_the_policy_gave_up(router: Router) -> None:
+    client = EventRouterClient(
+        router.ws_url,
+        reconnect={"enabled": True, "max_attempts": 2, "initial_delay": 0.02},
+    )
+    async with client:
+        router.kill()
+        await eventually(lambda: client.closed, what="the policy giving up")
+        with pytest.raises(ConnectionError):
+            await client.publish("again.x", 1)
+        await asyncio.to_thread(router.restart)
+        await client.reconnect()
+        assert client.connected and not client.closed
+        seen: list[Event] = []
+        await client.subscribe("again.*", handler=seen.append)
+        await client.publish("again.x", 2)
+        await eventually(lambda: [e.payload for e in seen] == [2])
+        # A connected client replaces its connection.
+        before = client.connections
+        await client.reconnect()
+        assert client.connections == before + 1
+        await client.publish("again.x", 3)
+        await eventually(lambda: [e.payload for e in seen] == [2, 3])

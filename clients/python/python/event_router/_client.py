@@ -142,7 +142,7 @@ class EventRouterClient:
       `{"type": "jwt", "token": ...}`): the bearer credential;
     - `reconnect`: `{"enabled": True, "max_attempts": 5, "backoff":
       "exponential", "initial_delay": 0.1, "max_delay": 10, "jitter": 0.2}`
-      (`max_attempts` None retries forever);
+      (`max_attempts` None retries forever), kept as `reconnect_policy`;
     - `batch_size` (100) and `batch_timeout` (0.01 s): `publish_nowait`
       sends a batch when it holds `batch_size` events or `batch_timeout`
       after its first;
@@ -189,7 +189,7 @@ class EventRouterClient:
             explicit = os.environ.get(URL_ENV) or None
         self.url: str | None = _ws_url(explicit) if explicit else None
         self.token = token_from_auth(pick("auth", auth, None), pick("token", token, None))
-        self.reconnect = ReconnectPolicy.from_value(pick("reconnect", reconnect, None))
+        self.reconnect_policy = ReconnectPolicy.from_value(pick("reconnect", reconnect, None))
         self.batch_size = max(
             1,
             min(MAX_BATCH_EVENTS, int(pick("batch_size", batch_size, _config.DEFAULT_BATCH_SIZE))),
@@ -310,26 +310,30 @@ class EventRouterClient:
             ConnectionError: not connected within `timeout` seconds, or the
                 client closed (the reason it closed is raised).
         """
-        if self._closed is not None:
-            raise self._closed
-        waits = [
-            asyncio.ensure_future(self._connected.wait()),
-            asyncio.ensure_future(self._closed_event.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if self._closed is not None:
-            raise self._closed
-        if not self._connected.is_set():
-            raise ConnectionError(
-                f"not connected to {self.url} within {timeout}s"
-                + (f"; last: {self.last_error}" if self.last_error else ""),
-                code="connect_timeout",
-                retryable=True,
-            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            if self._connected.is_set():
+                return
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise ConnectionError(
+                    f"not connected to {self.url} within {timeout}s"
+                    + (f"; last: {self.last_error}" if self.last_error else ""),
+                    code="connect_timeout",
+                    retryable=True,
+                )
+            waits = [
+                asyncio.ensure_future(self._connected.wait()),
+                asyncio.ensure_future(self._closed_event.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     async def wait_subscribed(self, timeout: float | None = None) -> None:
         """Waits until every subscription made so far (decorators included)
@@ -349,6 +353,33 @@ class EventRouterClient:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
         except builtins.TimeoutError:
             raise TimeoutError("subscriptions not confirmed in time", code="timeout") from None
+
+    async def reconnect(self) -> None:
+        """Reconnects now. A connected client replaces its connection
+        (subscriptions are restored, unconfirmed publishes re-sent). A client
+        that closed because reconnecting gave up starts over with a fresh
+        attempt budget; its old subscriptions ended, so subscribe again.
+
+        Raises:
+            ConnectionError: as `connect`; also for a client closed by
+                `close()`.
+        """
+        if self._closed is not None:
+            if self._closed.code == "closed":
+                raise self._closed
+            self._closed = None
+            self._closed_event.clear()
+            self._driver = None
+            self._closing = False
+            await self.connect()
+            return
+        if self._driver is None:
+            await self.connect()
+            return
+        if self._conn is not None:
+            self._connected.clear()
+            self._conn.ws.transport.abort()
+        await self.wait_connected(self.connect_timeout)
 
     async def close(self, *, flush: bool = True) -> None:
         """Closes the client. With `flush` (the default) queued
@@ -1110,7 +1141,7 @@ class EventRouterClient:
                     break
                 self.last_error = reason
                 log.warning("connection to %s lost (%s); reconnecting", self.url, reason)
-                if not self.reconnect.allows(0):
+                if not self.reconnect_policy.allows(0):
                     self._finish(
                         ConnectionError(
                             f"connection lost ({reason}) and reconnecting is disabled",
@@ -1122,7 +1153,7 @@ class EventRouterClient:
                 continue
             failed += 1
             self.last_error = reason
-            if not self.reconnect.allows(failed):
+            if not self.reconnect_policy.allows(failed):
                 self._finish(
                     ConnectionError(
                         f"cannot connect to {self.url}: gave up after {failed} failed attempts; "
@@ -1132,7 +1163,7 @@ class EventRouterClient:
                     )
                 )
                 return
-            await asyncio.sleep(self.reconnect.delay(failed))
+            await asyncio.sleep(self.reconnect_policy.delay(failed))
 
     async def _serve(self, ws: ClientConnection) -> str:
         conn = _Conn(ws)
