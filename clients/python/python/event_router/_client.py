@@ -79,7 +79,9 @@ ErrorHandler = Callable[[BaseException, Event | None], Awaitable[Any] | Any]
 H = TypeVar("H", bound=Callable[..., Any])
 E = TypeVar("E", bound=ErrorHandler)
 
-_SEP = (",", ":")
+# One encoder for every event: json.dumps with arguments builds a new
+# encoder per call, which was half the cost of a publish_nowait.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass
@@ -435,32 +437,42 @@ class EventRouterClient:
         problem = topic_problem(type)
         if problem is not None:
             raise PublishError(problem, code="invalid_topic", retryable=False)
-        event: dict[str, Any] = {"id": id or new_event_id(), "type": type, "payload": payload}
+        # Built by hand around json.dumps of the values: a dict per event and
+        # one dumps of it cost twice as much on the publish_nowait path. The
+        # topic needs no escaping (checked above), a generated id neither.
+        if id is None:
+            id = new_event_id()
+            parts = [f'{{"id":"{id}","type":"{type}","payload":', _dumps(payload, "payload")]
+        else:
+            parts = [
+                f'{{"id":{_dumps(id, "id")},"type":"{type}","payload":',
+                _dumps(payload, "payload"),
+            ]
         if caused_by is not None:
             causation_id = causation_id or caused_by.id
             correlation_id = correlation_id or caused_by.correlation_id or caused_by.id
         src = source if source is not None else self.source
+        if priority is not None:
+            problem = priority_problem(priority)
+            if problem is not None:
+                raise PublishError(problem, code="invalid_priority", retryable=False)
         for name, value in (
             ("source", src),
             ("target", target),
+            ("priority", priority),
             ("correlation_id", correlation_id),
             ("causation_id", causation_id),
             ("reply_to", reply_to),
             ("key", key),
             ("ttl", ttl),
+            ("headers", dict(headers) if headers else None),
+            ("metadata", dict(metadata) if metadata is not None else None),
         ):
             if value is not None:
-                event[name] = value
-        if priority is not None:
-            problem = priority_problem(priority)
-            if problem is not None:
-                raise PublishError(problem, code="invalid_priority", retryable=False)
-            event["priority"] = priority
-        if headers:
-            event["headers"] = dict(headers)
-        if metadata is not None:
-            event["metadata"] = dict(metadata)
-        return event["id"], _dumps(event, "event")
+                parts.append(f',"{name}":')
+                parts.append(_dumps(value, name))
+        parts.append("}")
+        return id, "".join(parts)
 
     def _prepared_json(self, event: Event) -> tuple[str, str]:
         if not isinstance(event, Event):
@@ -1404,7 +1416,7 @@ class EventRouterClient:
 
 def _dumps(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, separators=_SEP, ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as e:
         raise PublishError(
             f"the {what} is not JSON: {e}", code="invalid_event", retryable=False

@@ -8,7 +8,7 @@ carries where it came from (`subscription_id`, `delivery_id`, `attempt`).
 from __future__ import annotations
 
 import json
-import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -87,14 +87,20 @@ def priority_problem(priority: object) -> str | None:
 
 
 def new_event_id() -> str:
-    """A fresh UUIDv7 (time-ordered), as the router assigns."""
+    """A fresh UUIDv7 (time-ordered), as the router assigns.
+
+    The 74 random bits come from `random` (not a secret: an id only has to
+    be unique), which is several times cheaper than `os.urandom` per event.
+    """
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
+    rand = random.getrandbits(74)
+    value = (
+        ((millis & 0xFFFF_FFFF_FFFF) << 80)
+        | (0x7 << 76)
+        | ((rand >> 62) << 64)
+        | (0b10 << 62)
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    )
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
