@@ -38,11 +38,11 @@ async def throughput(url: str | None, events: int, batch_size: int) -> tuple[str
         for _ in range(2_000):
             client.publish_nowait("bench.throughput", payload)
         await client.flush()
-        high_water = client.buffer_size // 2
+        room = batch_size * 4
         started = time.perf_counter()
         for _ in range(events):
-            if client.buffered >= high_water:
-                await client.flush()
+            if client.buffered + room > client.buffer_size:
+                await client.wait_for_room(room)
             client.publish_nowait("bench.throughput", payload)
         await client.flush()
         elapsed = time.perf_counter() - started

@@ -687,6 +687,35 @@ class EventRouterClient:
         self._flushes.append((upto, future))
         await future
 
+    async def wait_for_room(self, events: int = 1) -> None:
+        """Waits until `events` more fit in the publish buffer: the
+        backpressure of a producer that uses `publish_nowait` in a loop
+        (`flush()` would wait for the whole pipeline to empty).
+
+        Raises:
+            BufferFullError: `events` exceeds `buffer_size`.
+            ConnectionError: the client closed first.
+        """
+        if events > self.buffer_size:
+            raise BufferFullError(
+                f"{events} events exceed the publish buffer of {self.buffer_size}",
+                code="buffer_full",
+            )
+        self._send_batch()
+        while self._buffered + events > self.buffer_size:
+            if self._closed is not None:
+                raise self._closed
+            self._space.clear()
+            waits = [
+                asyncio.ensure_future(self._space.wait()),
+                asyncio.ensure_future(self._closed_event.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
     async def _call(
         self,
         kind: Context,

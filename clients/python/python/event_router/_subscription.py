@@ -168,6 +168,7 @@ class Subscription:
         self._registered = False
         self._runner: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._draining = False
 
     @property
     def durable(self) -> bool:
@@ -288,13 +289,12 @@ class Subscription:
     async def drain(self, timeout: float | None = None) -> None:
         """Stops taking deliveries and waits up to `timeout` for running
         handlers to finish (graceful stop); the rest are cancelled."""
-        if self._runner is not None and self._runner is not asyncio.current_task():
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
-        running = [t for t in self._running if t is not asyncio.current_task()]
-        if running:
-            await asyncio.wait(running, timeout=timeout)
+        self._draining = True
+        self._wake()
+        current = asyncio.current_task()
+        tasks = [t for t in (self._runner, *self._running) if t is not None and t is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
         await self.unsubscribe()
 
     # --- iteration ----------------------------------------------------------
@@ -339,6 +339,8 @@ class Subscription:
             if self._ended:
                 if self._error is not None:
                     raise self._error
+                raise _Ended
+            if self._draining:
                 raise _Ended
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -410,19 +412,32 @@ class Subscription:
     # --- handlers -----------------------------------------------------------
 
     async def _run_handler(self) -> None:
+        if self.concurrency == 1:
+            # In order, one at a time, with no task per delivery.
+            while not self._draining:
+                try:
+                    event = await self._next()
+                except (_Ended, EventRouterError):
+                    break
+                if self._draining:
+                    break  # not started: a durable one is redelivered
+                await self._handle(event)
+            return
         slots = asyncio.Semaphore(self.concurrency)
 
         def done(task: asyncio.Task[None]) -> None:
             self._running.discard(task)
             slots.release()
 
-        while True:
+        while not self._draining:
             # A slot first: a delivery taken off the queue is one a lost
             # connection can no longer discard.
             await slots.acquire()
             try:
                 event = await self._next()
             except (_Ended, EventRouterError):
+                break
+            if self._draining:
                 break
             task = asyncio.get_running_loop().create_task(self._handle(event))
             self._running.add(task)
