@@ -73,6 +73,9 @@ async def test_config_dict_settings_are_read(router: Router) -> None:
     assert (client.heartbeat_interval, client.heartbeat_timeout) == (5.0, 2.0)
     async with client:
         assert client.connected
+    explicit = EventRouterClient(transport="websocket", url=router.ws_url)
+    assert explicit.url == router.ws_url
+    assert EventRouterClient(router.ws_url, transport="memory").url is None, "local router"
     with pytest.raises(ValueError, match="transport"):
         EventRouterClient(config={"transport": "redis"})
     with pytest.raises(ValueError, match="reconnect"):

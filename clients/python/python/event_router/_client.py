@@ -152,7 +152,9 @@ class EventRouterClient:
     - `heartbeat` (`{"interval": 15, "timeout": 10}`, seconds; interval 0
       turns heartbeats off); `publish_timeout` (30 s); `connect_timeout`
       (10 s); `queue_size` (1,024 deliveries per subscription);
-    - `source`: the default `source` of published events.
+    - `source`: the default `source` of published events;
+    - `transport`: `"websocket"` (default) or `"memory"` (always the local
+      router, whatever the URL settings say).
     """
 
     def __init__(
@@ -171,13 +173,14 @@ class EventRouterClient:
         connect_timeout: float | None = None,
         queue_size: int | None = None,
         source: str | None = None,
+        transport: str | None = None,
     ) -> None:
         cfg = dict(config or {})
 
         def pick(name: str, value: Any, default: Any) -> Any:
             return value if value is not None else cfg.get(name, default)
 
-        transport = cfg.get("transport")
+        transport = pick("transport", transport, None)
         if transport not in (None, "websocket", "memory", "local", "auto"):
             raise ValueError(
                 f"transport {transport!r} is not available in this SDK: connect to a router "
