@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need when it is missing
-# (redis-server, promtool, a Python venv with pytest and the CloudEvents SDK),
-# then `cargo test` and the Python end-to-end tests in tests/python.
+# (redis-server, promtool, a Python venv with pytest, the CloudEvents SDK and
+# the Python SDK's tools), then `cargo test`, the Python end-to-end tests in
+# tests/python and the Python SDK's suite in clients/python/tests (which also
+# runs `mypy --strict` and `ruff check` over the SDK).
 #
 # Usage: ./scripts/test.sh        (CI runs it through .ci/run)
 # Exits non-zero when any step fails; pytest finding no tests is a failure.
@@ -11,7 +13,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 VENV=$TARGET_DIR/venv
-PY_PACKAGES=(pytest cloudevents requests websocket-client helm-python-sdk kubernetes-validate pyyaml)
+PY_PACKAGES=(pytest cloudevents requests websocket-client helm-python-sdk kubernetes-validate pyyaml
+    "websockets>=15" mypy ruff maturin)
 
 export CARGO_INCREMENTAL=0
 export CARGO_TERM_COLOR=never
@@ -63,7 +66,7 @@ fi
 
 # --- Python venv ---------------------------------------------------------------
 section "python venv ($VENV)"
-if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml, websockets, mypy, ruff, maturin' >/dev/null 2>&1; then
     if ! python3 -m venv "$VENV"; then
         apt_install python3-venv
         python3 -m venv "$VENV"
@@ -71,7 +74,7 @@ if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, hel
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML) ' || true
+    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML|websockets|mypy|ruff|maturin) ' || true
 
 # --- Rust ------------------------------------------------------------------------
 # One `cargo test` build serves every step: it also builds the binary that the
@@ -108,6 +111,24 @@ else
         0) ;;
         5) echo "error: pytest collected no tests" >&2; failed+=("pytest (no tests)") ;;
         *) failed+=("pytest") ;;
+    esac
+fi
+
+# --- Python SDK ------------------------------------------------------------------
+# Against the binary built above (no second build: the wheel build is checked
+# structurally, and for real only with EVENT_ROUTER_BUILD_WHEEL=1).
+section "pytest clients/python (SDK, with mypy --strict and ruff)"
+if [ ! -x "$EVENT_ROUTER_BIN" ]; then
+    failed+=("pytest sdk (no binary)")
+else
+    set +e
+    (cd clients/python && "$VENV/bin/python" -m pytest -q tests)
+    code=$?
+    set -e
+    case $code in
+        0) ;;
+        5) echo "error: pytest collected no SDK tests" >&2; failed+=("pytest sdk (no tests)") ;;
+        *) failed+=("pytest sdk") ;;
     esac
 fi
 
