@@ -91,6 +91,10 @@ pub struct Capabilities {
     /// that need no answer in the background, so that a consumer's acks
     /// overlap instead of queueing behind each other.
     pub acks_round_trip: bool,
+    /// A publish costs a round trip to a shared store, and single
+    /// publishes are queued in call order when first polled: transports
+    /// may keep several of a connection's publishes under way at once.
+    pub publish_round_trip: bool,
 }
 
 /// Per-call publish knobs.

@@ -22,6 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -196,7 +199,17 @@ pub struct Session {
     budget: Budget,
     /// Permits for acks settled in the background.
     background_acks: Arc<tokio::sync::Semaphore>,
+    /// Single publishes under way, answered in frame order (see
+    /// [`Session::handle`]). Only ever reached through `&mut self`
+    /// (`get_mut`, no locking); the mutex makes the session `Sync`.
+    publishes: Mutex<FuturesOrdered<PendingPublish>>,
 }
+
+/// A publish frame's answer, once its broker call returns.
+type PendingPublish = BoxFuture<'static, (RequestId, Result<Reply, ApiError>)>;
+
+/// Single publishes a connection may have under way at once.
+pub const MAX_PIPELINED_PUBLISHES: usize = 256;
 
 /// Acks a connection may have settling in the background at once.
 pub const MAX_BACKGROUND_ACKS: usize = 4096;
@@ -226,6 +239,69 @@ impl Session {
             patterns_held: (0, 0),
             budget,
             background_acks: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_ACKS)),
+            publishes: Mutex::new(FuturesOrdered::new()),
+        }
+    }
+
+    /// The next answered single publish, in frame order; `None` when none
+    /// is under way. Cancel safe: an answer is taken only when returned.
+    /// Pass it to [`Session::reply_published`].
+    pub async fn next_published(&mut self) -> Option<(RequestId, Result<Reply, ApiError>)> {
+        self.publishes.get_mut().next().await
+    }
+
+    /// Sends a single publish's answer (see [`Session::next_published`]).
+    pub async fn reply_published(&self, answer: (RequestId, Result<Reply, ApiError>)) {
+        self.reply(&answer.0, answer.1).await;
+    }
+
+    /// Answers every single publish under way, in order.
+    pub async fn drain_publishes(&mut self) {
+        while let Some(answer) = self.next_published().await {
+            self.reply_published(answer).await;
+        }
+    }
+
+    /// A single publish on a broker whose publishes wait on a round trip
+    /// (`Capabilities::publish_round_trip`): the event is handed to the
+    /// broker now, in frame order, and the session goes on reading while
+    /// the broker stores it; answers go out in frame order. Without this a
+    /// connection had one publish per round trip at most, whatever its
+    /// client sent. Any other frame waits until the publishes before it
+    /// are answered, so that it sees them done.
+    async fn publish_pipelined(&mut self, id: RequestId, raw: Value) {
+        if self.publishes.get_mut().len() >= MAX_PIPELINED_PUBLISHES
+            && let Some(answer) = self.next_published().await
+        {
+            self.reply_published(answer).await;
+        }
+        let router = self.router.clone();
+        let access = self.access.clone();
+        let mut publish: PendingPublish = Box::pin(async move {
+            let result = async {
+                let event = router.parse_event(raw)?;
+                access.check_publish(&event.topic)?;
+                Ok(router.publish(event).await?)
+            }
+            .await
+            .map(|r| Reply::Published {
+                status: status_of(&r),
+                event_id: receipt_id(r),
+            });
+            (id, result)
+        });
+        // Polled once here: up to its first wait the publish runs now, so
+        // the broker has this event queued before the next frame's.
+        match futures::poll!(publish.as_mut()) {
+            std::task::Poll::Ready(answer) if self.publishes.get_mut().is_empty() => {
+                self.reply_published(answer).await;
+            }
+            std::task::Poll::Ready(answer) => {
+                self.publishes
+                    .get_mut()
+                    .push_back(Box::pin(std::future::ready(answer)));
+            }
+            std::task::Poll::Pending => self.publishes.get_mut().push_back(publish),
         }
     }
 
@@ -262,6 +338,15 @@ impl Session {
     /// Handles one v2 frame, replying through the outgoing channel.
     pub async fn handle(&mut self, frame: ClientFrame) {
         while self.requests.try_join_next().is_some() {}
+        let frame = match frame {
+            ClientFrame::Publish { id, event }
+                if self.router.broker().capabilities().publish_round_trip =>
+            {
+                return self.publish_pipelined(id, event).await;
+            }
+            other => other,
+        };
+        self.drain_publishes().await;
         match frame {
             ClientFrame::Publish { id, event } => {
                 let result = self.publish(event).await.map(|r| Reply::Published {

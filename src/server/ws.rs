@@ -166,6 +166,10 @@ pub async fn serve_as<W, R, E>(
                 reason: "slow consumer: a subscription with slow_consumer=disconnect fell behind"
                     .into(),
             }),
+            Some(answer) = reader.session.next_published() => {
+                reader.session.reply_published(answer).await;
+                continue;
+            }
             message = stream.next() => message,
         };
         match message {
@@ -196,8 +200,10 @@ pub async fn serve_as<W, R, E>(
             Some(Ok(_)) => {}
         }
     };
-    // Stop subscriptions first: durable consumers return their in-flight
+    // Publishes under way are answered (the events may be stored already),
+    // then subscriptions stop: durable consumers return their in-flight
     // deliveries to their groups before the socket closes.
+    reader.session.drain_publishes().await;
     drop(reader);
     match close {
         Some(frame) => {

@@ -465,6 +465,7 @@ impl Broker for MemoryBroker {
             persistent: false,
             clustered: false,
             acks_round_trip: false,
+            publish_round_trip: false,
         }
     }
 

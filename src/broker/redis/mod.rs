@@ -570,6 +570,7 @@ impl Broker for RedisBroker {
             persistent: true,
             clustered: true,
             acks_round_trip: true,
+            publish_round_trip: true,
         }
     }
 
