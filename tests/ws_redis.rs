@@ -114,3 +114,78 @@ async fn pipelined_publishes_on_one_connection_are_answered_and_stored_in_frame_
     let sent: Vec<u64> = (0..N as u64).filter(|&n| n != 77).collect();
     assert_eq!(stored, sent, "history holds the events in frame order");
 }
+
+#[tokio::test]
+async fn pipelined_batches_and_single_publishes_keep_frame_order() {
+    let redis = RedisServer::start();
+    let router = RouterProcess::start(&["--redis", &redis.url()]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(router.ws_url())
+        .await
+        .expect("connect");
+    // Batches of 10 (every fifth one atomic) and single publishes, sent at
+    // once; numbered in the order they are sent.
+    let event =
+        |n: u64| json!({ "type": "mixed.x", "key": "one-partition", "payload": { "n": n } });
+    let mut frames = Vec::new();
+    let mut n = 0u64;
+    for f in 0..100u64 {
+        if f % 2 == 0 {
+            let events: Vec<Value> = (n..n + 10).map(event).collect();
+            n += 10;
+            frames.push(
+                json!({ "op": "publish_batch", "id": f, "events": events, "atomic": f % 10 == 0 }),
+            );
+        } else {
+            frames.push(json!({ "op": "publish", "id": f, "event": event(n) }));
+            n += 1;
+        }
+    }
+    redis.command("CONFIG RESETSTAT");
+    let text: Vec<Message> = frames
+        .iter()
+        .map(|f| Message::text(f.to_string()))
+        .collect();
+    ws.send_all(&mut futures::stream::iter(text.into_iter().map(Ok)))
+        .await
+        .expect("send");
+    for f in 0..100u64 {
+        let answer = next_json(&mut ws).await;
+        assert_eq!(answer["id"], json!(f), "answers in frame order: {answer}");
+        assert_eq!(answer["op"], "ok", "{answer}");
+        if f % 2 == 0 {
+            assert_eq!(
+                answer["event_ids"].as_array().map(Vec::len),
+                Some(10),
+                "{answer}"
+            );
+        }
+    }
+    let stats = redis.command("INFO commandstats");
+    let execs: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    println!("100 frames ({n} events) in {execs} transactions");
+    assert!(
+        execs > 0 && execs < 50,
+        "{execs} transactions for 100 frames"
+    );
+    let history: Value = reqwest::get(format!(
+        "{}/api/v1/events?topic=mixed.x&limit=10000",
+        router.http_url()
+    ))
+    .await
+    .expect("GET history")
+    .json()
+    .await
+    .expect("JSON");
+    let stored: Vec<u64> = history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"]["payload"]["n"].as_u64())
+        .collect();
+    assert_eq!(stored, (0..n).collect::<Vec<_>>(), "stored in frame order");
+}
