@@ -131,7 +131,10 @@ extra_case() { # NAME ARGS... (the redis-limit flags of the scenario)
   done
   [[ "$mode" == durable ]] || return 0
   local group="pb-${name//[^A-Za-z0-9_-]/-}-$RANDOM"
-  local args=(--durable "$group" --publishers "$producers" --subscribers "$consumers"
+  # A topic of its own: the routers live through the whole run, and a group
+  # left from an earlier case on a shared topic would get (and cost) every
+  # later case's events.
+  local args=(--durable "$group" --topic "$group.load" --publishers "$producers" --subscribers "$consumers"
     --events "$events" --batch "$batch" --payload-bytes "$payload" --prefetch 256 --warmup 0
     --window "$events")
   [[ -n "$rate" ]] && args+=(--rate "$rate")
