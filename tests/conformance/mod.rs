@@ -703,7 +703,11 @@ pub async fn history_reads_by_topic_time_range_cursor_and_limit(broker: Arc<dyn 
         let broker = broker.clone();
         async move {
             let entries = broker.history(query).await.expect("history");
-            entries.iter().map(|e| n_of(&e.event)).collect::<Vec<_>>()
+            // Sorted: events of different partitions stored in the same
+            // millisecond have no order between them on Redis.
+            let mut ns = entries.iter().map(|e| n_of(&e.event)).collect::<Vec<_>>();
+            ns.sort_unstable();
+            ns
         }
     };
     let everything = || HistoryQuery {
@@ -796,7 +800,11 @@ pub async fn purge_history_deletes_older_matching_events_and_keeps_queued_copies
         };
         async move {
             let entries = broker.history(query).await.expect("history");
-            entries.iter().map(|e| n_of(&e.event)).collect::<Vec<_>>()
+            // Sorted: events of different partitions stored in the same
+            // millisecond have no order between them on Redis.
+            let mut ns = entries.iter().map(|e| n_of(&e.event)).collect::<Vec<_>>();
+            ns.sort_unstable();
+            ns
         }
     };
     let cutoff = now - SignedDuration::from_hours(30 * 24);

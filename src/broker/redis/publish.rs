@@ -134,7 +134,19 @@ async fn write_group(shared: &Shared) -> bool {
         queue.waiting.drain(..n).collect()
     };
     let (events, senders): (Vec<Event>, Vec<_>) = group.into_iter().unzip();
-    match publish(shared, events, &PublishOptions::default()).await {
+    // Bounded as a caller's own publish was (a caller that gave up used
+    // to cancel it): a call that never answers must not hold every later
+    // publish behind it. A few calls, each within `command_timeout`, and
+    // the optional `WAIT`.
+    let limit = shared.config.command_timeout * 4 + shared.config.wait_timeout;
+    let outcome = tokio::time::timeout(limit, publish(shared, events, &PublishOptions::default()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(BrokerError::Unavailable(format!(
+                "publish did not finish within {limit:?}; it may or may not be stored"
+            )))
+        });
+    match outcome {
         Ok(published) if published.len() == senders.len() => {
             for (tx, p) in senders.into_iter().zip(published) {
                 let _ = tx.send(Ok(p));
