@@ -415,20 +415,6 @@ async fn acked_entries_are_trimmed_from_the_bands_but_held_ones_stay() {
     broker.close().await;
 }
 
-/// `EXEC` calls Redis has answered since the last `CONFIG RESETSTAT`.
-async fn exec_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Concurrent single publishes share transactions (group commit): each
 /// gets its own receipt, every one is delivered once, and Redis runs far
 /// fewer transactions than there were publishes. Publishers that give up
@@ -445,12 +431,7 @@ async fn concurrent_single_publishes_share_transactions_and_each_gets_its_receip
         ))
         .await
         .expect("subscription");
-    let mut conn = redis_conn(&server.url()).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .expect("RESETSTAT");
+    server.command("CONFIG RESETSTAT");
     const N: usize = 400;
     let tasks: Vec<_> = (0..N)
         .map(|n| {
@@ -472,7 +453,7 @@ async fn concurrent_single_publishes_share_transactions_and_each_gets_its_receip
         cursors.insert(t.await.expect("publisher"));
     }
     assert_eq!(cursors.len(), N, "a history cursor per event");
-    let execs = exec_calls(&mut conn).await;
+    let execs = server.exec_calls();
     println!("{N} concurrent publishes in {execs} transactions");
     assert!(
         execs < N as u64 / 2,

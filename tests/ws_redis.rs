@@ -83,13 +83,7 @@ async fn pipelined_publishes_on_one_connection_are_answered_and_stored_in_frame_
     }
     // Under way together: far fewer transactions than publishes (one
     // publish per round trip would have cost one `EXEC` each).
-    let stats = redis.command("INFO commandstats");
-    let execs: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    let execs = redis.exec_calls();
     println!("{N} publishes on one connection in {execs} transactions");
     assert!(
         execs > 0 && execs < N as u64 / 2,

@@ -187,6 +187,17 @@ impl RedisServer {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// `EXEC` calls answered since start or the last `CONFIG RESETSTAT`
+    /// (how many transactions the router ran).
+    pub fn exec_calls(&self) -> u64 {
+        self.command("INFO commandstats")
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends one command (inline protocol) and returns the raw reply; for
     /// assertions on server state without a client library.
     pub fn command(&self, line: &str) -> String {
