@@ -262,34 +262,25 @@ impl Session {
         }
     }
 
-    /// A single publish on a broker whose publishes wait on a round trip
-    /// (`Capabilities::publish_round_trip`): the event is handed to the
+    /// A publish (single, or a batch that need not be atomic) on a broker
+    /// whose publishes wait on a round trip
+    /// (`Capabilities::publish_round_trip`): the events are handed to the
     /// broker now, in frame order, and the session goes on reading while
-    /// the broker stores it; answers go out in frame order. Without this a
-    /// connection had one publish per round trip at most, whatever its
+    /// the broker stores them; answers go out in frame order. Without this
+    /// a connection had one publish per round trip at most, whatever its
     /// client sent. Any other frame waits until the publishes before it
     /// are answered, so that it sees them done.
-    async fn publish_pipelined(&mut self, id: RequestId, raw: Value) {
+    async fn publish_pipelined(
+        &mut self,
+        id: RequestId,
+        publish: impl Future<Output = Result<Reply, ApiError>> + Send + 'static,
+    ) {
         if self.publishes.get_mut().len() >= MAX_PIPELINED_PUBLISHES
             && let Some(answer) = self.next_published().await
         {
             self.reply_published(answer).await;
         }
-        let router = self.router.clone();
-        let access = self.access.clone();
-        let mut publish: PendingPublish = Box::pin(async move {
-            let result = async {
-                let event = router.parse_event(raw)?;
-                access.check_publish(&event.topic)?;
-                Ok(router.publish(event).await?)
-            }
-            .await
-            .map(|r| Reply::Published {
-                status: status_of(&r),
-                event_id: receipt_id(r),
-            });
-            (id, result)
-        });
+        let mut publish: PendingPublish = Box::pin(async move { (id, publish.await) });
         // Polled once here: up to its first wait the publish runs now, so
         // the broker has this event queued before the next frame's.
         match futures::poll!(publish.as_mut()) {
@@ -338,11 +329,33 @@ impl Session {
     /// Handles one v2 frame, replying through the outgoing channel.
     pub async fn handle(&mut self, frame: ClientFrame) {
         while self.requests.try_join_next().is_some() {}
+        let pipelined = self.router.broker().capabilities().publish_round_trip;
         let frame = match frame {
-            ClientFrame::Publish { id, event }
-                if self.router.broker().capabilities().publish_round_trip =>
-            {
-                return self.publish_pipelined(id, event).await;
+            ClientFrame::Publish { id, event } if pipelined => {
+                let (router, access) = (self.router.clone(), self.access.clone());
+                let publish = async move {
+                    let event = router.parse_event(event)?;
+                    access.check_publish(&event.topic)?;
+                    let receipt = router.publish(event).await?;
+                    Ok(Reply::Published {
+                        status: status_of(&receipt),
+                        event_id: receipt_id(receipt),
+                    })
+                };
+                return self.publish_pipelined(id, publish).await;
+            }
+            ClientFrame::PublishBatch {
+                id,
+                events,
+                atomic: false,
+            } if pipelined => {
+                let (router, access) = (self.router.clone(), self.access.clone());
+                let publish = async move {
+                    let events = parse_batch(&router, events)?;
+                    access.check_publish_all(events.iter().map(|e| e.topic.as_str()))?;
+                    Ok(batch_reply(router.publish_batch(events, false).await?))
+                };
+                return self.publish_pipelined(id, publish).await;
             }
             other => other,
         };

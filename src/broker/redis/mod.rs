@@ -229,7 +229,7 @@ pub(super) struct Shared {
     live: live::LiveIndex,
     pubsub: live::PubSub,
     deliver: deliver::Local,
-    /// Single publishes waiting for a transaction.
+    /// Publishes waiting for a transaction (group commit).
     publishes: parking_lot::Mutex<publish::Queue>,
     token: CancellationToken,
     tasks: TaskTracker,
@@ -577,19 +577,23 @@ impl Broker for RedisBroker {
     /// One `MULTI`/`EXEC`: the event into its partition's history and into
     /// every matching durable subscription, checked against the config
     /// fence (see [`publish`]). Once it returns the event is routed.
-    /// Concurrent single publishes share transactions (group commit, see
-    /// `publish::publish_one`).
+    /// Concurrent publishes share transactions (group commit, see
+    /// `publish::publish_queued`).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] within `command_timeout` when Redis is
     /// down; the event may or may not have been stored (retry with the same
     /// id under a `dedup_window` to be safe).
     async fn publish(&self, event: Event, _options: PublishOptions) -> Result<Published> {
-        publish::publish_one(&self.shared, event).await
+        let mut out = publish::publish_queued(&self.shared, vec![event]).await?;
+        out.pop()
+            .ok_or_else(|| BrokerError::Internal("publish returned nothing".into()))
     }
 
     /// The whole batch is one transaction on one Redis: all or nothing,
-    /// whatever `options.atomic` says. With `options.atomic`, every event
+    /// whatever `options.atomic` says; one that need not be atomic may
+    /// share it with other publishes (group commit, see
+    /// `publish::publish_queued`). With `options.atomic`, every event
     /// goes to the first event's partition, at the cost of per-key order
     /// against other publishes of the same keys.
     async fn publish_batch(
@@ -597,7 +601,11 @@ impl Broker for RedisBroker {
         events: Vec<Event>,
         options: PublishOptions,
     ) -> Result<Vec<Published>> {
-        publish::publish(&self.shared, events, &options).await
+        if options.atomic {
+            publish::publish(&self.shared, events, &options).await
+        } else {
+            publish::publish_queued(&self.shared, events).await
+        }
     }
 
     /// Matching happens on this replica against every partition's live

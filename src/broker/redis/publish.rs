@@ -78,37 +78,52 @@ struct Planned {
     expired: bool,
 }
 
-/// Single publishes waiting for a transaction (see [`publish_one`]).
+/// Publishes waiting for a transaction (see [`publish_queued`]).
 #[derive(Default)]
 pub(super) struct Queue {
-    waiting: Vec<(Event, oneshot::Sender<Result<Published>>)>,
-    /// A publisher is writing a group and will take `waiting` next.
+    waiting: Vec<Queued>,
+    /// A writer is running and will take `waiting` next.
     flushing: bool,
 }
 
-/// Single publishes in one transaction at most.
-const GROUP_EVENTS: usize = 256;
+/// One publish call's events and where its receipts go.
+struct Queued {
+    events: Vec<Event>,
+    tx: oneshot::Sender<Result<Vec<Published>>>,
+}
 
-/// Stores and routes one event, in one transaction with the single
-/// publishes of other connections that arrive while a transaction is in
-/// flight (group commit).
+/// Events in one transaction at most, unless one call brings more.
+const GROUP_EVENTS: usize = 1024;
+
+/// Stores and routes the events of one publish call (a single publish or
+/// a batch that need not be atomic), in one transaction with the calls
+/// of other connections that arrive while a transaction is in flight
+/// (group commit).
 ///
-/// A connection waits for each publish before it sends the next, so under
-/// load a transaction per publish meant a round trip and the transaction's
+/// A connection that waits for each publish before it sends the next is
+/// held to one round trip per call, and a transaction per call paid its
 /// fixed commands (`MULTI`, `EXEC`, the fence `GET`, the meta `HINCRBY`s,
-/// the wake-up `SPUBLISH`es) per event. The first publisher to find no
-/// transaction in flight starts a writer, which writes what is queued and
-/// then, while more arrived meanwhile, the next group. No publish waits for
-/// company: an idle router writes each event alone.
+/// the wake-up `SPUBLISH`es) each time. The first call to find no
+/// writer running starts one, which writes what is queued and then, while
+/// more arrived meanwhile, the next group. No call waits for company: an
+/// idle router writes each alone, at once. Calls are written in the order
+/// they were queued: a connection that queues its calls in frame order
+/// (the WebSocket session does) has its events stored in that order.
 ///
 /// A group is stored whole or not at all on one Redis, as a batch is;
-/// every publisher of a failed group gets the error.
-pub(super) async fn publish_one(shared: &Arc<Shared>, event: Event) -> Result<Published> {
+/// every call of a failed group gets the error.
+pub(super) async fn publish_queued(
+    shared: &Arc<Shared>,
+    events: Vec<Event>,
+) -> Result<Vec<Published>> {
     shared.check_open()?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let (tx, rx) = oneshot::channel();
     let lead = {
         let mut queue = shared.publishes.lock();
-        queue.waiting.push((event, tx));
+        queue.waiting.push(Queued { events, tx });
         !std::mem::replace(&mut queue.flushing, true)
     };
     if lead {
@@ -121,19 +136,36 @@ pub(super) async fn publish_one(shared: &Arc<Shared>, event: Event) -> Result<Pu
         .map_err(|_| BrokerError::Internal("publish group dropped".into()))?
 }
 
-/// Writes one group of queued single publishes; whether more are queued
-/// (the writer goes on with them). Clears `flushing` when none are.
+/// Writes one group of queued calls; whether more are queued (the writer
+/// goes on with them). Clears `flushing` when none are.
 async fn write_group(shared: &Shared) -> bool {
-    let group: Vec<_> = {
+    let group: Vec<Queued> = {
         let mut queue = shared.publishes.lock();
-        if queue.waiting.is_empty() {
+        let mut events = 0;
+        let n = queue
+            .waiting
+            .iter()
+            .take_while(|q| {
+                let take = events == 0 || events + q.events.len() <= GROUP_EVENTS;
+                events += q.events.len();
+                take
+            })
+            .count();
+        if n == 0 {
             queue.flushing = false;
             return false;
         }
-        let n = queue.waiting.len().min(GROUP_EVENTS);
         queue.waiting.drain(..n).collect()
     };
-    let (events, senders): (Vec<Event>, Vec<_>) = group.into_iter().unzip();
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut senders = Vec::with_capacity(group.len());
+    let mut events = Vec::new();
+    for q in group {
+        sizes.push(q.events.len());
+        senders.push(q.tx);
+        events.extend(q.events);
+    }
+    let total = events.len();
     // Bounded as a caller's own publish was (a caller that gave up used
     // to cancel it): a call that never answers must not hold every later
     // publish behind it. A few calls, each within `command_timeout`, and
@@ -147,9 +179,10 @@ async fn write_group(shared: &Shared) -> bool {
             )))
         });
     match outcome {
-        Ok(published) if published.len() == senders.len() => {
-            for (tx, p) in senders.into_iter().zip(published) {
-                let _ = tx.send(Ok(p));
+        Ok(published) if published.len() == total => {
+            let mut published = published.into_iter();
+            for (tx, n) in senders.into_iter().zip(sizes) {
+                let _ = tx.send(Ok(published.by_ref().take(n).collect()));
             }
         }
         Ok(_) => {
