@@ -26,14 +26,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::Value;
-use redis::streams::{StreamId, StreamReadReply};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::deliver::{dead_letter_unreadable, drop_expired, give_back, release};
 use super::keys::RETURNED;
-use super::keys::{BAND_GROUP, BANDS};
+use super::keys::{BAND_GROUP, BANDS, SubKeys};
 use super::subs::{self, Sub};
 use super::{Shared, is_nogroup, now_ms};
 use crate::broker::{BrokerError, ConsumerHandle, Result};
@@ -322,20 +321,14 @@ async fn read_bands(
         .arg("WITHSCORES");
     pipe.add_command(read);
     let mut conn = shared.conn();
-    let (returned, next, read): (Option<i64>, Vec<(String, f64)>, Option<StreamReadReply>) =
+    let (returned, next, read): (Option<i64>, Vec<(String, f64)>, Value) =
         shared.call(pipe.query_async(&mut conn)).await?;
     let now = now_ms();
     let next_due = next.first().map(|(_, due)| *due as i64);
     let slow_next = returned.unwrap_or(0) > 0 || next_due.is_some_and(|due| due <= now);
     let next_retry = next_due.map(|due| Duration::from_millis((due - now).max(0) as u64));
     // Highest band first, as listed; at most `count` in all.
-    let mut entries: Vec<(usize, StreamId)> = Vec::new();
-    for stream in read.map(|r| r.keys).unwrap_or_default() {
-        let Some(band) = (1..=BANDS).find(|&b| keys.band(b) == stream.key) else {
-            continue;
-        };
-        entries.extend(stream.ids.into_iter().map(|e| (band, e)));
-    }
+    let mut entries = band_entries(keys, read)?;
     entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     let mut slow_next = slow_next;
     if entries.len() > count {
@@ -366,12 +359,8 @@ async fn read_bands(
     let mut deliveries = Vec::with_capacity(entries.len());
     let deadline = Instant::now() + sub.spec().ack_timeout;
     for (band, entry) in entries {
-        let fields: HashMap<String, String> = entry
-            .map
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref(v).ok()?)))
-            .collect();
-        if let Some(d) = take(shared, state, sub, band, entry.id, 1, &fields, deadline).await? {
+        let fields = Fields::of_pairs(&entry.fields);
+        if let Some(d) = take(shared, state, sub, band, entry.id, 1, fields, deadline).await? {
             deliveries.push(d);
         }
     }
@@ -384,6 +373,107 @@ async fn read_bands(
     })
 }
 
+/// One entry of an `XREADGROUP` reply, taken from the reply as it is
+/// (converting it through `StreamReadReply` copied every field into a map
+/// of its own).
+struct Entry {
+    id: String,
+    /// The flat `[field, value, ...]` list (or a map, over RESP3).
+    fields: Value,
+}
+
+/// The entries of an `XREADGROUP` reply over the bands, with their band.
+fn band_entries(keys: &SubKeys, reply: Value) -> Result<Vec<(usize, Entry)>> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|s| match s {
+                Value::Array(kv) if kv.len() == 2 => {
+                    let mut kv = kv.into_iter();
+                    Ok((
+                        kv.next().unwrap_or(Value::Nil),
+                        kv.next().unwrap_or(Value::Nil),
+                    ))
+                }
+                _ => Err(bad("stream")),
+            })
+            .collect::<Result<_>>()?,
+        Value::Map(streams) => streams,
+        _ => return Err(bad("read reply")),
+    };
+    let mut out = Vec::new();
+    for (key, ids) in streams {
+        let Some(band) =
+            bytes(&key).and_then(|k| (1..=BANDS).find(|&b| keys.band(b).as_bytes() == k))
+        else {
+            continue;
+        };
+        let Value::Array(ids) = ids else {
+            continue;
+        };
+        for entry in ids {
+            let Value::Array(pair) = entry else {
+                return Err(bad("entry"));
+            };
+            let mut pair = pair.into_iter();
+            let id = pair
+                .next()
+                .as_ref()
+                .and_then(text)
+                .ok_or_else(|| bad("id"))?;
+            let fields = pair.next().unwrap_or(Value::Nil);
+            out.push((band, Entry { id, fields }));
+        }
+    }
+    Ok(out)
+}
+
+/// The fields of a band entry that a delivery needs, borrowed from the
+/// reply (the event is parsed from the reply's bytes, not from a copy).
+#[derive(Default, Clone, Copy)]
+struct Fields<'a> {
+    /// The event's JSON.
+    ev: Option<&'a [u8]>,
+    /// Deliveries before it was dead-lettered and redriven.
+    dl: Option<&'a Value>,
+}
+
+impl<'a> Fields<'a> {
+    /// From an entry's flat `[field, value, ...]` list (or a map).
+    fn of_pairs(v: &'a Value) -> Fields<'a> {
+        let mut fields = Fields::default();
+        let mut set = |k: &Value, v: &'a Value| match bytes(k) {
+            Some(b"ev") => fields.ev = bytes(v),
+            Some(b"dl") => fields.dl = Some(v),
+            _ => {}
+        };
+        match v {
+            Value::Array(items) => {
+                for pair in items.chunks_exact(2) {
+                    set(&pair[0], &pair[1]);
+                }
+            }
+            Value::Map(pairs) => {
+                for (k, v) in pairs {
+                    set(k, v);
+                }
+            }
+            _ => {}
+        }
+        fields
+    }
+}
+
+/// The bytes of a string reply.
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
 /// Registers one read entry as held and makes its delivery; `None` when
 /// it was expired or unreadable (dealt with here).
 #[allow(clippy::too_many_arguments)]
@@ -394,13 +484,10 @@ async fn take(
     band: usize,
     id: String,
     delivered: u32,
-    fields: &HashMap<String, String>,
+    fields: Fields<'_>,
     deadline: Instant,
 ) -> Result<Option<Delivery>> {
-    let event = match fields
-        .get("ev")
-        .map(|json| serde_json::from_str::<Event>(json))
-    {
+    let event = match fields.ev.map(serde_json::from_slice::<Event>) {
         Some(Ok(event)) => event,
         Some(Err(e)) => {
             let reason = format!("unreadable event: {e}");
@@ -416,7 +503,10 @@ async fn take(
         drop_expired(shared, sub, band, &id).await?;
         return Ok(None);
     }
-    let before: u32 = fields.get("dl").and_then(|d| d.parse().ok()).unwrap_or(0);
+    let before: u32 = fields
+        .dl
+        .and_then(|d| redis::from_redis_value_ref(d).ok())
+        .unwrap_or(0);
     let delivery_id = format!("{band}-{id}");
     state.held.lock().insert(
         delivery_id.clone(),
@@ -477,15 +567,8 @@ async fn fetch_slow(
             .get(2)
             .and_then(|v| redis::from_redis_value_ref(v).ok())
             .unwrap_or(1);
-        let fields: HashMap<String, String> = e
-            .get(3)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or_default();
-        if let Some(d) = take(
-            &shared, &state, &sub, band, id, delivered, &fields, deadline,
-        )
-        .await?
-        {
+        let fields = e.get(3).map(Fields::of_pairs).unwrap_or_default();
+        if let Some(d) = take(&shared, &state, &sub, band, id, delivered, fields, deadline).await? {
             deliveries.push(d);
         }
     }
