@@ -48,9 +48,12 @@ impl Child {
     /// and stdin closed.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Child {
         let mut command = Command::new(BIN);
+        command.args(args).envs(envs.iter().copied());
+        // For diagnosing a run by hand: a log filter over the test's own.
+        if let Ok(filter) = std::env::var("EVENT_ROUTER_TEST_RUST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
         command
-            .args(args)
-            .envs(envs.iter().copied())
             .env_remove("EVENT_ROUTER_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -62,9 +65,23 @@ impl Child {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        // For diagnosing a run by hand (a hang, say): every line also goes
+        // to `<dir>/<pid>.log` as it arrives.
+        let copy = std::env::var_os("EVENT_ROUTER_TEST_LOG_DIR").map(|dir| {
+            let path = std::path::Path::new(&dir).join(format!("{}.log", child.id()));
+            std::fs::File::create(&path)
+                .map(|f| Arc::new(Mutex::new(f)))
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
+        });
         let readers = vec![
-            forward(stdout, Stream::Stdout, tx.clone(), log.clone()),
-            forward(stderr, Stream::Stderr, tx, log.clone()),
+            forward(
+                stdout,
+                Stream::Stdout,
+                tx.clone(),
+                log.clone(),
+                copy.clone(),
+            ),
+            forward(stderr, Stream::Stderr, tx, log.clone(), copy),
         ];
         Child {
             child,
@@ -191,10 +208,16 @@ fn forward(
     which: Stream,
     tx: mpsc::Sender<(Stream, String)>,
     log: Arc<Mutex<Vec<(Stream, String)>>>,
+    copy: Option<Arc<Mutex<std::fs::File>>>,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
+            if let Some(file) = &copy {
+                use std::io::Write;
+                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = writeln!(file, "{line}");
+            }
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((which, line.clone()));

@@ -596,7 +596,6 @@ pub(super) fn start_maintenance(shared: &Arc<Shared>) {
                 _ = tokio::time::sleep(tick) => {}
             }
             let Some(shared) = weak.upgrade() else { return };
-            shared.maybe_reconnect();
             expire_overdue(&shared).await;
             if last_keepalive.elapsed() >= keepalive_every {
                 last_keepalive = Instant::now();
@@ -629,6 +628,12 @@ async fn expire_overdue(shared: &Shared) {
             .collect();
         for delivery_id in overdue {
             expire_one(shared, &state, &delivery_id).await;
+            if shared.failing() {
+                // Redis is not answering: each further call would wait out
+                // `command_timeout` too. The rest stay held (and overdue)
+                // for the next tick.
+                return;
+            }
         }
     }
 }
@@ -744,6 +749,8 @@ async fn janitor(shared: &Shared) -> Result<()> {
                 .await
             {
                 Ok(p) => p,
+                // Not answering: the other bands would wait it out too.
+                Err(e @ BrokerError::Unavailable(_)) => return Err(e),
                 Err(_) => continue,
             };
             for p in pending.ids.iter().filter(|p| p.consumer != RETURNED) {

@@ -218,11 +218,25 @@ pub(super) struct Shared {
     /// Replaced when a cluster connection stays unavailable (see
     /// [`Shared::call`]).
     conn: parking_lot::RwLock<Conn>,
+    /// With `wait_replicas`, publish transactions (which end in `WAIT`) go
+    /// over a connection of their own: `WAIT` holds the connection it is
+    /// sent on until the replicas answer, and on the shared multiplexed
+    /// connection every other command to that node (fetches, acks,
+    /// health) queued behind it. A replica that stopped acknowledging
+    /// (resyncing after a failover) held each publish for the whole
+    /// `wait_timeout`, and the queue behind grew until every call timed
+    /// out, for good.
+    publish_conn: Option<parking_lot::RwLock<Conn>>,
     /// When a call last succeeded (ms since the Unix epoch), and whether a
     /// reconnect is under way.
     last_ok_ms: AtomicI64,
     /// When a call last failed (ms since the Unix epoch).
     last_err_ms: AtomicI64,
+    /// When a call last failed as unavailable (a timeout, a refused
+    /// connection), and when the run of such failures without a pause of
+    /// two command timeouts began (0: none).
+    last_unavailable_ms: AtomicI64,
+    unavailable_since_ms: AtomicI64,
     reconnecting: AtomicBool,
     scripts: Scripts,
     subs: subs::Registry,
@@ -308,6 +322,30 @@ pub(super) fn is_nogroup(e: &BrokerError) -> bool {
     matches!(e, BrokerError::Internal(m) if m.contains("NOGROUP"))
 }
 
+/// Checks a few times per `command_timeout` whether the cluster connection
+/// must be rebuilt ([`Shared::maybe_reconnect`]). A task of its own: the
+/// maintenance loop, which did this, can spend many command timeouts in
+/// one pass while Redis does not answer, and a connection that never
+/// recovered then waited minutes for its rebuild.
+fn start_reconnect_watch(shared: &Arc<Shared>) {
+    if !shared.conn.read().is_cluster() {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let token = shared.token.clone();
+    let tick = (shared.config.command_timeout / 4).max(Duration::from_millis(50));
+    shared.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            shared.maybe_reconnect();
+        }
+    });
+}
+
 /// Milliseconds since the Unix epoch on this host.
 pub(super) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -319,23 +357,49 @@ impl Shared {
         &self,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.config.command_timeout, fut).await {
+        self.call_within(self.config.command_timeout, fut).await
+    }
+
+    /// Runs one Redis call, bounded by `limit`.
+    pub(super) async fn call_within<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => {
                 self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.last_err_ms.store(now_ms(), Ordering::Relaxed);
-                Err(map_err(e))
+                let e = map_err(e);
+                self.note_failure(matches!(e, BrokerError::Unavailable(_)));
+                Err(e)
             }
             Err(_) => {
-                self.last_err_ms.store(now_ms(), Ordering::Relaxed);
+                self.note_failure(true);
                 Err(BrokerError::Unavailable(format!(
-                    "redis did not answer within {:?}",
-                    self.config.command_timeout
+                    "redis did not answer within {limit:?}"
                 )))
             }
         }
+    }
+
+    fn note_failure(&self, unavailable: bool) {
+        let now = now_ms();
+        self.last_err_ms.store(now, Ordering::Relaxed);
+        if unavailable {
+            let last = self.last_unavailable_ms.swap(now, Ordering::Relaxed);
+            if now - last > self.pause_ms() {
+                self.unavailable_since_ms.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Two command timeouts (ms): a pause this long between unavailable
+    /// calls ends a run of them.
+    fn pause_ms(&self) -> i64 {
+        i64::try_from(self.config.command_timeout.as_millis() * 2).unwrap_or(i64::MAX)
     }
 
     /// Runs commands of possibly different slots (see [`Conn::query_each`]),
@@ -350,33 +414,91 @@ impl Shared {
         self.conn.read().clone()
     }
 
-    /// A cluster connection that has failed every call for three times
-    /// `command_timeout` is rebuilt from the configured node URLs: after a
-    /// master failover, redis-rs' cluster connection was seen to stay
-    /// unavailable for good.
+    /// The connection publish transactions go over (see `publish_conn`).
+    fn publish_conn(&self) -> Conn {
+        match &self.publish_conn {
+            Some(conn) => conn.read().clone(),
+            None => self.conn(),
+        }
+    }
+
+    /// The bound on one publish transaction's call: `command_timeout`,
+    /// plus `wait_timeout` when it ends in `WAIT`.
+    fn publish_call_limit(&self) -> Duration {
+        if self.config.wait_replicas > 0 {
+            self.config.command_timeout + self.config.wait_timeout
+        } else {
+            self.config.command_timeout
+        }
+    }
+
+    /// A cluster connection whose calls have failed as unavailable for
+    /// three times `command_timeout` (every call, or only some: those of
+    /// one slot) is rebuilt from the configured node URLs. After a master
+    /// failover, redis-rs' cluster connection was seen to time out every
+    /// call for the failed-over slots for good, while the other slots
+    /// answered.
     pub(super) fn maybe_reconnect(self: &Arc<Self>) {
+        let now = now_ms();
         let last_ok = self.last_ok_ms.load(Ordering::Relaxed);
-        let failing = self.last_err_ms.load(Ordering::Relaxed) > last_ok;
-        let stale = now_ms() - last_ok;
         let limit = i64::try_from(self.config.command_timeout.as_millis() * 3).unwrap_or(i64::MAX);
-        if !failing || stale < limit || !self.conn.read().is_cluster() || self.is_closed() {
+        let all_failing =
+            self.last_err_ms.load(Ordering::Relaxed) > last_ok && now - last_ok >= limit;
+        let last_unavailable = self.last_unavailable_ms.load(Ordering::Relaxed);
+        let since = self.unavailable_since_ms.load(Ordering::Relaxed);
+        let some_failing = since > 0
+            && now - last_unavailable <= self.pause_ms()
+            && last_unavailable - since >= limit;
+        if !(all_failing || some_failing) || !self.conn.read().is_cluster() || self.is_closed() {
             return;
         }
+        let what = if all_failing {
+            format!("every call failing for {} ms", now - last_ok)
+        } else {
+            format!("some calls failing for {} ms", last_unavailable - since)
+        };
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
         let shared = self.clone();
         tokio::spawn(async move {
-            match Conn::connect(&shared.config.url, shared.config.command_timeout).await {
-                Ok(conn) => {
+            let publish = match &shared.publish_conn {
+                Some(_) => Some(
+                    Conn::connect(&shared.config.url, shared.publish_call_limit())
+                        .await
+                        .map(Some),
+                ),
+                None => None,
+            };
+            let conn = match publish.unwrap_or(Ok(None)) {
+                Ok(publish) => Conn::connect(&shared.config.url, shared.config.command_timeout)
+                    .await
+                    .map(|conn| (conn, publish)),
+                Err(e) => Err(e),
+            };
+            match conn {
+                Ok((conn, publish)) => {
                     *shared.conn.write() = conn;
+                    if let (Some(slot), Some(publish)) = (&shared.publish_conn, publish) {
+                        *slot.write() = publish;
+                    }
+                    // A new run must last as long again before the next
+                    // rebuild.
+                    shared
+                        .unavailable_since_ms
+                        .store(now_ms(), Ordering::Relaxed);
                     shared.last_ok_ms.store(now_ms(), Ordering::Relaxed);
-                    tracing::warn!("redis cluster connection rebuilt after failing for {stale} ms");
+                    tracing::warn!("redis cluster connection rebuilt ({what})");
                 }
-                Err(e) => tracing::debug!(error = %e, "redis cluster reconnect failed"),
+                Err(e) => tracing::warn!(error = %e, "redis cluster reconnect failed"),
             }
             shared.reconnecting.store(false, Ordering::Release);
         });
+    }
+
+    /// Whether the last call failed.
+    pub(super) fn failing(&self) -> bool {
+        self.last_err_ms.load(Ordering::Relaxed) > self.last_ok_ms.load(Ordering::Relaxed)
     }
 
     fn is_closed(&self) -> bool {
@@ -425,6 +547,14 @@ impl RedisBroker {
     pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker> {
         config.validate()?;
         let conn = Conn::connect(&config.url, config.command_timeout).await?;
+        let publish_conn = if config.wait_replicas > 0 {
+            let limit = config.command_timeout + config.wait_timeout;
+            Some(parking_lot::RwLock::new(
+                Conn::connect(&config.url, limit).await?,
+            ))
+        } else {
+            None
+        };
         let node_id = if config.node_id.is_empty() {
             format!(
                 "{}-{}",
@@ -439,8 +569,11 @@ impl RedisBroker {
             keys,
             node_id,
             conn: parking_lot::RwLock::new(conn),
+            publish_conn,
             last_ok_ms: AtomicI64::new(now_ms()),
             last_err_ms: AtomicI64::new(0),
+            last_unavailable_ms: AtomicI64::new(0),
+            unavailable_since_ms: AtomicI64::new(0),
             reconnecting: AtomicBool::new(false),
             scripts: Scripts::new(),
             subs: subs::Registry::default(),
@@ -461,6 +594,7 @@ impl RedisBroker {
         membership::start(&shared);
         subs::start_watch(&shared);
         deliver::start_maintenance(&shared);
+        start_reconnect_watch(&shared);
         tracing::info!(node = %shared.node_id, prefix = %shared.config.key_prefix, "redis broker connected");
         Ok(RedisBroker { shared })
     }

@@ -466,8 +466,10 @@ async fn transact(
     let runs = txns.into_iter().map(|(_, t)| {
         let (pipe, wants) = t.finish(wait, shared.config.wait_timeout);
         async move {
-            let mut conn = shared.conn();
-            let replies: Vec<Value> = shared.call(pipe.query_async(&mut conn)).await?;
+            let mut conn = shared.publish_conn();
+            let replies: Vec<Value> = shared
+                .call_within(shared.publish_call_limit(), pipe.query_async(&mut conn))
+                .await?;
             Ok::<_, BrokerError>((replies, wants))
         }
     });
