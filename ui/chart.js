@@ -9,7 +9,8 @@ const COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea"];
  * series: [{label, unit}]. Returns {push(timeSeconds, values), destroy()}.
  */
 export function liveChart(parent, { title, series, windowSeconds = 300, yRange }) {
-  const box = h("figure", { class: "chart" }, h("figcaption", {}, title));
+  const now = h("span", { class: "now" });
+  const box = h("figure", { class: "chart" }, h("figcaption", {}, title, " ", now));
   parent.appendChild(box);
   const data = [[], ...series.map(() => [])];
   const opts = {
@@ -17,7 +18,11 @@ export function liveChart(parent, { title, series, windowSeconds = 300, yRange }
     height: 200,
     cursor: { drag: { x: false, y: false } },
     legend: { live: true },
-    scales: { x: { time: true }, y: yRange ? { range: yRange } : { auto: true } },
+    // The x axis always spans the whole window, ending at the last reading.
+    scales: {
+      x: { time: true, range: (_, min, max) => [max - windowSeconds, max] },
+      y: yRange ? { range: yRange } : { auto: true },
+    },
     axes: [{}, { size: 60 }],
     series: [
       {},
@@ -43,6 +48,11 @@ export function liveChart(parent, { title, series, windowSeconds = 300, yRange }
         for (const column of data) column.shift();
       }
       plot.setData(data);
+      now.replaceChildren(
+        ...series.map((s, i) =>
+          h("span", { class: "reading", dataset: { series: s.label, value: String(values[i]) } }, `${s.label} ${values[i].toFixed(2)}${s.unit || ""}`),
+        ),
+      );
     },
     destroy() {
       resize.disconnect();
