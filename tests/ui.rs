@@ -3,11 +3,14 @@
 //! API behind it keeps asking for credentials. The page itself is driven in
 //! a real browser by `tests/python/test_ui.py`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
+use common::inproc::{SseClient, WsClient, start_with};
 use event_router::auth::{Auth, AuthConfig, sha256_hex};
 use event_router::broker::MemoryBroker;
 use event_router::server::{self, AppState, ServerConfig};
@@ -196,4 +199,81 @@ async fn whoami_tells_admins_from_other_principals() {
         (body["admin"].clone(), body["auth"].clone()),
         (Value::Bool(true), Value::Bool(false))
     );
+}
+
+async fn subscribers(addr: std::net::SocketAddr) -> Value {
+    reqwest::get(format!("http://{addr}/api/v1/subscribers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn subscribers_lists_open_websocket_and_sse_subscriptions_until_they_close() {
+    let server = start_with(ServerConfig::default()).await;
+    let sse = SseClient::open(
+        server.addr,
+        "/api/v1/events/stream?topics=order.*&filter=priority:gte:7",
+        &[],
+    )
+    .await;
+    let mut ws = WsClient::connect(server.addr, "/ws").await;
+    let live = ws
+        .subscribe(serde_json::json!({"op":"subscribe","topics":["audit.#"]}))
+        .await;
+    ws.subscribe(serde_json::json!({"op":"subscribe","topics":["job.#"],"group":"workers"}))
+        .await;
+
+    let body = subscribers(server.addr).await;
+    assert_eq!(body["total"], 3, "{body}");
+    let list = body["subscribers"].as_array().unwrap();
+    let by_transport = |t: &str| {
+        list.iter()
+            .filter(|s| s["transport"] == t)
+            .collect::<Vec<_>>()
+    };
+    let sse_entry = by_transport("sse");
+    assert_eq!(sse_entry.len(), 1);
+    assert_eq!(sse_entry[0]["topics"], serde_json::json!(["order.*"]));
+    assert!(
+        sse_entry[0]["filter"].to_string().contains("priority"),
+        "{body}"
+    );
+    let ws_entries = by_transport("websocket");
+    assert_eq!(ws_entries.len(), 2);
+    let live_entry = ws_entries.iter().find(|s| s["group"].is_null()).unwrap();
+    assert_eq!(live_entry["subscription_id"], live.as_str());
+    assert_eq!(live_entry["topics"], serde_json::json!(["audit.#"]));
+    assert_eq!(live_entry["principal"], "anonymous");
+    assert!(ws_entries.iter().any(|s| s["group"] == "workers"));
+
+    ws.call(serde_json::json!({"op":"unsubscribe","id":"u","subscription_id":live}))
+        .await;
+    let body = subscribers(server.addr).await;
+    assert_eq!(body["total"], 2, "{body}");
+    drop(sse);
+    ws.close().await;
+    let mut left = Value::Null;
+    for _ in 0..100 {
+        left = subscribers(server.addr).await;
+        if left["total"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left["total"], 0, "{left}");
+    server.token.cancel();
+}
+
+#[tokio::test]
+async fn subscribers_is_for_admins() {
+    let app = app(with_auth());
+    let (status, _, _) = get(&app, "/api/v1/subscribers", Some(VIEWER_KEY)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = get(&app, "/api/v1/subscribers", Some(ADMIN_KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["total"], 0);
 }

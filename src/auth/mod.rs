@@ -716,8 +716,8 @@ fn unauthorized(e: ApiError) -> Response {
     response
 }
 
-/// Admin and group rules of `/api/v1/stats`, `/api/v1/events/purge` and
-/// `/api/v1/subscriptions...`.
+/// Admin and group rules of `/api/v1/stats`, `/api/v1/subscribers`,
+/// `/api/v1/events/purge` and `/api/v1/subscriptions...`.
 /// Returns the admin action to audit, if the request is one.
 fn authorize_path(
     access: &Access,
@@ -726,6 +726,10 @@ fn authorize_path(
 ) -> Result<Option<&'static str>, ApiError> {
     if path == "/api/v1/stats" {
         access.check_admin("stats")?;
+        return Ok(None);
+    }
+    if path == "/api/v1/subscribers" {
+        access.check_admin("list subscribers")?;
         return Ok(None);
     }
     if path == "/api/v1/events/purge" {

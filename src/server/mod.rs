@@ -10,6 +10,7 @@
 //! - [`ws`], [`sse`], [`http`]: thin adapters; [`cloudevents`]: the
 //!   CloudEvents HTTP bindings; [`error`]: the one client-facing error;
 //!   [`openapi`]: the generated API description at `GET /openapi.json`;
+//!   [`subscribers`]: this replica's WebSocket and SSE subscriptions;
 //!   [`ui`]: the web console at `/ui`.
 //!
 //! [`run`] serves until its token is cancelled, then drains: WebSocket
@@ -27,6 +28,7 @@ pub mod ops;
 pub mod protocol;
 pub mod session;
 pub mod sse;
+pub mod subscribers;
 pub mod tls;
 pub mod ui;
 pub mod ws;
@@ -234,6 +236,8 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     /// Readings of the published counter for `events_per_second`.
     pub publish_rate: Arc<ops::PublishRate>,
+    /// Open WebSocket and SSE subscriptions, for `GET /api/v1/subscribers`.
+    pub subscribers: Arc<subscribers::Subscribers>,
 }
 
 impl AppState {
@@ -246,6 +250,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             connections: Arc::default(),
             publish_rate: Arc::default(),
+            subscribers: Arc::default(),
         }
     }
 
@@ -290,6 +295,7 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/api/v1/request", post(http::request))
         .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/whoami", get(ui::whoami))
+        .route("/api/v1/subscribers", get(subscribers::list))
         .route("/api/v1/subscriptions", get(http::list_subscriptions))
         .route(
             "/api/v1/subscriptions/{name}",

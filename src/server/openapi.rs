@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, http, ops, sse, ui, ws};
+use super::{error, http, ops, sse, subscribers, ui, ws};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,6 +23,7 @@ use super::{error, http, ops, sse, ui, ws};
         http::request,
         ops::stats,
         ui::whoami,
+        subscribers::list,
         http::list_subscriptions,
         http::get_subscription,
         http::put_subscription,

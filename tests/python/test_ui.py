@@ -363,11 +363,24 @@ def test_dead_letters_are_listed_redriven_and_purged_only_after_confirmation(
     name = "poison" + uuid.uuid4().hex[:6]
     ids = poison(cluster.other, name, 3)
 
-    open_page(console, cluster.page, "/ui/subscriptions")
-    row = element(console, f'#subscriptions tr[data-subscription="{name}"]')
-    text_of(console, f'tr[data-subscription="{name}"] td.dead-letters', "3")
-    if cluster.kind == "memory":
-        shoot(console, "subscriptions")
+    # An SSE subscriber on the page's replica is listed with its patterns.
+    watcher = requests.get(
+        f"{cluster.page.http_url}/api/v1/events/stream",
+        params={"topics": "audit.#", "filter": "priority:gte:7"},
+        stream=True,
+        timeout=WAIT,
+    )
+    try:
+        assert watcher.status_code == 200
+        open_page(console, cluster.page, "/ui/subscriptions")
+        row = element(console, f'#subscriptions tr[data-subscription="{name}"]')
+        text_of(console, f'tr[data-subscription="{name}"] td.dead-letters', "3")
+        text_of(console, f'tr[data-subscription="{name}"] td.topics', f"poison.{name}.#")
+        text_of(console, '#subscribers tr[data-transport="sse"] td.topics', "audit.#")
+        if cluster.kind == "memory":
+            shoot(console, "subscriptions")
+    finally:
+        watcher.close()
     row.find_element(By.CSS_SELECTOR, "td.dead-letters a").click()
     wait_for(
         console,

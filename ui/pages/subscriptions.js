@@ -1,6 +1,7 @@
 // Subscriptions: every durable subscription with its queues, consumers,
 // lag and spec (GET /api/v1/subscriptions, the lag gauge of /metrics), and
-// this replica's live subscribers and connections (GET /api/v1/stats).
+// this replica's WebSocket and SSE subscribers with their patterns
+// (GET /api/v1/subscribers) and connection counts (GET /api/v1/stats).
 
 import { api, gauge, text } from "../api.js";
 import { h, json, notice, num, replace } from "../dom.js";
@@ -16,17 +17,19 @@ export function render(main, { me }) {
   const status = h("div", { id: "subs-status" });
   const table = h("table", { id: "subscriptions", class: "grid" });
   const live = h("dl", { id: "live-subscribers", class: "facts" });
-  main.append(status, table, h("h2", {}, "Live and SSE subscribers (this replica)"), live);
+  const subscribers = h("table", { id: "subscribers", class: "grid" });
+  main.append(status, table, h("h2", {}, "Live and SSE subscribers (this replica)"), live, subscribers);
   const open = new Set();
   let stopped = false;
 
   async function tick() {
-    let list, stats, metrics;
+    let list, stats, metrics, listed;
     try {
-      [list, stats, metrics] = await Promise.all([
+      [list, stats, metrics, listed] = await Promise.all([
         api("/api/v1/subscriptions"),
         api("/api/v1/stats"),
         text("/metrics").catch(() => ""),
+        api("/api/v1/subscribers"),
       ]);
     } catch (e) {
       if (!stopped) replace(status, notice("error", e.message));
@@ -51,7 +54,7 @@ export function render(main, { me }) {
           "tr",
           { dataset: { subscription: name } },
           h("td", {}, h("strong", {}, name)),
-          h("td", {}, h("code", {}, (s.spec.topics || []).join(", ") || s.spec.pattern || "")),
+          h("td", { class: "topics" }, h("code", {}, (s.spec.selector?.topics || []).join(", "))),
           h("td", { class: "n pending" }, num(s.pending)),
           h("td", { class: "n" }, num(s.in_flight)),
           h("td", { class: "n" }, num(s.retrying)),
@@ -76,6 +79,29 @@ export function render(main, { me }) {
       h("dd", {}, num(stats.connections.websocket)),
       h("dt", {}, "SSE streams"),
       h("dd", {}, num(stats.connections.sse)),
+    );
+    replace(
+      subscribers,
+      h("thead", {}, h("tr", {}, ["Transport", "Topics", "Filter", "Group", "Principal", "Since", "Id"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        listed.subscribers.map((s) =>
+          h(
+            "tr",
+            { dataset: { transport: s.transport, id: s.subscription_id } },
+            h("td", {}, s.transport === "sse" ? "SSE" : "WebSocket"),
+            h("td", { class: "topics" }, h("code", {}, s.topics.join(", "))),
+            h("td", {}, s.filter === undefined ? "" : h("code", {}, JSON.stringify(s.filter))),
+            h("td", {}, s.group || h("span", { class: "muted" }, "live")),
+            h("td", {}, s.principal),
+            h("td", {}, s.since.replace("T", " ").replace(/\.\d+/, "")),
+            h("td", { class: "muted" }, s.subscription_id),
+          ),
+        ),
+        listed.subscribers.length ? null : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No WebSocket or SSE subscriptions on this replica.")),
+        listed.total > listed.subscribers.length ? h("tr", {}, h("td", { colspan: 7, class: "muted" }, `… and ${num(listed.total - listed.subscribers.length)} more`)) : null,
+      ),
     );
   }
 
