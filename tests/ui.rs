@@ -70,7 +70,7 @@ async fn get(
     (status, headers, body)
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn text(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers.get(&name).map_or("", |v| v.to_str().unwrap())
 }
 
