@@ -277,3 +277,24 @@ async fn subscribers_is_for_admins() {
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["total"], 0);
 }
+
+#[test]
+fn no_ui_flag_and_config_key_turn_the_console_off() {
+    let print = |args: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_event-router"));
+        cmd.args(["serve", "--print-config"]).args(args);
+        cmd.env_remove("EVENT_ROUTER_NO_UI");
+        if let Some(value) = env {
+            cmd.env("EVENT_ROUTER_NO_UI", value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(print(&[], None).contains("\n  ui: true\n"));
+    assert!(print(&["--no-ui"], None).contains("\n  ui: false\n"));
+    assert!(print(&[], Some("true")).contains("\n  ui: false\n"));
+    let config = event_router::config::Config::from_yaml("server:\n  ui: false\n").unwrap();
+    assert!(!config.server_config().ui);
+    assert!(event_router::config::Config::default().server_config().ui);
+}

@@ -6,13 +6,13 @@
 //! console works without internet access. Every page URL answers with the
 //! same `index.html`; the script reads the path and draws the page, so each
 //! page can be linked and bookmarked. `/ui` is public (the files hold no
-//! data): the script asks for a token when the API answers 401 and sends it
-//! in the `Authorization` header of every call, never in a URL. Responses
-//! carry a strict Content-Security-Policy (scripts and styles from the page's
-//! own origin only) and the usual hardening headers.
+//! data): the script asks for a token (when `GET /ui/auth` says one is
+//! needed, or the API answers 401) and sends it in the `Authorization`
+//! header of every call, never in a URL. Responses carry a strict
+//! Content-Security-Policy (scripts and styles from the page's own origin
+//! only) and the usual hardening headers.
 //!
-//! `GET /ui/auth` says whether a token is needed at all, so that the page
-//! can ask for one before its first call. [`whoami`] (`GET /api/v1/whoami`) tells the page who the caller is and
+//! [`whoami`] (`GET /api/v1/whoami`) tells the page who the caller is and
 //! whether admin actions are open to it, so that it can hide them; the
 //! server enforces them whatever the page shows.
 

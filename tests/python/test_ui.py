@@ -363,6 +363,9 @@ def test_dead_letters_are_listed_redriven_and_purged_only_after_confirmation(
     name = "poison" + uuid.uuid4().hex[:6]
     ids = poison(cluster.other, name, 3)
 
+    open_page(console, cluster.page, "/ui/dead-letters")
+    text_of(console, f'#dlq-index tr[data-subscription="{name}"] td:nth-child(2)', "3")
+
     # An SSE subscriber on the page's replica is listed with its patterns.
     watcher = requests.get(
         f"{cluster.page.http_url}/api/v1/events/stream",
