@@ -41,6 +41,10 @@ async function failure(response) {
   } catch {
     // not our error shape: keep the status line
   }
+  if (response.status === 401) {
+    // The token expired or was revoked: the console asks for a new one.
+    window.dispatchEvent(new CustomEvent("console:unauthorized", { detail: message }));
+  }
   return new ApiError(response.status, code, message);
 }
 

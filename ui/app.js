@@ -135,4 +135,14 @@ document.addEventListener("click", (e) => {
   navigate(url.pathname + url.search);
 });
 window.addEventListener("popstate", () => me && render());
+window.addEventListener("console:unauthorized", (e) => {
+  if (!me) return; // start() handles the first call's refusal itself
+  me = null;
+  if (cleanup) {
+    cleanup();
+    cleanup = null;
+  }
+  setToken("");
+  askForToken(`The token was refused: ${e.detail}`);
+});
 start();
