@@ -29,6 +29,7 @@ FROM deps AS build
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
+COPY ui ./ui
 # Newer mtimes than the stand-ins, so cargo rebuilds the crate itself.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin event-router \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need when it is missing
-# (redis-server, promtool, a Python venv with pytest, the CloudEvents SDK and
+# (redis-server, promtool, Chromium and its WebDriver for the web console's
+# browser tests, a Python venv with pytest, selenium, the CloudEvents SDK and
 # the Python SDK's tools), then `cargo test`, the Python end-to-end tests in
 # tests/python and the Python SDK's suite in clients/python/tests (which also
 # runs `mypy --strict` and `ruff check` over the SDK).
@@ -14,7 +15,7 @@ ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 VENV=$TARGET_DIR/venv
 PY_PACKAGES=(pytest cloudevents requests websocket-client helm-python-sdk kubernetes-validate pyyaml
-    "websockets>=15" mypy ruff maturin)
+    "websockets>=15" mypy ruff maturin selenium)
 
 export CARGO_INCREMENTAL=0
 export CARGO_TERM_COLOR=never
@@ -49,6 +50,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# Debian's Chromium and its driver: tests/python/test_ui.py drives the console.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     apt_install "${missing[@]}"
@@ -56,6 +60,7 @@ fi
 echo "redis-server: $(redis-server --version | head -n1)"
 echo "promtool:     $(promtool --version 2>&1 | head -n1)"
 echo "python3:      $(python3 --version)"
+echo "chromium:     $(chromedriver --version 2>/dev/null | head -n1)"
 # `kubectl kustomize` builds the deploy/ overlays in the packaging tests.
 if command -v kubectl >/dev/null 2>&1; then
     echo "kubectl:      $(kubectl version --client 2>/dev/null | head -n1)"
@@ -66,7 +71,7 @@ fi
 
 # --- Python venv ---------------------------------------------------------------
 section "python venv ($VENV)"
-if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml, websockets, mypy, ruff, maturin' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml, websockets, mypy, ruff, maturin, selenium' >/dev/null 2>&1; then
     if ! python3 -m venv "$VENV"; then
         apt_install python3-venv
         python3 -m venv "$VENV"
@@ -74,7 +79,7 @@ if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, hel
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML|websockets|mypy|ruff|maturin) ' || true
+    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML|websockets|mypy|ruff|maturin|selenium) ' || true
 
 # --- Rust ------------------------------------------------------------------------
 # One `cargo test` build serves every step: it also builds the binary that the

@@ -258,6 +258,9 @@ pub struct ServerSection {
     /// 401/403) yet; past it the oldest such connection is closed. Keep it
     /// well below the process's file limit. Default 512; zero means no cap.
     pub max_unauthenticated_connections: usize,
+    /// Serve the web console at `/ui` (`docs/ui.md`). Default `true`;
+    /// `false` answers 404 there.
+    pub ui: bool,
     /// PEM certificate chain: serve HTTPS/WSS (reloaded when it changes).
     /// Needs `tls_key`. Default none: plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,6 +294,7 @@ impl Default for ServerSection {
             header_read_timeout: server::DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
             max_unauthenticated_connections: server::DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS,
+            ui: true,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -532,6 +536,7 @@ impl Config {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
             max_unauthenticated_connections: s.max_unauthenticated_connections,
+            ui: s.ui,
             ..ServerConfig::default()
         }
     }

@@ -668,6 +668,8 @@ async fn openapi_json_lists_every_http_path() {
         "/api/v1/events/stream",
         "/api/v1/request",
         "/api/v1/stats",
+        "/api/v1/whoami",
+        "/api/v1/subscribers",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{name}",
         "/api/v1/subscriptions/{name}/ack",

@@ -9,8 +9,8 @@
 //! - [`cert`]: client certificates (mTLS) as credentials.
 //!
 //! [`Auth`] is built once per server. The HTTP layer ([`middleware`])
-//! authenticates every request except `/health`, `/live`, `/ready`, `/metrics` and
-//! `/openapi.json` from `Authorization: Bearer`, or a `token` query
+//! authenticates every request except `/health`, `/live`, `/ready`, `/metrics`,
+//! `/openapi.json` and the web console's files under `/ui` from `Authorization: Bearer`, or a `token` query
 //! parameter (for browsers' WebSocket and EventSource), enforces the admin
 //! and group rules of the subscription endpoints by path, and leaves an
 //! [`Access`] in the request for handlers and sessions to check publishes
@@ -612,12 +612,13 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeAccess {
     }
 }
 
-/// Paths served without credentials: probes, metrics, the API description.
+/// Paths served without credentials: probes, metrics, the API description,
+/// and the web console's files (they hold no data; the page asks for a token).
 fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/health" | "/live" | "/ready" | "/metrics" | "/openapi.json"
-    )
+        "/health" | "/live" | "/ready" | "/metrics" | "/openapi.json" | "/ui"
+    ) || path.starts_with("/ui/")
 }
 
 /// The bearer token of a request: `Authorization: Bearer`, else a `token`
@@ -715,8 +716,8 @@ fn unauthorized(e: ApiError) -> Response {
     response
 }
 
-/// Admin and group rules of `/api/v1/stats`, `/api/v1/events/purge` and
-/// `/api/v1/subscriptions...`.
+/// Admin and group rules of `/api/v1/stats`, `/api/v1/subscribers`,
+/// `/api/v1/events/purge` and `/api/v1/subscriptions...`.
 /// Returns the admin action to audit, if the request is one.
 fn authorize_path(
     access: &Access,
@@ -725,6 +726,10 @@ fn authorize_path(
 ) -> Result<Option<&'static str>, ApiError> {
     if path == "/api/v1/stats" {
         access.check_admin("stats")?;
+        return Ok(None);
+    }
+    if path == "/api/v1/subscribers" {
+        access.check_admin("list subscribers")?;
         return Ok(None);
     }
     if path == "/api/v1/events/purge" {

@@ -114,6 +114,10 @@ pub struct ServeArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Do not serve the web console at `/ui` (docs/ui.md).
+    #[arg(long, env = "EVENT_ROUTER_NO_UI", help_heading = "Security")]
+    pub no_ui: bool,
+
     /// Largest event payload in bytes [default: 1048576].
     #[arg(
         long,
@@ -475,6 +479,9 @@ impl ServeArgs {
         if self.tls_cert.is_some() {
             c.server.tls_cert.clone_from(&self.tls_cert);
             c.server.tls_key.clone_from(&self.tls_key);
+        }
+        if self.no_ui {
+            c.server.ui = false;
         }
         if self.tls_client_ca.is_some() {
             c.server.tls_client_ca.clone_from(&self.tls_client_ca);

@@ -9,7 +9,9 @@
 //!   with header read and idle timeouts and a cap on unauthenticated ones.
 //! - [`ws`], [`sse`], [`http`]: thin adapters; [`cloudevents`]: the
 //!   CloudEvents HTTP bindings; [`error`]: the one client-facing error;
-//!   [`openapi`]: the generated API description at `GET /openapi.json`.
+//!   [`openapi`]: the generated API description at `GET /openapi.json`;
+//!   [`subscribers`]: this replica's WebSocket and SSE subscriptions;
+//!   [`ui`]: the web console at `/ui`.
 //!
 //! [`run`] serves until its token is cancelled, then drains: WebSocket
 //! sessions get a 1001 close, SSE streams end, durable consumers are
@@ -26,7 +28,9 @@ pub mod ops;
 pub mod protocol;
 pub mod session;
 pub mod sse;
+pub mod subscribers;
 pub mod tls;
+pub mod ui;
 pub mod ws;
 pub mod ws_v1;
 
@@ -137,6 +141,8 @@ pub struct ServerConfig {
     /// Serve HTTPS/WSS with this certificate and key (PEM files, reloaded
     /// when they change). Default none: plain HTTP.
     pub tls: Option<tls::TlsFiles>,
+    /// Serve the web console at `/ui` ([`ui`]). Default on.
+    pub ui: bool,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +163,7 @@ impl Default for ServerConfig {
             sse_keepalive: DEFAULT_SSE_KEEPALIVE,
             auth: Arc::default(),
             tls: None,
+            ui: true,
         }
     }
 }
@@ -229,6 +236,8 @@ pub struct AppState {
     pub connections: Arc<Connections>,
     /// Readings of the published counter for `events_per_second`.
     pub publish_rate: Arc<ops::PublishRate>,
+    /// Open WebSocket and SSE subscriptions, for `GET /api/v1/subscribers`.
+    pub subscribers: Arc<subscribers::Subscribers>,
 }
 
 impl AppState {
@@ -241,6 +250,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             connections: Arc::default(),
             publish_rate: Arc::default(),
+            subscribers: Arc::default(),
         }
     }
 
@@ -265,6 +275,11 @@ impl AppState {
 /// unknown routes, wrong methods and oversize bodies.
 pub fn app(state: AppState) -> axum::Router {
     let body_limit = state.config.max_frame_bytes;
+    let console = if state.config.ui {
+        ui::routes()
+    } else {
+        axum::Router::new()
+    };
     axum::Router::new()
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
@@ -279,6 +294,8 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/api/v1/events/stream", get(sse::stream))
         .route("/api/v1/request", post(http::request))
         .route("/api/v1/stats", get(ops::stats))
+        .route("/api/v1/whoami", get(ui::whoami))
+        .route("/api/v1/subscribers", get(subscribers::list))
         .route("/api/v1/subscriptions", get(http::list_subscriptions))
         .route(
             "/api/v1/subscriptions/{name}",
@@ -295,6 +312,7 @@ pub fn app(state: AppState) -> axum::Router {
         )
         .route("/api/v1/subscriptions/{name}/dlq/purge", post(http::purge))
         .route("/api/v1/subscriptions/{name}/replay", post(http::replay))
+        .merge(console)
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, http, ops, sse, ws};
+use super::{error, http, ops, sse, subscribers, ui, ws};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -22,6 +22,8 @@ use super::{error, http, ops, sse, ws};
         sse::stream,
         http::request,
         ops::stats,
+        ui::whoami,
+        subscribers::list,
         http::list_subscriptions,
         http::get_subscription,
         http::put_subscription,

@@ -58,6 +58,7 @@ const MAX_TRACKED_DELIVERIES: usize = 65_536;
 
 use super::limits::{Budget, pattern_cost};
 pub use super::limits::{Held, PatternLimits};
+use super::subscribers::{Listed, Subscriber, Subscribers};
 
 /// The limits a session enforces.
 #[derive(Debug, Clone)]
@@ -176,6 +177,8 @@ struct SubscriptionHandle {
     tag: Arc<SubscriptionTag>,
     /// Its patterns' (count, bytes), counted against the connection's caps.
     patterns: (usize, usize),
+    /// Its entry in the server's list of subscribers, while it is open.
+    _listed: Option<Listed>,
     _stop: DropGuard,
 }
 
@@ -203,6 +206,8 @@ pub struct Session {
     /// [`Session::handle`]). Only ever reached through `&mut self`
     /// (`get_mut`, no locking); the mutex makes the session `Sync`.
     publishes: Mutex<FuturesOrdered<PendingPublish>>,
+    /// Where this session's subscriptions are listed, and its transport.
+    listing: Option<(Arc<Subscribers>, &'static str)>,
 }
 
 /// A publish frame's answer, once its broker call returns.
@@ -240,7 +245,33 @@ impl Session {
             budget,
             background_acks: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND_ACKS)),
             publishes: Mutex::new(FuturesOrdered::new()),
+            listing: None,
         }
+    }
+
+    /// Lists this session's subscriptions in `registry` (as `transport`)
+    /// while they are open.
+    pub fn list_in(&mut self, registry: Arc<Subscribers>, transport: &'static str) {
+        self.listing = Some((registry, transport));
+    }
+
+    fn listed(&self, id: &str, selector: &Selector, group: Option<&str>) -> Option<Listed> {
+        let (registry, transport) = self.listing.as_ref()?;
+        Some(
+            registry.list(Subscriber {
+                subscription_id: id.to_string(),
+                transport,
+                principal: self.access.principal().to_string(),
+                topics: selector
+                    .patterns()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                filter: selector.filter().and_then(|f| serde_json::to_value(f).ok()),
+                group: group.map(str::to_string),
+                since: jiff::Timestamp::now().to_string(),
+            }),
+        )
     }
 
     /// The next answered single publish, in frame order; `None` when none
@@ -532,6 +563,7 @@ impl Session {
             ));
         }
         let stop = CancellationToken::new();
+        let selector = options.selector.clone();
         let tag = match options.group {
             None => self.subscribe_live(options, stop.clone()).await?,
             Some(group) => {
@@ -546,12 +578,14 @@ impl Session {
                 .await?
             }
         };
+        let listed = self.listed(&tag.id, &selector, tag.group.as_deref());
         self.subscriptions.insert(
             tag.id.clone(),
             SubscriptionHandle {
                 tag: tag.clone(),
                 patterns,
                 _stop: stop.drop_guard(),
+                _listed: listed,
             },
         );
         self.patterns_held.0 += patterns.0;

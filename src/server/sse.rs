@@ -137,6 +137,7 @@ pub async fn stream(
     let permit = access.connect()?;
     let mut session = Session::new(state.router.clone(), state.session_config(), tx);
     session.set_access(access);
+    session.list_in(state.subscribers.clone(), "sse");
     let resume_after = if query.group.is_none() {
         last_event_id
     } else {

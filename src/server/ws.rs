@@ -125,6 +125,7 @@ pub async fn serve_as<W, R, E>(
     let broken = CancellationToken::new();
     let writer = tokio::spawn(write_loop(sink, rx, close_rx, broken.clone()));
     let mut session = Session::new(state.router.clone(), state.session_config(), tx);
+    session.list_in(state.subscribers.clone(), "websocket");
     let (access, _permit, v1) = match access {
         Some(access) => (access, permit, false),
         None => match first_frame_auth(&mut stream, &state, &session).await {
