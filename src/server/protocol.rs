@@ -410,6 +410,9 @@ pub enum ServerFrame<'a> {
         /// `rate_limited`: milliseconds to wait before retrying.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// `version_conflict`: the event stream's current version.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current_version: Option<u64>,
     },
 }
 
@@ -434,6 +437,7 @@ impl ServerFrame<'_> {
             message: &error.message,
             subscription_id: None,
             retry_after_ms: error.retry_after.map(|d| d.as_millis().max(1) as u64),
+            current_version: error.current_version,
         }
         .to_text()
     }
