@@ -37,7 +37,7 @@ pub struct AppendOptions {
 }
 
 /// Where an appended event was stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Appended {
     /// The stream.
     pub stream: String,
@@ -77,7 +77,7 @@ impl StreamRead {
 }
 
 /// Events read from a stream, oldest first.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamPage {
     /// The stream.
     pub stream: String,

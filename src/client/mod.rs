@@ -60,6 +60,7 @@
 //! ```
 
 mod error;
+mod event_stream;
 mod handler;
 mod in_process;
 pub mod reconnect;
