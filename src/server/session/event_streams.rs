@@ -50,7 +50,11 @@ impl Session {
                 id,
                 stream,
                 from_version,
-            } => (id, self.subscribe_stream(stream, from_version)),
+            } => match self.subscribe_stream(id.clone(), stream, from_version) {
+                // The follower sends the `ok` itself, before any entry.
+                Ok(()) => return,
+                Err(e) => (id, Err(e)),
+            },
             other => (
                 other.id().clone(),
                 Err(ApiError::bad_request(
@@ -62,16 +66,19 @@ impl Session {
         self.reply(&id, result).await;
     }
 
-    /// Follows `stream` from `from_version`: `stream_event` frames for
-    /// every entry from there on, in version order, until `unsubscribe`.
+    /// Follows `stream` from `from_version`: the `ok` reply to `id` (with
+    /// the `subscription_id`), then `stream_event` frames for every entry
+    /// from there on, in version order, until `unsubscribe`.
     ///
     /// # Errors
-    /// `invalid_stream`, `forbidden`, `too_many_subscriptions`.
+    /// `invalid_stream`, `forbidden`, `too_many_subscriptions`; nothing was
+    /// sent then.
     pub fn subscribe_stream(
         &mut self,
+        id: RequestId,
         stream: String,
         from_version: u64,
-    ) -> Result<Reply, ApiError> {
+    ) -> Result<(), ApiError> {
         streams::check_read(&self.access, &stream)?;
         if self.subscriptions.len() >= self.config.max_subscriptions {
             return Err(ApiError::new(
@@ -89,10 +96,16 @@ impl Session {
             group: None,
         });
         let stop = CancellationToken::new();
+        let ok = ServerFrame::ok(
+            &id,
+            &Reply::Subscribed {
+                subscription_id: tag.id.clone(),
+            },
+        );
         let task = forward_stream(
             self.router.broker().clone(),
-            stream,
-            from_version,
+            (stream, from_version),
+            ok,
             tag.clone(),
             self.out.clone(),
         );
@@ -105,22 +118,23 @@ impl Session {
                 _stop: stop.drop_guard(),
             },
         );
-        Ok(Reply::Subscribed {
-            subscription_id: tag.id.clone(),
-        })
+        Ok(())
     }
 }
 
-/// Sends the stream's entries as `stream_event` frames; waits for room in
+/// Sends the `ok` reply, then the stream's entries as `stream_event` frames; waits for room in
 /// the connection's queue (memory stays bounded by it), and ends the
 /// subscription with an error frame when the broker fails.
 async fn forward_stream(
     broker: SharedBroker,
-    stream: String,
-    from_version: u64,
+    (stream, from_version): (String, u64),
+    ok: String,
     tag: Arc<SubscriptionTag>,
     out: mpsc::Sender<Outgoing>,
 ) {
+    if out.send(Outgoing::Reply(ok)).await.is_err() {
+        return;
+    }
     let result = follow(broker, &stream, from_version, FOLLOW_PAGE, |entry| {
         let text = ServerFrame::StreamEvent {
             subscription_id: &tag.id,
