@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import math
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +17,7 @@ from conftest import RedisServer, Router, eventually
 from event_router import Event, EventRouterClient
 from event_router._breaker import CircuitBreaker, CircuitOpenError
 from event_router._crypto import DecryptionError, generate_key
+from event_router._windows import Window, WindowAssigner
 from event_router.saga import step
 
 
@@ -241,3 +246,78 @@ async def test_encrypted_payloads_round_trip_route_on_the_envelope_and_wrong_key
         with pytest.raises(DecryptionError):
             mallory.decrypt(raw[0])
         assert bob.decrypt(raw[0]) == {"ssn": "123-45-6789"}
+
+
+def reference_windows(
+    times: list[float], size: float, slide: float, origin: float | None = None
+) -> list[tuple[float, list[int]]]:
+    """Brute force: every window [origin + k*slide, +size) that holds an
+    event (origin: the first event's time), with the indexes of its events
+    by time."""
+    origin = times[0] if origin is None else origin
+    out = []
+    k = math.floor((min(times) - origin - size) / slide)
+    while origin + k * slide <= max(times):
+        start = origin + k * slide
+        inside = sorted(
+            (i for i, t in enumerate(times) if start <= t < start + size),
+            key=lambda i: (times[i], i),
+        )
+        if inside:
+            out.append((start, inside))
+        k += 1
+    return out
+
+
+@pytest.mark.parametrize(("size", "slide"), [(10.0, 10.0), (10.0, 2.5), (7.0, 3.0)])
+def test_windows_match_a_reference_computation(size: float, slide: float) -> None:
+    rng = random.Random(f"{size}/{slide}")
+    times = [1_700_000_000.0 + rng.uniform(0, 100) for _ in range(300)]
+    times.sort()
+    # Shuffle within 1 s so events arrive a little out of order.
+    arrival = sorted(range(len(times)), key=lambda i: times[i] + rng.uniform(0, 1))
+    assigner = WindowAssigner(size, slide, lateness=2.0)
+    emitted: list[Window] = []
+    for i in arrival:
+        assigner.add(times[i], Event("m.x", i))
+        emitted.extend(assigner.advance(assigner.newest or 0.0))
+    emitted.extend(assigner.flush())
+    assert assigner.late == 0
+    got = [(w.start, [e.payload for e in w]) for w in emitted]
+    assert got == reference_windows(times, size, slide, origin=times[arrival[0]])
+
+
+def test_late_events_are_dropped_counted_and_reported() -> None:
+    late: list[Event] = []
+    assigner = WindowAssigner(10.0, 10.0, lateness=0.0, on_late=late.append)
+    assigner.add(100.0, Event("m.x", "a"))
+    assigner.add(105.0, Event("m.x", "b"))
+    first = assigner.advance(111.0)
+    assert [(w.start, [e.payload for e in w]) for w in first] == [(100.0, ["a", "b"])]
+    assigner.add(109.0, Event("m.x", "late"))
+    assigner.add(112.0, Event("m.x", "c"))
+    assert (assigner.late, [e.payload for e in late]) == (1, ["late"])
+    assert [[e.payload for e in w] for w in assigner.flush()] == [["c"]]
+
+
+async def test_event_time_windows_over_the_router_match_the_reference(router: Router) -> None:
+    base = 1_700_000_000.0
+    offsets = [0.0, 1.0, 2.5, 4.0, 5.5, 6.0, 9.9, 10.0, 14.0, 19.0]
+    async with EventRouterClient(router.ws_url) as client:
+        got: list[tuple[float, list[int]]] = []
+
+        async def collect() -> None:
+            it = client.window("metrics.*", size=5, slide=2.5, clock="event", idle=0.5)
+            async with contextlib.aclosing(it) as windows:
+                async for w in windows:
+                    got.append((w.start, [e.payload for e in w]))
+
+        task = asyncio.create_task(collect())
+        await eventually(lambda: any(s.server_id for s in client._subs.values()))
+        for n, off in enumerate(offsets):
+            stamp = datetime.datetime.fromtimestamp(base + off, datetime.UTC).isoformat()
+            await client.publish_event(Event("metrics.cpu", n, time=stamp))
+        want = reference_windows([base + o for o in offsets], 5.0, 2.5)
+        await eventually(lambda: len(got) >= len(want), what="all windows")
+        task.cancel()
+        assert got == want

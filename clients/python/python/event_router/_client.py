@@ -54,6 +54,7 @@ from ._local import LocalRouter
 from ._saga import S, SagaDefinition, define_saga
 from ._subscription import Filter, Handler, Subscription
 from ._transaction import Transaction
+from ._windows import Window, WindowAssigner
 from .errors import (
     AuthError,
     BufferFullError,
@@ -447,6 +448,7 @@ class EventRouterClient:
         metadata: Mapping[str, JSON] | None = None,
         id: str | None = None,
         caused_by: Event | None = None,
+        time: str | None = None,
     ) -> tuple[str, str]:
         problem = topic_problem(type)
         if problem is not None:
@@ -481,6 +483,7 @@ class EventRouterClient:
             ("reply_to", reply_to),
             ("key", key),
             ("ttl", ttl),
+            ("time", time),
             ("headers", dict(headers) if headers else None),
             ("metadata", dict(metadata) if metadata is not None else None),
         ):
@@ -511,6 +514,7 @@ class EventRouterClient:
             headers=event.headers,
             metadata=event.metadata,
             id=event.id,
+            time=event.time,
         )
 
     async def publish(
@@ -1010,14 +1014,34 @@ class EventRouterClient:
         size: float | str,
         slide: float | str | None = None,
         filter: Filter | None = None,
-    ) -> AsyncGenerator[list[Event], None]:
-        """Sliding time windows over the live events of `topics`: every
-        `slide` (default `size`; seconds or `"30s"`, `"1m"`), the events that
-        arrived in the last `size`, oldest first. Empty windows are skipped."""
+        lateness: float | str = 0.2,
+        clock: str = "wall",
+        idle: float | str | None = None,
+        on_late: Callable[[Event], None] | None = None,
+    ) -> AsyncGenerator[Window, None]:
+        """Event-time windows over the live events of `topics`: tumbling
+        (`slide` = `size`, the default) or sliding (`slide` < `size`;
+        seconds or `"30s"`, `"1m"`). Each window is a list of its events,
+        oldest first, with `start` and `end`; it is yielded once the
+        watermark (the wall clock, or with `clock="event"` the newest event
+        time, flushing after `idle` seconds, default `size`, without events)
+        passes its end plus `lateness`. Events for windows already yielded
+        are late: dropped, counted, and given to `on_late`. Empty windows
+        are skipped. See docs/patterns.md."""
+        if clock not in ("wall", "event"):
+            raise ValueError("clock is 'wall' or 'event'")
+        width = parse_duration(size)
+        assigner = WindowAssigner(
+            width,
+            parse_duration(slide if slide is not None else size),
+            parse_duration(lateness),
+            on_late,
+        )
         return _streams.windows(
             self.subscribe(list(topics), filter=filter),
-            parse_duration(size),
-            parse_duration(slide if slide is not None else size),
+            assigner,
+            clock,
+            parse_duration(idle) if idle is not None else width,
         )
 
     # --- patterns -----------------------------------------------------------
