@@ -59,6 +59,7 @@
 //! # }
 //! ```
 
+mod breaker;
 mod error;
 mod event_stream;
 mod handler;
@@ -84,6 +85,7 @@ use crate::router::Router;
 use crate::selector::{Selector, SelectorError};
 use crate::topic::Pattern;
 
+pub use breaker::{CircuitBreaker, CircuitError};
 pub use error::{ClientError, Result};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
