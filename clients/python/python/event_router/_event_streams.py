@@ -153,9 +153,10 @@ class EventStream:
         """Every event from `from_version` on, then each one appended later,
         exactly once and in version order (catch up, then live). Idle, it
         reads again every `poll_interval` seconds; while the router is
-        unreachable it waits and resumes where it was."""
+        unreachable it waits and resumes where it was; it ends when the
+        client is closed."""
         nxt = max(1, from_version)
-        while True:
+        while not self.client.closed:
             try:
                 _, page = await self._read(nxt, MAX_READ_LIMIT)
             except TimeoutError:

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._event import JSON, Event
-from ._event_streams import EventStream
+from ._event_streams import EventStream, VersionConflictError
 
 if TYPE_CHECKING:
     from ._client import EventRouterClient
@@ -246,6 +246,15 @@ class SagaDefinition(Generic[S]):
         sid = event.correlation_id or event.id
         if sid is None:
             return
+        try:
+            await self._dispatch_to(sid, event)
+        except VersionConflictError:
+            # Another agent advanced this saga: forget the stale copy; the
+            # nacked event comes back and meets the reloaded state.
+            self.sagas.pop(sid, None)
+            raise
+
+    async def _dispatch_to(self, sid: str, event: Event) -> None:
         async with self._locks.setdefault(sid, asyncio.Lock()):
             state = self.sagas.get(sid)
             if state is None:
