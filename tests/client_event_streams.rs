@@ -46,3 +46,48 @@ async fn client_appends_and_reads_event_streams_in_process() {
     let client = Client::in_process(router);
     exercise(&client).await;
 }
+
+/// Payloads sealed by one client travel through the router encrypted,
+/// route on the envelope (priority filter), open with the key and fail
+/// with a typed error under another key.
+#[tokio::test]
+async fn sealed_payloads_cross_the_router_encrypted_and_open_only_with_the_key() {
+    use event_router::client::{DecryptionError, PayloadCipher};
+
+    let running = start_with(ServerConfig::default()).await;
+    let client = Client::connect(format!("ws://{}/ws", running.addr))
+        .await
+        .unwrap();
+    let mut high = client
+        .subscribe("sensitive")
+        .filter(json!({"priority": {"$gte": 7}}))
+        .start()
+        .await
+        .unwrap();
+    let mut by_payload = client
+        .subscribe("sensitive")
+        .filter(json!({"payload.ssn": {"$exists": true}}))
+        .start()
+        .await
+        .unwrap();
+    let cipher = PayloadCipher::new("k1", &[9; 32]);
+    let mut event = Event::new("sensitive", json!({"ssn": "123-45-6789"})).unwrap();
+    event.priority = event_router::Priority::new(9).unwrap();
+    cipher.seal(&mut event).unwrap();
+    client.publish_with(event).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), high.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!got.event.payload.to_string().contains("123-45-6789"));
+    assert_eq!(cipher.open(&got.event).unwrap()["ssn"], "123-45-6789");
+    let wrong = PayloadCipher::new("k1", &[8; 32]);
+    assert!(matches!(
+        wrong.open(&got.event),
+        Err(DecryptionError::Failed { .. })
+    ));
+    let none = tokio::time::timeout(std::time::Duration::from_millis(300), by_payload.recv()).await;
+    assert!(none.is_err(), "a payload filter matched an encrypted event");
+    client.close().await;
+    running.token.cancel();
+}

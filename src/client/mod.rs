@@ -60,6 +60,7 @@
 //! ```
 
 mod breaker;
+mod crypto;
 mod error;
 mod event_stream;
 mod handler;
@@ -86,6 +87,7 @@ use crate::selector::{Selector, SelectorError};
 use crate::topic::Pattern;
 
 pub use breaker::{CircuitBreaker, CircuitError};
+pub use crypto::{DecryptionError, PayloadCipher};
 pub use error::{ClientError, Result};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
