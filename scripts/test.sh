@@ -15,7 +15,7 @@ ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 VENV=$TARGET_DIR/venv
 PY_PACKAGES=(pytest cloudevents requests websocket-client helm-python-sdk kubernetes-validate pyyaml
-    "websockets>=15" mypy ruff maturin selenium)
+    "websockets>=15" mypy ruff maturin selenium cryptography)
 
 export CARGO_INCREMENTAL=0
 export CARGO_TERM_COLOR=never
@@ -71,7 +71,7 @@ fi
 
 # --- Python venv ---------------------------------------------------------------
 section "python venv ($VENV)"
-if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml, websockets, mypy, ruff, maturin, selenium' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, helm_python, kubernetes_validate, yaml, websockets, mypy, ruff, maturin, selenium, cryptography' >/dev/null 2>&1; then
     if ! python3 -m venv "$VENV"; then
         apt_install python3-venv
         python3 -m venv "$VENV"
@@ -79,7 +79,7 @@ if ! "$VENV/bin/python" -c 'import pytest, cloudevents, requests, websocket, hel
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML|websockets|mypy|ruff|maturin|selenium) ' || true
+    | grep -Ei '^(pytest|cloudevents|requests|websocket-client|helm-python-sdk|kubernetes-validate|PyYAML|websockets|mypy|ruff|maturin|selenium|cryptography) ' || true
 
 # --- Rust ------------------------------------------------------------------------
 # One `cargo test` build serves every step: it also builds the binary that the

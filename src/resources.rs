@@ -143,6 +143,28 @@ pub struct SinkSpec {
     /// `http://` or `https://` endpoint receiving each event as a CloudEvent in binary mode.
     #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
     pub uri: String,
+    /// Stop POSTing while the endpoint keeps failing, so that events wait
+    /// with their attempts intact; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<CircuitBreakerSpec>")]
+    pub circuit_breaker: Option<Box<CircuitBreakerSpec>>,
+}
+
+/// A push sink's circuit breaker: open after `failureThreshold` failed
+/// POSTs within `window`, probe once after `recoveryTimeout`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Failed POSTs within `window` that open the breaker. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: Option<u32>,
+    /// How far back failures count (`30s`, `1m`). Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// How long the breaker stays open before one probe delivery. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_timeout: Option<String>,
 }
 
 /// What a `Subscription` selects and how it is delivered.

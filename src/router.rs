@@ -547,6 +547,11 @@ impl Router {
         Ok(())
     }
 
+    /// Push sinks running in this process with their circuit breakers.
+    pub fn sink_states(&self) -> Vec<crate::sink::SinkStatus> {
+        self.sinks.states()
+    }
+
     /// Subscriptions whose push sink runs in this process.
     pub fn sink_names(&self) -> Vec<String> {
         self.sinks.names()

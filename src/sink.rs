@@ -13,6 +13,10 @@
 //! `SSL_CERT_DIR` when either is set (read when the worker starts). A TLS
 //! failure is a nack whose reason names the URI and the TLS problem.
 //!
+//! A sink with `circuitBreaker` stops taking deliveries while its endpoint
+//! keeps failing (see [`breaker`]); its state is in [`Sinks::states`], the
+//! stats (`sinks`) and the `sink_circuit_state` metric.
+//!
 //! [`Sinks`] is the set of running sink workers of one [`Router`](crate::Router);
 //! `Router::apply` keeps it in step with the applied resources.
 
@@ -33,9 +37,14 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod breaker;
+
+pub use breaker::{Admit, Breaker, BreakerConfig, BreakerState};
+
 use crate::broker::{BrokerError, ConsumeOptions, NackOptions, SharedBroker};
 use crate::event::Delivery;
 use crate::resources::{DeliverySpec, SinkSpec};
+use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace;
 
 /// Default number of POSTs one sink worker has outstanding at once.
@@ -64,6 +73,8 @@ pub struct SinkTarget {
     pub max_in_flight: usize,
     /// Bound of one POST.
     pub timeout: Duration,
+    /// The circuit breaker, when `sink.circuitBreaker` is set.
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl SinkTarget {
@@ -103,6 +114,11 @@ impl SinkTarget {
                 .max_in_flight
                 .map_or(DEFAULT_SINK_IN_FLIGHT, |n| n.max(1) as usize),
             timeout: timeout.max(Duration::from_millis(100)),
+            breaker: sink
+                .circuit_breaker
+                .as_deref()
+                .map(BreakerConfig::from_spec)
+                .transpose()?,
         })
     }
 }
@@ -110,6 +126,30 @@ impl SinkTarget {
 struct Running {
     target: SinkTarget,
     token: CancellationToken,
+    breaker: Option<Arc<Mutex<Breaker>>>,
+}
+
+/// A running sink as `Sinks::states` reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SinkStatus {
+    /// The subscription it delivers.
+    pub subscription: String,
+    /// Where it POSTs (without credentials).
+    pub uri: String,
+    /// Its circuit breaker; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<CircuitStatus>,
+}
+
+/// A sink's circuit breaker now.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CircuitStatus {
+    /// `closed`, `open` or `half_open`.
+    pub state: BreakerState,
+    /// Failed POSTs counted in the current window.
+    pub recent_failures: usize,
+    /// Times it opened since the sink started.
+    pub opened_total: u64,
 }
 
 /// The running sink workers of one router; stopped on drop.
@@ -152,9 +192,48 @@ impl Sinks {
             }
             let token = CancellationToken::new();
             tracing::info!(subscription = %target.subscription, uri = %shown_uri(&target.uri), "push sink started");
-            tokio::spawn(run(broker.clone(), target.clone(), token.clone()));
-            running.insert(target.subscription.clone(), Running { target, token });
+            let breaker = target
+                .breaker
+                .map(|config| Arc::new(Mutex::new(Breaker::new(config))));
+            tokio::spawn(run(
+                broker.clone(),
+                target.clone(),
+                breaker.clone(),
+                token.clone(),
+            ));
+            running.insert(
+                target.subscription.clone(),
+                Running {
+                    target,
+                    token,
+                    breaker,
+                },
+            );
         }
+    }
+
+    /// Every running sink with its breaker's state, by subscription.
+    pub fn states(&self) -> Vec<SinkStatus> {
+        let now = Instant::now();
+        let mut out: Vec<SinkStatus> = self
+            .running
+            .lock()
+            .values()
+            .map(|r| SinkStatus {
+                subscription: r.target.subscription.clone(),
+                uri: shown_uri(&r.target.uri),
+                circuit: r.breaker.as_ref().map(|b| {
+                    let b = b.lock();
+                    CircuitStatus {
+                        state: b.state(now),
+                        recent_failures: b.recent_failures(),
+                        opened_total: b.opened_total(),
+                    }
+                }),
+            })
+            .collect();
+        out.sort_by(|a, b| a.subscription.cmp(&b.subscription));
+        out
     }
 
     /// Subscriptions with a running sink, sorted.
@@ -175,7 +254,14 @@ impl Drop for Sinks {
 
 /// One sink worker: consume the group, POST each delivery, ack or nack.
 /// Returns when cancelled or the broker closes; broker errors are retried.
-async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken) {
+/// With a breaker, it takes no deliveries while the breaker is open and
+/// one (the probe) while it is half-open.
+async fn run(
+    broker: SharedBroker,
+    target: SinkTarget,
+    breaker: Option<Arc<Mutex<Breaker>>>,
+    token: CancellationToken,
+) {
     let built = {
         let target = target.clone();
         tokio::task::spawn_blocking(move || Endpoint::new(&target)).await
@@ -187,15 +273,30 @@ async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken)
             return;
         }
     };
-    let options = ConsumeOptions {
-        max_in_flight: target.max_in_flight,
-        name: format!("sink-{}", uuid::Uuid::new_v4().simple()),
-        acks_carry_trace: false,
+    let guard = Guard {
+        subscription: &target.subscription,
+        breaker: breaker.as_deref(),
     };
+    let name = format!("sink-{}", uuid::Uuid::new_v4().simple());
     while !token.is_cancelled() {
+        let max_in_flight = match guard.admit() {
+            Admit::Flow => target.max_in_flight,
+            Admit::Probe => 1,
+            Admit::WaitUntil(at) => {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep_until(at) => continue,
+                }
+            }
+        };
+        let options = ConsumeOptions {
+            max_in_flight,
+            name: name.clone(),
+            acks_carry_trace: false,
+        };
         let consumer = tokio::select! {
             () = token.cancelled() => return,
-            c = broker.consume(&target.subscription, options.clone()) => c,
+            c = broker.consume(&target.subscription, options) => c,
         };
         let mut consumer = match consumer {
             Ok(c) => c,
@@ -220,12 +321,55 @@ async fn run(broker: SharedBroker, target: SinkTarget, token: CancellationToken)
                     break;
                 }
             };
-            let posts = batch.into_iter().map(|d| deliver(&broker, &http, d));
+            let posts = batch
+                .into_iter()
+                .map(|d| deliver(&broker, &http, &guard, d));
             tokio::select! {
                 () = token.cancelled() => return,
                 _ = futures::future::join_all(posts) => {}
             }
+            // Not flowing any more (opened, or a probe was answered): the
+            // consumer is dropped with nothing in flight, so waiting events
+            // stay queued with their attempts intact.
+            if max_in_flight != target.max_in_flight || guard.admit() != Admit::Flow {
+                break;
+            }
         }
+    }
+}
+
+/// A sink's breaker (if it has one) and its metrics.
+struct Guard<'a> {
+    subscription: &'a str,
+    breaker: Option<&'a Mutex<Breaker>>,
+}
+
+impl Guard<'_> {
+    fn admit(&self) -> Admit {
+        let Some(breaker) = self.breaker else {
+            return Admit::Flow;
+        };
+        let mut b = breaker.lock();
+        let admit = b.admit(Instant::now());
+        metrics().sink_circuit(self.subscription, b.state(Instant::now()).gauge(), false);
+        admit
+    }
+
+    fn outcome(&self, ok: bool) {
+        let Some(breaker) = self.breaker else {
+            return;
+        };
+        let mut b = breaker.lock();
+        let opened = if ok {
+            b.succeeded();
+            false
+        } else {
+            b.failed(Instant::now())
+        };
+        if opened {
+            tracing::warn!(subscription = %self.subscription, "push sink circuit opened; deliveries wait");
+        }
+        metrics().sink_circuit(self.subscription, b.state(Instant::now()).gauge(), opened);
     }
 }
 
@@ -237,12 +381,13 @@ async fn pause(token: &CancellationToken) {
 }
 
 /// POSTs one delivery and acks (2xx) or nacks it.
-async fn deliver(broker: &SharedBroker, http: &Endpoint, delivery: Delivery) {
+async fn deliver(broker: &SharedBroker, http: &Endpoint, guard: &Guard<'_>, delivery: Delivery) {
     let (mut headers, body) = binary_cloudevent(&delivery);
     let span = trace::push_span(&delivery.subscription, &http.shown, &delivery.event);
     trace::inject_http(&span, &mut headers);
     let post = Box::pin(http.post(headers, body));
     let failure = span.scope(post).await.err();
+    guard.outcome(failure.is_none());
     let sub = &delivery.subscription;
     let result = match &failure {
         None => broker.ack(sub, &delivery.delivery_id).await,
@@ -579,7 +724,10 @@ mod tests {
     #[test]
     fn http_and_https_uris_are_accepted() {
         let d = DeliverySpec::default();
-        let sink = |uri: &str| SinkSpec { uri: uri.into() };
+        let sink = |uri: &str| SinkSpec {
+            uri: uri.into(),
+            circuit_breaker: None,
+        };
         let t = SinkTarget::new("s", &sink("http://127.0.0.1:9/x"), &d).unwrap();
         assert_eq!(t.max_in_flight, DEFAULT_SINK_IN_FLIGHT);
         assert!(SinkTarget::new("s", &sink("https://hooks.example/x"), &d).is_ok());
@@ -595,7 +743,11 @@ mod tests {
     fn user_information_becomes_basic_credentials_and_is_never_shown() {
         let d = DeliverySpec::default();
         let uri = "https://ops:p%40ss@hooks.example:8443/in?token=secret";
-        let target = SinkTarget::new("s", &SinkSpec { uri: uri.into() }, &d).unwrap();
+        let spec = SinkSpec {
+            uri: uri.into(),
+            circuit_breaker: None,
+        };
+        let target = SinkTarget::new("s", &spec, &d).unwrap();
         let endpoint = Endpoint::new(&target).unwrap();
         // "ops:p@ss" in base64.
         assert_eq!(endpoint.authorization.unwrap(), "Basic b3BzOnBAc3M=");

@@ -6,6 +6,7 @@
 //! the Redis broker implements the same contract across replicas, and
 //! `tests/conformance` checks both against one suite.
 
+pub mod event_stream;
 pub mod footprint;
 mod live;
 mod memory;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Delivery, Event};
 use crate::selector::Selector;
 
+pub use event_stream::{AppendOptions, Appended, StreamEntry, StreamPage, StreamRead};
 pub use live::{DEFAULT_LIVE_QUEUE_MAX_BYTES, LiveItem, LiveQueue, LiveStream};
 pub use memory::{MemoryBroker, MemoryBrokerConfig};
 pub use redis::{RedisBroker, RedisBrokerConfig};
@@ -57,6 +59,24 @@ pub enum BrokerError {
         /// What is wrong.
         reason: String,
     },
+    /// An event stream append expected another version.
+    #[error("event stream {stream:?} is at version {current}, the append expected {expected}")]
+    VersionConflict {
+        /// The stream.
+        stream: String,
+        /// The version the append expected.
+        expected: u64,
+        /// The stream's current version.
+        current: u64,
+    },
+    /// An event stream name or event stream limit is unacceptable.
+    #[error("invalid event stream {name:?}: {reason}")]
+    InvalidStream {
+        /// The stream name (cut to 200 characters).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The broker has been closed.
     #[error("broker is closed")]
     Closed,
@@ -74,6 +94,8 @@ impl BrokerError {
             BrokerError::UnknownSubscription(_) => "unknown_subscription",
             BrokerError::UnknownDelivery(_) => "unknown_delivery",
             BrokerError::InvalidSubscription { .. } => "invalid_subscription",
+            BrokerError::VersionConflict { .. } => "version_conflict",
+            BrokerError::InvalidStream { .. } => "invalid_stream",
             BrokerError::Closed => "closed",
             BrokerError::Internal(_) => "internal",
         }
@@ -558,6 +580,30 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Broker-wide counters.
     async fn stats(&self) -> Result<BrokerStats>;
+
+    /// Appends `event` to the event stream `stream` (created on first
+    /// append) at the next version, if the stream is at
+    /// `options.expected_version` (when given). Atomic: of concurrent
+    /// appends expecting the same version exactly one succeeds. Appending
+    /// does not publish: subscriptions and history never see the event.
+    /// Persistent brokers keep streams (not trimmed) across restarts.
+    ///
+    /// # Errors
+    /// [`BrokerError::VersionConflict`] naming the current version;
+    /// [`BrokerError::InvalidStream`] for a bad name or a full store.
+    async fn append(&self, stream: &str, event: Event, options: AppendOptions) -> Result<Appended>;
+
+    /// Reads an event stream from `read.from_version` on, oldest first. A
+    /// stream never appended to reads as empty at version 0.
+    async fn read_stream(&self, stream: &str, read: StreamRead) -> Result<StreamPage>;
+
+    /// Waits until `stream` is past `after_version` or `timeout` passed;
+    /// returns the version then. Used by [`event_stream::follow`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    async fn wait_stream(&self, stream: &str, after_version: u64, timeout: Duration)
+    -> Result<u64>;
 
     /// Events this broker discarded to stay within its byte limits, since
     /// it started. Default: none (brokers without such limits).

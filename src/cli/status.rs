@@ -113,6 +113,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         out.push(subscription_table(&subscriptions));
     }
+    out.extend(sink_lines(&stats));
     print_line(&out.join("\n")).context("cannot write to stdout")?;
     Ok(code)
 }
@@ -147,6 +148,29 @@ fn summary(stats: &Value, up: bool, url: &str) -> Vec<String> {
             rate("error_rate").map_or("-".into(), |r| format!("{:.2}%", r * 100.0))
         ),
     ]
+}
+
+/// One line per push sink of the answering replica with its circuit
+/// breaker (`sink hook: circuit open (3 failures, opened 2 times)`).
+fn sink_lines(stats: &Value) -> Vec<String> {
+    let Some(sinks) = stats.get("sinks").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut out = vec![String::new()];
+    for sink in sinks {
+        let name = sink["subscription"].as_str().unwrap_or("?");
+        let circuit = match sink.get("circuit") {
+            Some(c) => format!(
+                "circuit {} ({} recent failures, opened {} times)",
+                c["state"].as_str().unwrap_or("?"),
+                c["recent_failures"].as_u64().unwrap_or(0),
+                c["opened_total"].as_u64().unwrap_or(0)
+            ),
+            None => "no circuit breaker".to_string(),
+        };
+        out.push(format!("sink {name}: {circuit}"));
+    }
+    out
 }
 
 /// `10234` as `10,234`.

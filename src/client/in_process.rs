@@ -48,6 +48,11 @@ fn broker_error(e: BrokerError) -> ClientError {
 }
 
 impl InProcess {
+    /// The router calls go to.
+    pub(crate) fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
     /// Starts the `publish_nowait` task; must run inside a Tokio runtime.
     pub(crate) fn new(
         router: Arc<Router>,

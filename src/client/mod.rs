@@ -59,7 +59,10 @@
 //! # }
 //! ```
 
+mod breaker;
+mod crypto;
 mod error;
+mod event_stream;
 mod handler;
 mod in_process;
 pub mod reconnect;
@@ -83,6 +86,8 @@ use crate::router::Router;
 use crate::selector::{Selector, SelectorError};
 use crate::topic::Pattern;
 
+pub use breaker::{CircuitBreaker, CircuitError};
+pub use crypto::{DecryptionError, PayloadCipher};
 pub use error::{ClientError, Result};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;

@@ -70,6 +70,8 @@ pub(crate) enum CallBody {
         /// The caller's deadline; the server is told what remains of it.
         deadline: Instant,
     },
+    /// Any other request op, as a JSON object without `id`.
+    Op(serde_json::Map<String, Value>),
 }
 
 impl CallBody {
@@ -87,6 +89,11 @@ impl CallBody {
                     .as_millis()
                     .max(1);
                 format!(r#"{{"op":"request","id":"{id}","event":{event},"timeout_ms":{ms}}}"#)
+            }
+            CallBody::Op(fields) => {
+                let mut fields = fields.clone();
+                fields.insert("id".into(), Value::String(id.to_string()));
+                Value::Object(fields).to_string()
             }
         }
     }
@@ -159,6 +166,10 @@ struct Incoming {
     status: Option<Value>,
     ignored: Option<Value>,
     response: Option<Value>,
+    // Event stream replies (`append`, `read_stream`).
+    stream: Option<Value>,
+    version: Option<Value>,
+    entries: Option<Value>,
 }
 
 /// The `op` of a server frame.
@@ -188,6 +199,9 @@ impl Incoming {
             ("status", self.status),
             ("ignored", self.ignored),
             ("response", self.response),
+            ("stream", self.stream),
+            ("version", self.version),
+            ("entries", self.entries),
         ];
         for (name, value) in named {
             if let Some(value) = value {

@@ -33,6 +33,9 @@ pub struct ApiError {
     /// When to retry (`rate_limited`): a `Retry-After` header over HTTP,
     /// `retry_after_ms` in WebSocket error frames.
     pub retry_after: Option<std::time::Duration>,
+    /// `version_conflict`: the event stream's current version, as
+    /// `current_version` in the error body and frame.
+    pub current_version: Option<u64>,
 }
 
 impl ApiError {
@@ -43,6 +46,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            current_version: None,
         }
     }
 
@@ -99,6 +103,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable message.
     pub message: String,
+    /// `version_conflict` only: the event stream's current version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
@@ -107,6 +114,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                current_version: self.current_version,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -128,7 +136,14 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownSubscription(_) | BrokerError::UnknownDelivery(_) => {
                 Self::new(StatusCode::NOT_FOUND, code, e.to_string())
             }
-            BrokerError::InvalidSubscription { .. } => Self::bad_request(code, e.to_string()),
+            BrokerError::InvalidSubscription { .. } | BrokerError::InvalidStream { .. } => {
+                Self::bad_request(code, e.to_string())
+            }
+            BrokerError::VersionConflict { current, .. } => {
+                let mut error = Self::new(StatusCode::CONFLICT, code, e.to_string());
+                error.current_version = Some(current);
+                error
+            }
             // The publisher can act on it (slow down, retry): say which.
             BrokerError::QueueFull { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())

@@ -21,6 +21,7 @@
 pub mod cloudevents;
 pub mod connection;
 pub mod error;
+pub mod event_streams;
 pub mod http;
 pub mod limits;
 pub mod openapi;
@@ -312,6 +313,10 @@ pub fn app(state: AppState) -> axum::Router {
         )
         .route("/api/v1/subscriptions/{name}/dlq/purge", post(http::purge))
         .route("/api/v1/subscriptions/{name}/replay", post(http::replay))
+        .route(
+            "/api/v1/streams/{stream}/events",
+            post(event_streams::append_http).get(event_streams::read_http),
+        )
         .merge(console)
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{error, http, ops, sse, subscribers, ui, ws};
+use super::{error, event_streams, http, ops, sse, subscribers, ui, ws};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -21,6 +21,8 @@ use super::{error, http, ops, sse, subscribers, ui, ws};
         http::purge_history,
         sse::stream,
         http::request,
+        event_streams::append_http,
+        event_streams::read_http,
         ops::stats,
         ui::whoami,
         subscribers::list,

@@ -49,6 +49,11 @@ pub struct StatsResponse {
     pub broker: BrokerStats,
     /// Open connections of this replica.
     pub connections: ConnectionStats,
+    /// Push sinks running in this replica, with their circuit breakers;
+    /// absent when none runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub sinks: Vec<crate::sink::SinkStatus>,
 }
 
 impl StatsResponse {
@@ -75,6 +80,7 @@ impl StatsResponse {
             events_per_second,
             broker,
             connections,
+            sinks: Vec::new(),
         }
     }
 }
@@ -93,12 +99,10 @@ pub async fn stats(State(state): State<AppState>) -> Result<axum::Json<StatsResp
     let rate = state
         .publish_rate
         .record(Instant::now(), counters.published);
-    Ok(axum::Json(StatsResponse::new(
-        counters,
-        &subscriptions,
-        state.connections.snapshot(),
-        rate,
-    )))
+    let mut stats =
+        StatsResponse::new(counters, &subscriptions, state.connections.snapshot(), rate);
+    stats.sinks = state.router.sink_states();
+    Ok(axum::Json(stats))
 }
 
 /// The design's three checks, each `ok` or what is wrong.

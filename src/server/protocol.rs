@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::broker::{Appended, StreamPage};
 use crate::event::Event;
 
 /// Ops a client may send, for error messages.
-pub const CLIENT_OPS: [&str; 8] = [
+pub const CLIENT_OPS: [&str; 11] = [
     "publish",
     "publish_batch",
     "subscribe",
@@ -23,6 +24,9 @@ pub const CLIENT_OPS: [&str; 8] = [
     "unsubscribe",
     "request",
     "ping",
+    "append",
+    "read_stream",
+    "subscribe_stream",
 ];
 
 /// A request id as the client sent it; echoed in the reply.
@@ -106,6 +110,48 @@ pub enum ClientFrame {
         #[serde(default)]
         id: RequestId,
     },
+    /// Append one event to an event stream; replied to with `ok` +
+    /// `stream`, `version`, `event_id`, or `version_conflict`.
+    Append {
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: RequestId,
+        /// The event stream (a topic-shaped name such as `order-123`).
+        stream: String,
+        /// The raw event (validated like a published one).
+        event: Value,
+        /// Append only if the stream is at this version (0: empty).
+        #[serde(default)]
+        expected_version: Option<u64>,
+    },
+    /// Read an event stream; replied to with `ok` + `stream`, `version`
+    /// (the current one) and `entries` (`{version, event}`, oldest first).
+    ReadStream {
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: RequestId,
+        /// The event stream.
+        stream: String,
+        /// First version to read (default 0: from the start).
+        #[serde(default)]
+        from_version: u64,
+        /// Most entries (default 100, at most 1000).
+        #[serde(default)]
+        limit: usize,
+    },
+    /// Follow an event stream from a version: its entries from there, then
+    /// each appended one, as `stream_event` frames (no gap, no duplicate).
+    /// Replied to with `ok` + `subscription_id`; closed with `unsubscribe`.
+    SubscribeStream {
+        /// Echoed in the reply.
+        #[serde(default)]
+        id: RequestId,
+        /// The event stream.
+        stream: String,
+        /// First version to deliver (default 0: from the start).
+        #[serde(default)]
+        from_version: u64,
+    },
 }
 
 /// The body of a `subscribe` frame.
@@ -156,7 +202,10 @@ impl ClientFrame {
             | ClientFrame::Nack { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Request { id, .. }
-            | ClientFrame::Ping { id } => id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Append { id, .. }
+            | ClientFrame::ReadStream { id, .. }
+            | ClientFrame::SubscribeStream { id, .. } => id,
             ClientFrame::Subscribe(s) => &s.id,
         }
     }
@@ -356,6 +405,10 @@ pub enum Reply {
         /// The first reply event.
         response: Box<Event>,
     },
+    /// `append`.
+    Appended(Appended),
+    /// `read_stream`.
+    StreamRead(StreamPage),
 }
 
 /// A v2 frame from the server.
@@ -388,6 +441,17 @@ pub enum ServerFrame<'a> {
         /// The event.
         event: &'a Event,
     },
+    /// An event of a followed event stream (`subscribe_stream`).
+    StreamEvent {
+        /// The subscription.
+        subscription_id: &'a str,
+        /// The event stream.
+        stream: &'a str,
+        /// The event's version.
+        version: u64,
+        /// The event.
+        event: &'a Event,
+    },
     /// A live subscription fell behind and lost `dropped` events.
     Overflow {
         /// The subscription.
@@ -410,6 +474,9 @@ pub enum ServerFrame<'a> {
         /// `rate_limited`: milliseconds to wait before retrying.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        /// `version_conflict`: the event stream's current version.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current_version: Option<u64>,
     },
 }
 
@@ -434,6 +501,7 @@ impl ServerFrame<'_> {
             message: &error.message,
             subscription_id: None,
             retry_after_ms: error.retry_after.map(|d| d.as_millis().max(1) as u64),
+            current_version: error.current_version,
         }
         .to_text()
     }
@@ -535,6 +603,34 @@ mod tests {
             }
         );
         assert_eq!(v2(r#"{"op":"ping"}"#), ClientFrame::Ping { id: None });
+        assert_eq!(
+            v2(
+                r#"{"op":"append","id":5,"stream":"order-1","event":{"type":"a"},"expected_version":0}"#
+            ),
+            ClientFrame::Append {
+                id: Some(json!(5)),
+                stream: "order-1".into(),
+                event: json!({"type":"a"}),
+                expected_version: Some(0)
+            }
+        );
+        assert_eq!(
+            v2(r#"{"op":"read_stream","stream":"order-1","from_version":3}"#),
+            ClientFrame::ReadStream {
+                id: None,
+                stream: "order-1".into(),
+                from_version: 3,
+                limit: 0
+            }
+        );
+        assert_eq!(
+            v2(r#"{"op":"subscribe_stream","stream":"order-1"}"#),
+            ClientFrame::SubscribeStream {
+                id: None,
+                stream: "order-1".into(),
+                from_version: 0
+            }
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ const HISTORY_PAGE: usize = 1_000;
 const MAX_TRACKED_DELIVERIES: usize = 65_536;
 
 use super::limits::{Budget, pattern_cost};
+
+mod event_streams;
 pub use super::limits::{Held, PatternLimits};
 use super::subscribers::{Listed, Subscriber, Subscribers};
 
@@ -461,6 +463,9 @@ impl Session {
                 self.send_reply(ServerFrame::Pong { id: &id }.to_text())
                     .await;
             }
+            frame @ (ClientFrame::Append { .. }
+            | ClientFrame::ReadStream { .. }
+            | ClientFrame::SubscribeStream { .. }) => self.handle_event_stream(frame).await,
         }
     }
 

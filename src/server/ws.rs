@@ -388,6 +388,7 @@ pub fn encode(item: Outgoing) -> Option<Message> {
                     message: &e.message,
                     subscription_id: Some(&subscription.id),
                     retry_after_ms: None,
+                    current_version: None,
                 }
                 .to_text(),
             }

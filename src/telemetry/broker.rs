@@ -13,10 +13,10 @@ use jiff::Timestamp;
 use super::metrics::metrics;
 use super::trace::{self, InFlightSpans};
 use crate::broker::{
-    Broker, BrokerStats, Capabilities, ConsumeOptions, Consumer, ConsumerHandle, DeadLetter,
-    DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryQuery, LiveStream,
-    LiveSubscription, NackOptions, PublishOptions, Published, Result, SharedBroker,
-    SubscriptionInfo,
+    AppendOptions, Appended, Broker, BrokerStats, Capabilities, ConsumeOptions, Consumer,
+    ConsumerHandle, DeadLetter, DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry,
+    HistoryQuery, LiveStream, LiveSubscription, NackOptions, PublishOptions, Published, Result,
+    SharedBroker, StreamPage, StreamRead, SubscriptionInfo,
 };
 use crate::event::{Delivery, Event};
 
@@ -200,6 +200,23 @@ impl Broker for InstrumentedBroker {
 
     async fn purge_history(&self, purge: crate::broker::HistoryPurge) -> Result<u64> {
         self.inner.purge_history(purge).await
+    }
+
+    async fn append(&self, stream: &str, event: Event, options: AppendOptions) -> Result<Appended> {
+        self.inner.append(stream, event, options).await
+    }
+
+    async fn read_stream(&self, stream: &str, read: StreamRead) -> Result<StreamPage> {
+        self.inner.read_stream(stream, read).await
+    }
+
+    async fn wait_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        timeout: std::time::Duration,
+    ) -> Result<u64> {
+        self.inner.wait_stream(stream, after_version, timeout).await
     }
 
     async fn stats(&self) -> Result<BrokerStats> {

@@ -93,6 +93,8 @@ pub struct Metrics {
     redis_round_trip_seconds: FloatGauge,
     replicas: Gauge,
     trace_spans_dropped: Counter,
+    sink_circuit_state: PerSubscription<Gauge>,
+    sink_circuit_opened: PerSubscription<Counter>,
     labels: Mutex<HashSet<String>>,
     last_delivery: Mutex<HashMap<String, Instant>>,
     pending_since: Mutex<HashMap<String, Instant>>,
@@ -129,6 +131,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "event_router_redis_round_trip_seconds",
     "event_router_replicas",
     "event_router_trace_spans_dropped_total",
+    "event_router_sink_circuit_state",
+    "event_router_sink_circuit_opened_total",
 ];
 
 impl Metrics {
@@ -158,6 +162,8 @@ impl Metrics {
             redis_round_trip_seconds: FloatGauge::default(),
             replicas: Gauge::default(),
             trace_spans_dropped: Counter::default(),
+            sink_circuit_state: Family::default(),
+            sink_circuit_opened: Family::default(),
             labels: Mutex::default(),
             last_delivery: Mutex::default(),
             pending_since: Mutex::default(),
@@ -269,6 +275,16 @@ impl Metrics {
             "Finished spans dropped because the span export buffer was full (the exporter or collector is too slow)",
             m.trace_spans_dropped.clone(),
         );
+        r.register(
+            "sink_circuit_state",
+            "Circuit breaker of a push sink: 0 closed, 1 open (deliveries wait), 2 half-open (probing)",
+            Declared(m.sink_circuit_state.clone()),
+        );
+        r.register(
+            "sink_circuit_opened",
+            "Times a push sink's circuit breaker opened",
+            Declared(m.sink_circuit_opened.clone()),
+        );
         Metrics { registry, ..m }
     }
 
@@ -284,6 +300,16 @@ impl Metrics {
             OTHER.to_string()
         };
         SubscriptionLabels { subscription }
+    }
+
+    /// Records a push sink's breaker state (and that it just opened).
+    pub fn sink_circuit(&self, subscription: &str, state: i64, opened: bool) {
+        let labels = self.subscription(subscription);
+        self.sink_circuit_state.get_or_create(&labels).set(state);
+        let opened_total = self.sink_circuit_opened.get_or_create(&labels);
+        if opened {
+            opened_total.inc();
+        }
     }
 
     /// Counts `n` stored events.

@@ -17,6 +17,10 @@
 //! conformance::broker_conformance_tests!(memory_broker);
 //! ```
 
+mod event_streams;
+
+pub use event_streams::*;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +75,11 @@ macro_rules! broker_conformance_tests {
             ensure_subscription_is_idempotent_and_keeps_queued_events,
             publish_batch_keeps_order,
             close_ends_live_streams_and_consumers,
+            event_stream_appends_get_consecutive_versions_and_read_back_in_order,
+            event_stream_append_with_a_stale_expected_version_conflicts,
+            event_stream_concurrent_appends_with_the_same_expected_version_have_one_winner,
+            event_stream_follow_catches_up_then_goes_live_without_gap_or_duplicate,
+            event_stream_wait_returns_on_append_or_timeout,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -16,6 +16,7 @@
 mod consumer;
 mod group;
 mod history;
+mod streams;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 
 use super::footprint::event_footprint;
 use super::live::Pushed;
+use super::{AppendOptions, Appended, StreamPage, StreamRead};
 use super::{
     Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
     DeadLetterQuery, DeadLetterSelection, Discarded, GroupSpec, HistoryEntry, HistoryPurge,
@@ -148,6 +150,7 @@ struct Shared {
     live: RwLock<LiveIndex>,
     groups: RwLock<GroupIndex>,
     history: Mutex<History>,
+    streams: streams::EventStreams,
     counters: Arc<Counters>,
     /// Source of live subscription, group, consumer, delivery and
     /// dead-letter ids; never reused, so a stale id cannot name a new thing.
@@ -248,6 +251,7 @@ impl MemoryBroker {
                 live: RwLock::default(),
                 groups: RwLock::default(),
                 history: Mutex::new(History::default()),
+                streams: streams::EventStreams::default(),
                 counters: Arc::default(),
                 next_id: AtomicU64::new(1),
             }),
@@ -436,6 +440,7 @@ impl Shared {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.streams.close();
         {
             let mut live = self.live.write();
             for entry in live.subs.values() {
@@ -739,6 +744,28 @@ impl Broker for MemoryBroker {
             round_trip_seconds: None,
             replicas: None,
         })
+    }
+
+    /// Bounded by [`streams::EVENT_STREAMS_MAX_BYTES`] across all streams.
+    async fn append(&self, stream: &str, event: Event, options: AppendOptions) -> Result<Appended> {
+        self.shared.streams.append(stream, event, options)
+    }
+
+    async fn read_stream(&self, stream: &str, read: StreamRead) -> Result<StreamPage> {
+        self.shared.check_open()?;
+        self.shared.streams.read(stream, read)
+    }
+
+    async fn wait_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        self.shared
+            .streams
+            .wait(stream, after_version, timeout)
+            .await
     }
 
     async fn ready(&self) -> bool {

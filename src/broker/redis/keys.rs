@@ -107,6 +107,11 @@ impl Keys {
         format!("{}:{{nodes}}", self.prefix)
     }
 
+    /// `er:es:{<name>}`: an event stream (entry ids `<version>-1`).
+    pub(super) fn event_stream(&self, name: &str) -> String {
+        format!("{}:es:{{{name}}}", self.prefix)
+    }
+
     /// Keys of one durable subscription, by its id.
     pub(super) fn sub(&self, sid: &str) -> SubKeys {
         SubKeys {

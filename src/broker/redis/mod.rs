@@ -10,6 +10,7 @@
 //! - [`publish`]: routing at publish in one `MULTI`/`EXEC` (no script),
 //!   the fence check and its compensation, history and replay.
 //! - `purge`: deleting retained history by event time.
+//! - `streams`: event streams (append with a version check, read, follow).
 //! - [`deliver`]: consumers, ack/nack, ack timeouts, keep-alive, reclaim of
 //!   dead consumers' deliveries, dead letters, trimming of acked entries.
 //! - [`live`]: live fan-out and consumer wake-ups over sharded pub/sub.
@@ -35,6 +36,7 @@ mod live;
 mod membership;
 mod publish;
 mod purge;
+mod streams;
 mod subs;
 
 use std::future::Future;
@@ -47,6 +49,7 @@ use redis::{RedisError, Script};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::{AppendOptions, Appended, StreamPage, StreamRead};
 use super::{
     Broker, BrokerError, BrokerStats, Capabilities, ConsumeOptions, Consumer, DeadLetter,
     DeadLetterQuery, DeadLetterSelection, GroupSpec, HistoryEntry, HistoryPurge, HistoryQuery,
@@ -871,6 +874,25 @@ impl Broker for RedisBroker {
             round_trip_seconds: Some(round_trip_seconds),
             replicas: Some(membership::live(&self.shared).await?),
         })
+    }
+
+    /// One Lua script checks the version and adds the entry.
+    async fn append(&self, stream: &str, event: Event, options: AppendOptions) -> Result<Appended> {
+        streams::append(&self.shared, stream, event, options).await
+    }
+
+    async fn read_stream(&self, stream: &str, read: StreamRead) -> Result<StreamPage> {
+        streams::read(&self.shared, stream, read).await
+    }
+
+    /// Polls every `poll_interval`.
+    async fn wait_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        streams::wait(&self.shared, stream, after_version, timeout).await
     }
 
     /// Open and answering `PING` within `command_timeout`.

@@ -17,9 +17,12 @@ bundled `event-router serve` on a free loopback port and stops it on exit.
 See docs/python.md.
 """
 
+from ._breaker import CircuitBreaker, CircuitOpenError
 from ._client import ERROR_HEADER, URL_ENV, EventRouterClient
 from ._config import ReconnectPolicy
+from ._crypto import DecryptionError, PayloadCipher, generate_key
 from ._event import PRIORITIES, Event
+from ._event_streams import EventStream, StreamEvent, VersionConflictError
 from ._local import LocalRouter, find_binary
 from ._subscription import Subscription
 from ._transaction import Transaction
@@ -43,21 +46,29 @@ __all__ = [
     "URL_ENV",
     "AuthError",
     "BufferFullError",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConnectionError",
+    "DecryptionError",
     "Event",
     "EventEnabledAgent",
     "EventRouterClient",
     "EventRouterError",
+    "EventStream",
     "HandlerError",
     "LocalRouter",
     "ManagementClient",
+    "PayloadCipher",
     "PublishError",
     "ReconnectPolicy",
+    "StreamEvent",
     "Subscription",
     "SubscriptionError",
     "TimeoutError",
     "Transaction",
+    "VersionConflictError",
     "error_from_code",
     "event_handler",
     "find_binary",
+    "generate_key",
 ]

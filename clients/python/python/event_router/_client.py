@@ -45,11 +45,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from . import _config, _streams
+from ._breaker import CircuitBreaker
 from ._config import ReconnectPolicy, parse_duration, token_from_auth
+from ._crypto import DecryptionError, PayloadCipher, is_encrypted
 from ._event import JSON, Event, Priority, new_event_id, priority_problem, topic_problem
+from ._event_streams import EventStream
 from ._local import LocalRouter
+from ._saga import S, SagaDefinition, define_saga
 from ._subscription import Filter, Handler, Subscription
 from ._transaction import Transaction
+from ._windows import Window, WindowAssigner
 from .errors import (
     AuthError,
     BufferFullError,
@@ -106,6 +111,9 @@ class _Call:
                 f'{{"op":"publish_batch","id":"{self.id}","events":[{self.body}],'
                 f'"atomic":{atomic}}}'
             )
+        if self.op != "request":
+            # Any other op: `body` is its whole frame without the id.
+            return f'{{"id":"{self.id}",{self.body[1:]}'
         assert self.deadline is not None
         left = max(1, int((self.deadline - time.monotonic()) * 1000))
         return f'{{"op":"request","id":"{self.id}","event":{self.body},"timeout_ms":{left}}}'
@@ -174,6 +182,7 @@ class EventRouterClient:
         queue_size: int | None = None,
         source: str | None = None,
         transport: str | None = None,
+        encryption: Mapping[str, Any] | None = None,
     ) -> None:
         cfg = dict(config or {})
 
@@ -220,6 +229,9 @@ class EventRouterClient:
         )
         self.queue_size = max(1, int(pick("queue_size", queue_size, _config.DEFAULT_QUEUE_SIZE)))
         self.source: str | None = pick("source", source, None)
+        enc = pick("encryption", encryption, None)
+        #: Payload encryption (`encryption=`, docs/patterns.md); None when off.
+        self.cipher: PayloadCipher | None = PayloadCipher.from_config(enc) if enc else None
 
         self._ids = 0
         self._calls: dict[int, _Call] = {}
@@ -436,10 +448,13 @@ class EventRouterClient:
         metadata: Mapping[str, JSON] | None = None,
         id: str | None = None,
         caused_by: Event | None = None,
+        time: str | None = None,
     ) -> tuple[str, str]:
         problem = topic_problem(type)
         if problem is not None:
             raise PublishError(problem, code="invalid_topic", retryable=False)
+        if self.cipher is not None:
+            payload, headers = self.cipher.seal(type, payload, headers)
         # Built by hand around json.dumps of the values: a dict per event and
         # one dumps of it cost twice as much on the publish_nowait path. The
         # topic needs no escaping (checked above), a generated id neither.
@@ -468,6 +483,7 @@ class EventRouterClient:
             ("reply_to", reply_to),
             ("key", key),
             ("ttl", ttl),
+            ("time", time),
             ("headers", dict(headers) if headers else None),
             ("metadata", dict(metadata) if metadata is not None else None),
         ):
@@ -498,6 +514,7 @@ class EventRouterClient:
             headers=event.headers,
             metadata=event.metadata,
             id=event.id,
+            time=event.time,
         )
 
     async def publish(
@@ -997,15 +1014,70 @@ class EventRouterClient:
         size: float | str,
         slide: float | str | None = None,
         filter: Filter | None = None,
-    ) -> AsyncGenerator[list[Event], None]:
-        """Sliding time windows over the live events of `topics`: every
-        `slide` (default `size`; seconds or `"30s"`, `"1m"`), the events that
-        arrived in the last `size`, oldest first. Empty windows are skipped."""
+        lateness: float | str = 0.2,
+        clock: str = "wall",
+        idle: float | str | None = None,
+        on_late: Callable[[Event], None] | None = None,
+    ) -> AsyncGenerator[Window, None]:
+        """Event-time windows over the live events of `topics`: tumbling
+        (`slide` = `size`, the default) or sliding (`slide` < `size`;
+        seconds or `"30s"`, `"1m"`). Each window is a list of its events,
+        oldest first, with `start` and `end`; it is yielded once the
+        watermark (the wall clock, or with `clock="event"` the newest event
+        time, flushing after `idle` seconds, default `size`, without events)
+        passes its end plus `lateness`. Events for windows already yielded
+        are late: dropped, counted, and given to `on_late`. Empty windows
+        are skipped. See docs/patterns.md."""
+        if clock not in ("wall", "event"):
+            raise ValueError("clock is 'wall' or 'event'")
+        width = parse_duration(size)
+        assigner = WindowAssigner(
+            width,
+            parse_duration(slide if slide is not None else size),
+            parse_duration(lateness),
+            on_late,
+        )
         return _streams.windows(
             self.subscribe(list(topics), filter=filter),
-            parse_duration(size),
-            parse_duration(slide if slide is not None else size),
+            assigner,
+            clock,
+            parse_duration(idle) if idle is not None else width,
         )
+
+    # --- patterns -----------------------------------------------------------
+
+    def circuit_breaker(
+        self,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 30.0,
+        expected_exception: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    ) -> CircuitBreaker:
+        """A circuit breaker to decorate a handler with (below `@client.on`):
+        see docs/patterns.md."""
+        return CircuitBreaker(failure_threshold, recovery_timeout, expected_exception)
+
+    def saga(self, name: str, **options: Any) -> Callable[[type[S]], SagaDefinition[S]]:
+        """Class decorator defining a saga: see `event_router.saga` and
+        docs/patterns.md."""
+        return define_saga(self, name, **options)
+
+    def decrypt(self, event: Event) -> JSON:
+        """The decrypted payload of `event` (with `encryption=` set).
+
+        Raises:
+            DecryptionError: wrong or unknown key, tampered or plain payload.
+        """
+        if self.cipher is None:
+            raise DecryptionError("this client has no encryption keys", code="unknown_key")
+        return self.cipher.open(event.type, event.payload, event.headers)
+
+    # --- event streams ------------------------------------------------------
+
+    def event_stream(self, name: str) -> EventStream:
+        """A handle on the event stream `name` (`order-123`): `append`
+        with optimistic concurrency, `read` by version, `subscribe` /
+        `on_append` to follow it. See docs/patterns.md."""
+        return EventStream(self, name)
 
     # --- request/response ---------------------------------------------------
 
@@ -1338,6 +1410,14 @@ class EventRouterClient:
                 self._orphans.append(frame)
             return
         event = Event.from_dict(raw)
+        if self.cipher is not None and is_encrypted(event.headers):
+            try:
+                event.payload = self.cipher.open(event.type, event.payload, event.headers)
+            except DecryptionError as e:
+                # Never handed on as garbage: reported, and a durable
+                # delivery is left to time out into redelivery and the DLQ.
+                asyncio.get_running_loop().create_task(self._report_error(e, event))
+                return
         event.subscription_id = server_id
         delivery_id = str(frame.get("delivery_id", event.id))
         event.delivery_id = delivery_id

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import time
 from collections.abc import AsyncGenerator
 
 from ._event import Event
 from ._subscription import Subscription
+from ._windows import Window, WindowAssigner, event_time
 
 
 async def events(sub: Subscription) -> AsyncGenerator[Event, None]:
@@ -47,26 +47,34 @@ async def batches(
 
 
 async def windows(
-    sub: Subscription, size: float, slide: float
-) -> AsyncGenerator[list[Event], None]:
-    seen: collections.deque[tuple[float, Event]] = collections.deque()
+    sub: Subscription,
+    assigner: WindowAssigner,
+    clock: str,
+    idle: float,
+) -> AsyncGenerator[Window, None]:
+    """See `_windows`: feeds `assigner` from `sub` and yields what it emits."""
     async with sub:
-        next_at = time.monotonic() + slide
         while True:
-            left = next_at - time.monotonic()
-            if left > 0:
-                try:
-                    event = await asyncio.wait_for(sub._next(), left)
-                except builtins.TimeoutError:
-                    pass
-                except Exception:
-                    return
-                else:
-                    seen.append((time.monotonic(), event))
-                    continue
-            now = time.monotonic()
-            next_at += slide
-            while seen and seen[0][0] <= now - size:
-                seen.popleft()
-            if seen:
-                yield [e for _, e in seen]
+            if clock == "wall":
+                end = assigner.next_end()
+                left = None if end is None else max(0.0, end - time.time())
+            else:
+                left = idle if assigner.next_end() is not None else None
+            try:
+                event = await asyncio.wait_for(sub._next(), left)
+            except builtins.TimeoutError:
+                out = assigner.advance(time.time()) if clock == "wall" else assigner.flush()
+                for window in out:
+                    yield window
+                continue
+            except Exception:
+                for window in assigner.flush():
+                    yield window
+                return
+            assigner.add(event_time(event), event)
+            if clock == "wall":
+                watermark = time.time()
+            else:
+                watermark = assigner.newest if assigner.newest is not None else 0.0
+            for window in assigner.advance(watermark):
+                yield window

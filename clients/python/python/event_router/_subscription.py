@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._breaker import CircuitOpenError
 from ._event import Event
 from .errors import EventRouterError, SubscriptionError
 
@@ -455,7 +456,11 @@ class Subscription:
             raise
         except Exception as e:
             if event._delivery is not None:
-                event._delivery.settle(ack=False, delay=self.nack_delay, reason=_reason(e))
+                delay = self.nack_delay
+                if isinstance(e, CircuitOpenError):
+                    # Back when the breaker may let a probe through.
+                    delay = max(e.retry_after, 0.05)
+                event._delivery.settle(ack=False, delay=delay, reason=_reason(e))
             await self._client._report_error(e, event)
         else:
             if event._delivery is not None:

@@ -1,0 +1,93 @@
+//! The Rust client's event stream calls, over WebSocket to an in-process
+//! server and in-process without a socket: the same versions, conflicts
+//! and reads.
+
+mod common;
+
+use common::inproc::start_with;
+use event_router::client::Client;
+use event_router::server::ServerConfig;
+use event_router::{Event, Router, RouterConfig};
+use serde_json::json;
+
+async fn exercise(client: &Client) {
+    let e = |n: u64| Event::new("order.changed", json!({"n": n})).unwrap();
+    let first = client.append("order-c", e(1), Some(0)).await.unwrap();
+    assert_eq!((first.stream.as_str(), first.version), ("order-c", 1));
+    client.append("order-c", e(2), None).await.unwrap();
+    let err = client.append("order-c", e(3), Some(1)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("version_conflict") && err.to_string().contains("version 2"),
+        "{err}"
+    );
+    let page = client.read_stream("order-c", 2, 0).await.unwrap();
+    assert_eq!(page.version, 2);
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].event.payload["n"], 2);
+    let err = client.read_stream("bad name", 0, 0).await.unwrap_err();
+    assert!(err.to_string().contains("invalid_stream"), "{err}");
+}
+
+#[tokio::test]
+async fn client_appends_and_reads_event_streams_over_websocket() {
+    let running = start_with(ServerConfig::default()).await;
+    let client = Client::connect(format!("ws://{}/ws", running.addr))
+        .await
+        .unwrap();
+    exercise(&client).await;
+    client.close().await;
+    running.token.cancel();
+}
+
+#[tokio::test]
+async fn client_appends_and_reads_event_streams_in_process() {
+    let broker = std::sync::Arc::new(event_router::broker::MemoryBroker::default());
+    let router = Router::new(broker, RouterConfig::default());
+    let client = Client::in_process(router);
+    exercise(&client).await;
+}
+
+/// Payloads sealed by one client travel through the router encrypted,
+/// route on the envelope (priority filter), open with the key and fail
+/// with a typed error under another key.
+#[tokio::test]
+async fn sealed_payloads_cross_the_router_encrypted_and_open_only_with_the_key() {
+    use event_router::client::{DecryptionError, PayloadCipher};
+
+    let running = start_with(ServerConfig::default()).await;
+    let client = Client::connect(format!("ws://{}/ws", running.addr))
+        .await
+        .unwrap();
+    let mut high = client
+        .subscribe("sensitive")
+        .filter(json!({"priority": {"$gte": 7}}))
+        .start()
+        .await
+        .unwrap();
+    let mut by_payload = client
+        .subscribe("sensitive")
+        .filter(json!({"payload.ssn": {"$exists": true}}))
+        .start()
+        .await
+        .unwrap();
+    let cipher = PayloadCipher::new("k1", &[9; 32]);
+    let mut event = Event::new("sensitive", json!({"ssn": "123-45-6789"})).unwrap();
+    event.priority = event_router::Priority::new(9).unwrap();
+    cipher.seal(&mut event).unwrap();
+    client.publish_with(event).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), high.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!got.event.payload.to_string().contains("123-45-6789"));
+    assert_eq!(cipher.open(&got.event).unwrap()["ssn"], "123-45-6789");
+    let wrong = PayloadCipher::new("k1", &[8; 32]);
+    assert!(matches!(
+        wrong.open(&got.event),
+        Err(DecryptionError::Failed { .. })
+    ));
+    let none = tokio::time::timeout(std::time::Duration::from_millis(300), by_payload.recv()).await;
+    assert!(none.is_err(), "a payload filter matched an encrypted event");
+    client.close().await;
+    running.token.cancel();
+}
