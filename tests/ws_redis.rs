@@ -33,6 +33,26 @@ where
     }
 }
 
+/// The `payload.n` of the events `router` holds in history on `topic`, in
+/// storage order.
+async fn stored_numbers(router: &RouterProcess, topic: &str) -> Vec<u64> {
+    let history: Value = reqwest::get(format!(
+        "{}/api/v1/events?topic={topic}&limit=10000",
+        router.http_url()
+    ))
+    .await
+    .expect("GET history")
+    .json()
+    .await
+    .expect("JSON");
+    history["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"]["payload"]["n"].as_u64())
+        .collect()
+}
+
 #[tokio::test]
 async fn pipelined_publishes_on_one_connection_are_answered_and_stored_in_frame_order() {
     let redis = RedisServer::start();
@@ -90,21 +110,7 @@ async fn pipelined_publishes_on_one_connection_are_answered_and_stored_in_frame_
         "{execs} transactions for {N} publishes"
     );
     // Stored in frame order (one key: one partition's history).
-    let history: Value = reqwest::get(format!(
-        "{}/api/v1/events?topic=pipe.x&limit=1000",
-        router.http_url()
-    ))
-    .await
-    .expect("GET history")
-    .json()
-    .await
-    .expect("JSON");
-    let stored: Vec<u64> = history["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"]["payload"]["n"].as_u64())
-        .collect();
+    let stored = stored_numbers(&router, "pipe.x").await;
     let sent: Vec<u64> = (0..N as u64).filter(|&n| n != 77).collect();
     assert_eq!(stored, sent, "history holds the events in frame order");
 }
@@ -160,21 +166,7 @@ async fn pipelined_batches_and_single_publishes_keep_frame_order() {
         execs > 0 && execs < 50,
         "{execs} transactions for 100 frames"
     );
-    let history: Value = reqwest::get(format!(
-        "{}/api/v1/events?topic=mixed.x&limit=10000",
-        router.http_url()
-    ))
-    .await
-    .expect("GET history")
-    .json()
-    .await
-    .expect("JSON");
-    let stored: Vec<u64> = history["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"]["payload"]["n"].as_u64())
-        .collect();
+    let stored = stored_numbers(&router, "mixed.x").await;
     assert_eq!(stored, (0..n).collect::<Vec<_>>(), "stored in frame order");
 }
 
@@ -269,20 +261,9 @@ async fn pipelined_publishes_across_a_redis_stall_are_each_answered_and_none_ack
     let after = next_json(&mut stream).await;
     assert_eq!(after["op"], "ok", "{after}");
     acked.push(n);
-    let history: Value = reqwest::get(format!(
-        "{}/api/v1/events?topic=stall.x&limit=10000",
-        router.http_url()
-    ))
-    .await
-    .expect("GET history")
-    .json()
-    .await
-    .expect("JSON");
-    let stored: std::collections::HashSet<u64> = history["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"]["payload"]["n"].as_u64())
+    let stored: std::collections::HashSet<u64> = stored_numbers(&router, "stall.x")
+        .await
+        .into_iter()
         .collect();
     let lost: Vec<u64> = acked
         .iter()
