@@ -89,6 +89,7 @@ use crate::topic::Pattern;
 pub use breaker::{CircuitBreaker, CircuitError};
 pub use crypto::{DecryptionError, PayloadCipher};
 pub use error::{ClientError, Result};
+pub use event_stream::{STREAM_POLL_INTERVAL, StreamSubscription};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
 pub use subscription::{Received, Subscription};
