@@ -67,6 +67,7 @@ mod handler;
 mod in_process;
 pub mod reconnect;
 mod subscription;
+pub mod window;
 mod ws;
 
 use std::future::Future;
@@ -93,6 +94,7 @@ pub use event_stream::{STREAM_POLL_INTERVAL, StreamSubscription};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
 pub use subscription::{Received, Subscription};
+pub use window::{Window, WindowClock, WindowConfig, Windows};
 
 use in_process::InProcess;
 use subscription::{Closer, Inbox};
