@@ -174,3 +174,32 @@ async fn client_follows_an_event_stream_in_process() {
     let client = Client::in_process(router);
     follow(&client).await;
 }
+
+/// More entries than one page and than the follower's buffer, read by a
+/// slow reader: every version once, in order.
+#[tokio::test]
+async fn a_follower_reads_many_pages_in_order_for_a_slow_reader() {
+    let broker = std::sync::Arc::new(event_router::broker::MemoryBroker::default());
+    let client = Client::in_process(Router::new(broker, RouterConfig::default()));
+    let mut follower = client.subscribe_stream("order-long", 0).unwrap();
+    for n in 1..=2500_u64 {
+        let e = Event::new("order.changed", json!({"n": n})).unwrap();
+        client.append("order-long", e, Some(n - 1)).await.unwrap();
+    }
+    let wait = std::time::Duration::from_secs(10);
+    for n in 1..=2500_u64 {
+        if n % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let entry = tokio::time::timeout(wait, follower.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (entry.version, entry.event.payload["n"].as_u64()),
+            (n, Some(n))
+        );
+    }
+    assert_eq!(follower.last_version(), 2500);
+}

@@ -159,9 +159,16 @@ impl Client {
     /// version once and in order, across reconnects of this client (it
     /// resumes from the version after the last one it read).
     ///
+    /// Entries wait in a buffer of 256 until received; the follower reads
+    /// no further meanwhile, so a slow reader costs no memory beyond that
+    /// and one page.
+    ///
     /// # Errors
     /// [`ClientError::Closed`] when the client is closed. An invalid name
     /// or a refused read arrives as the subscription's last item.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime (it spawns the follower task).
     pub fn subscribe_stream(&self, stream: &str, from_version: u64) -> Result<StreamSubscription> {
         self.check_open()?;
         let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
