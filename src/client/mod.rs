@@ -66,6 +66,7 @@ mod event_stream;
 mod handler;
 mod in_process;
 pub mod reconnect;
+pub mod saga;
 mod subscription;
 pub mod window;
 mod ws;
@@ -93,6 +94,7 @@ pub use error::{ClientError, Result};
 pub use event_stream::{STREAM_POLL_INTERVAL, StreamSubscription};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
+pub use saga::{Saga, SagaBuilder, SagaContext, SagaState, Step};
 pub use subscription::{Received, Subscription};
 pub use window::{Window, WindowClock, WindowConfig, Windows};
 
