@@ -173,3 +173,38 @@ async fn a_saga_whose_client_was_dropped_mid_way_resumes_in_a_new_client() {
     assert_eq!(state.data["order"], json!(7));
     assert_eq!(*log.lock(), ["reserve", "charge", "ship"]);
 }
+
+#[tokio::test]
+async fn a_saga_waiting_past_its_step_timeout_compensates() {
+    let client = Client::in_process(router());
+    let log = Log::default();
+    let (a, b) = (log.clone(), log.clone());
+    let reserve = Step::new("reserve", &["order.created"], move |ctx, _| {
+        let log = a.clone();
+        async move {
+            log.lock().push("reserve".into());
+            Ok(ctx)
+        }
+    })
+    .unwrap()
+    .starts()
+    .compensation(move |_| {
+        let log = b.clone();
+        async move { log.lock().push("release".into()) }
+    });
+    let never = Step::new("charge", &["inventory.reserved"], |ctx, _| async move {
+        Ok(ctx)
+    })
+    .unwrap();
+    let saga = SagaBuilder::new(&client, "stalled")
+        .step(reserve)
+        .step(never)
+        .step_timeout(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    publish(&client, "order.created", "order-3").await;
+    let state = saga.wait("order-3", WAIT).await.unwrap();
+    assert_eq!(state.status, "compensated");
+    assert_eq!(*log.lock(), ["reserve", "release"]);
+}
