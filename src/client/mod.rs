@@ -26,6 +26,11 @@
 //! [`Client::in_process`] gives the same calls over a router in the same
 //! process, with the same delivery and ack semantics and no socket.
 //!
+//! The patterns of docs/patterns.md: event streams ([`Client::append`],
+//! [`Client::read_stream`], [`Client::subscribe_stream`]), sagas
+//! ([`saga`]), event-time windows ([`window`]), the handler
+//! [`CircuitBreaker`] and [`PayloadCipher`].
+//!
 //! # Examples
 //!
 //! ```no_run
