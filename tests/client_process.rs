@@ -498,3 +498,69 @@ async fn stream_follower_resumes_after_the_router_is_killed_without_gap_or_dupli
     client.close().await;
     writer.close().await;
 }
+
+/// A two-step saga over WebSocket on Redis: the first client is dropped
+/// after step 1 is stored, the router is killed and started again, and a
+/// new client resumes the saga: step 2 runs once there, step 1 not again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_resumes_over_websocket_after_its_client_and_the_router_went_away() {
+    use event_router::client::{SagaBuilder, Step};
+
+    let redis = RedisServer::start();
+    let args = vec!["--redis".to_string(), redis.url()];
+    let serve = Serve::start(&args);
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let saga = |client: Client| {
+        let (a, b) = (log.clone(), log.clone());
+        async move {
+            let first = Step::new("first", &["job.begin"], move |ctx, _| {
+                let log = a.clone();
+                async move {
+                    log.lock().push("first".into());
+                    Ok(ctx)
+                }
+            })
+            .unwrap()
+            .starts();
+            let second = Step::new("second", &["job.next"], move |mut ctx, _| {
+                let log = b.clone();
+                async move {
+                    log.lock().push("second".into());
+                    ctx.complete();
+                    Ok(ctx)
+                }
+            })
+            .unwrap();
+            SagaBuilder::new(&client, "job")
+                .step(first)
+                .step(second)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let publish = |client: Client, topic: &'static str| async move {
+        let mut e = Event::new(topic, json!({})).unwrap();
+        e.correlation_id = Some("job-1".into());
+        client.publish_with(e).await.unwrap();
+    };
+    let client = connect(&serve.url()).await;
+    let running = saga(client.clone()).await;
+    publish(client.clone(), "job.begin").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.state("job-1").map(|s| s.steps.len()) != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "step 1 not stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(running);
+    client.close().await;
+    let addr = serve.kill();
+    let serve = Serve::start_on(addr, &args);
+    let client = connect(&serve.url()).await;
+    publish(client.clone(), "job.next").await;
+    let resumed = saga(client.clone()).await;
+    let state = resumed.wait("job-1", WAIT).await.unwrap();
+    assert_eq!((state.status.as_str(), state.steps.len()), ("completed", 2));
+    assert_eq!(*log.lock(), ["first", "second"]);
+    client.close().await;
+}
