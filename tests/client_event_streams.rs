@@ -91,3 +91,115 @@ async fn sealed_payloads_cross_the_router_encrypted_and_open_only_with_the_key()
     client.close().await;
     running.token.cancel();
 }
+
+/// A follower hands out what is there, then each append, once and in
+/// order; one started later from version 3 begins there; an invalid name
+/// ends the follower with the server's error.
+async fn follow(client: &Client) {
+    let wait = std::time::Duration::from_secs(5);
+    let e = |n: u64| Event::new("order.changed", json!({"n": n})).unwrap();
+    for n in 1..=3 {
+        client
+            .append("order-live", e(n), Some(n - 1))
+            .await
+            .unwrap();
+    }
+    let mut all = client.subscribe_stream("order-live", 0).unwrap();
+    let mut late = client.subscribe_stream("order-live", 3).unwrap();
+    let appender = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for n in 4..=6 {
+                client
+                    .append("order-live", e(n), Some(n - 1))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut versions = Vec::new();
+    for _ in 1..=6 {
+        let entry = tokio::time::timeout(wait, all.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry.event.payload["n"], json!(entry.version));
+        versions.push(entry.version);
+    }
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    let mut versions = Vec::new();
+    for _ in 3..=6 {
+        let entry = tokio::time::timeout(wait, late.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        versions.push(entry.version);
+    }
+    assert_eq!(versions, vec![3, 4, 5, 6]);
+    appender.await.unwrap();
+    let quiet = std::time::Duration::from_millis(300);
+    assert!(tokio::time::timeout(quiet, all.recv()).await.is_err());
+    let mut bad = client.subscribe_stream("bad name", 0).unwrap();
+    let err = tokio::time::timeout(wait, bad.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid_stream"), "{err}");
+    assert!(
+        tokio::time::timeout(wait, bad.recv())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn client_follows_an_event_stream_over_websocket() {
+    let running = start_with(ServerConfig::default()).await;
+    let client = Client::connect(format!("ws://{}/ws", running.addr))
+        .await
+        .unwrap();
+    follow(&client).await;
+    client.close().await;
+    running.token.cancel();
+}
+
+#[tokio::test]
+async fn client_follows_an_event_stream_in_process() {
+    let broker = std::sync::Arc::new(event_router::broker::MemoryBroker::default());
+    let router = Router::new(broker, RouterConfig::default());
+    let client = Client::in_process(router);
+    follow(&client).await;
+}
+
+/// More entries than one page and than the follower's buffer, read by a
+/// slow reader: every version once, in order.
+#[tokio::test]
+async fn a_follower_reads_many_pages_in_order_for_a_slow_reader() {
+    let broker = std::sync::Arc::new(event_router::broker::MemoryBroker::default());
+    let client = Client::in_process(Router::new(broker, RouterConfig::default()));
+    let mut follower = client.subscribe_stream("order-long", 0).unwrap();
+    for n in 1..=2500_u64 {
+        let e = Event::new("order.changed", json!({"n": n})).unwrap();
+        client.append("order-long", e, Some(n - 1)).await.unwrap();
+    }
+    let wait = std::time::Duration::from_secs(10);
+    for n in 1..=2500_u64 {
+        if n % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let entry = tokio::time::timeout(wait, follower.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (entry.version, entry.event.payload["n"].as_u64()),
+            (n, Some(n))
+        );
+    }
+    assert_eq!(follower.last_version(), 2500);
+}

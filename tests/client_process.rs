@@ -431,3 +431,136 @@ async fn with_redis_durable_deliveries_survive_a_killed_router_and_no_handler_ru
     worker.close().await;
     drop(serve);
 }
+
+/// The next `count` entries of a stream follower, within [`WAIT`] each;
+/// returns their versions, checking that payload `n` is the version.
+async fn stream_versions(
+    follower: &mut event_router::client::StreamSubscription,
+    count: usize,
+) -> Vec<u64> {
+    let mut versions = Vec::new();
+    while versions.len() < count {
+        let entry = tokio::time::timeout(WAIT, follower.recv())
+            .await
+            .expect("a stream entry in time")
+            .expect("the follower is still open")
+            .expect("no read error");
+        assert_eq!(entry.event.payload["n"], json!(entry.version));
+        versions.push(entry.version);
+    }
+    versions
+}
+
+/// A client follows a stream through router A while a second router
+/// appends; A is killed and started again on its port, and the follower
+/// resumes on its own from the last version it handed out: 1..=40 exactly
+/// once, in order, then nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_follower_resumes_after_the_router_is_killed_without_gap_or_duplicate() {
+    let redis = RedisServer::start();
+    let args = vec!["--redis".to_string(), redis.url()];
+    let serve = Serve::start(&args);
+    let writer_router = Serve::start(&args);
+    let writer = connect(&writer_router.url()).await;
+    let append = |n: u64| {
+        let writer = writer.clone();
+        async move {
+            let e = Event::new("order.changed", json!({"n": n})).unwrap();
+            let got = writer.append("order-f", e, Some(n - 1)).await.unwrap();
+            assert_eq!(got.version, n);
+        }
+    };
+    for n in 1..=10 {
+        append(n).await;
+    }
+    let client = connect(&serve.url()).await;
+    let mut follower = client.subscribe_stream("order-f", 1).unwrap();
+    let mut got = stream_versions(&mut follower, 10).await;
+    for n in 11..=20 {
+        append(n).await;
+    }
+    got.extend(stream_versions(&mut follower, 10).await);
+    let addr = serve.kill();
+    wait_until_disconnected(&client).await;
+    for n in 21..=30 {
+        append(n).await;
+    }
+    let _serve = Serve::start_on(addr, &args);
+    wait_until_connected(&client).await;
+    for n in 31..=40 {
+        append(n).await;
+    }
+    got.extend(stream_versions(&mut follower, 20).await);
+    assert_eq!(got, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(follower.last_version(), 40);
+    let more = tokio::time::timeout(QUIET, follower.recv()).await;
+    assert!(more.is_err(), "nothing after version 40: {more:?}");
+    client.close().await;
+    writer.close().await;
+}
+
+/// A two-step saga over WebSocket on Redis: the first client is dropped
+/// after step 1 is stored, the router is killed and started again, and a
+/// new client resumes the saga: step 2 runs once there, step 1 not again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_resumes_over_websocket_after_its_client_and_the_router_went_away() {
+    use event_router::client::{SagaBuilder, Step};
+
+    let redis = RedisServer::start();
+    let args = vec!["--redis".to_string(), redis.url()];
+    let serve = Serve::start(&args);
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let saga = |client: Client| {
+        let (a, b) = (log.clone(), log.clone());
+        async move {
+            let first = Step::new("first", &["job.begin"], move |ctx, _| {
+                let log = a.clone();
+                async move {
+                    log.lock().push("first".into());
+                    Ok(ctx)
+                }
+            })
+            .unwrap()
+            .starts();
+            let second = Step::new("second", &["job.next"], move |mut ctx, _| {
+                let log = b.clone();
+                async move {
+                    log.lock().push("second".into());
+                    ctx.complete();
+                    Ok(ctx)
+                }
+            })
+            .unwrap();
+            SagaBuilder::new(&client, "job")
+                .step(first)
+                .step(second)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let publish = |client: Client, topic: &'static str| async move {
+        let mut e = Event::new(topic, json!({})).unwrap();
+        e.correlation_id = Some("job-1".into());
+        client.publish_with(e).await.unwrap();
+    };
+    let client = connect(&serve.url()).await;
+    let running = saga(client.clone()).await;
+    publish(client.clone(), "job.begin").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.state("job-1").map(|s| s.steps.len()) != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "step 1 not stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(running);
+    client.close().await;
+    let addr = serve.kill();
+    let serve = Serve::start_on(addr, &args);
+    let client = connect(&serve.url()).await;
+    publish(client.clone(), "job.next").await;
+    let resumed = saga(client.clone()).await;
+    let state = resumed.wait("job-1", WAIT).await.unwrap();
+    assert_eq!((state.status.as_str(), state.steps.len()), ("completed", 2));
+    assert_eq!(*log.lock(), ["first", "second"]);
+    client.close().await;
+}

@@ -26,6 +26,11 @@
 //! [`Client::in_process`] gives the same calls over a router in the same
 //! process, with the same delivery and ack semantics and no socket.
 //!
+//! The patterns of docs/patterns.md: event streams ([`Client::append`],
+//! [`Client::read_stream`], [`Client::subscribe_stream`]), sagas
+//! ([`saga`]), event-time windows ([`window`]), the handler
+//! [`CircuitBreaker`] and [`PayloadCipher`].
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -66,7 +71,9 @@ mod event_stream;
 mod handler;
 mod in_process;
 pub mod reconnect;
+pub mod saga;
 mod subscription;
+pub mod window;
 mod ws;
 
 use std::future::Future;
@@ -89,9 +96,12 @@ use crate::topic::Pattern;
 pub use breaker::{CircuitBreaker, CircuitError};
 pub use crypto::{DecryptionError, PayloadCipher};
 pub use error::{ClientError, Result};
+pub use event_stream::{STREAM_POLL_INTERVAL, StreamSubscription};
 pub use handler::{ERROR_HEADER, HANDLER_ERROR_CODE, HandlerTask};
 pub use reconnect::ReconnectPolicy;
+pub use saga::{Saga, SagaBuilder, SagaContext, SagaState, Step};
 pub use subscription::{Received, Subscription};
+pub use window::{Window, WindowClock, WindowConfig, Windows};
 
 use in_process::InProcess;
 use subscription::{Closer, Inbox};

@@ -8,12 +8,16 @@ import contextlib
 import datetime
 import math
 import os
+import pathlib
 import random
+import signal
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import RedisServer, Router, eventually
+from conftest import PACKAGE, RedisServer, Router, eventually
 from event_router import Event, EventRouterClient
 from event_router._breaker import CircuitBreaker, CircuitOpenError
 from event_router._crypto import DecryptionError, generate_key
@@ -139,6 +143,82 @@ async def test_with_redis_a_saga_interrupted_midway_resumes_in_a_new_agent_and_c
             assert log == ["reserve", "charge", "ship"]
             assert state.data == {"order_id": 10}
             await resumed.stop()
+
+
+async def test_with_redis_a_saga_agent_process_killed_after_step_one_resumes_elsewhere(
+    redis: RedisServer, start_router: Callable[..., Router], tmp_path: pathlib.Path
+) -> None:
+    """The saga's agent is a separate process, SIGKILLed once step 1 is
+    stored and before step 2's event exists; this test then resumes the
+    saga as a second agent. Step 1 ran once (in the killed process), steps
+    2 and 3 once each here, no compensation anywhere, and the saga's stream
+    holds each step once."""
+    router = start_router("--redis", redis.url)
+    killed_log = tmp_path / "killed-agent.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE / "python")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(PACKAGE / "tests" / "saga_agent.py"),
+        router.ws_url,
+        str(killed_log),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert agent.stdout is not None
+        ready = await asyncio.wait_for(agent.stdout.readline(), 20)
+        assert ready == b"ready\n", ready
+        async with EventRouterClient(router.ws_url) as publisher:
+            history = order_saga(publisher, []).stream("order-11")
+            await publisher.publish("order.created", {"id": 11}, correlation_id="order-11")
+
+            async def stored_steps() -> list[str]:
+                entries = await history.read_all()
+                return [
+                    str(e.payload.get("step"))
+                    for e in entries
+                    if e.type == "saga.step" and isinstance(e.payload, dict)
+                ]
+
+            deadline = time.monotonic() + 10
+            while await stored_steps() != ["start"]:
+                assert time.monotonic() < deadline, "step 1 was not stored in time"
+                await asyncio.sleep(0.02)
+            agent.kill()
+            assert await asyncio.wait_for(agent.wait(), 10) == -signal.SIGKILL
+            assert killed_log.read_text().splitlines() == ["reserve"]
+
+            await publisher.publish("inventory.reserved", {}, correlation_id="order-11")
+            await publisher.publish("payment.completed", {}, correlation_id="order-11")
+            log: list[str] = []
+            async with EventRouterClient(router.ws_url) as second:
+                resumed = order_saga(second, log)
+                await resumed.start()
+                assert resumed.sagas["order-11"].steps == ["start"]
+                state = await resumed.wait("order-11")
+                assert state.status == "completed"
+                assert state.data == {"order_id": 11}
+                # Redeliveries of the events the killed agent held must not
+                # run anything again.
+                await asyncio.sleep(0.5)
+                assert log == ["charge", "ship"]
+                await resumed.stop()
+            assert killed_log.read_text().splitlines() == ["reserve"]
+            assert await stored_steps() == ["start", "inventory_reserved", "payment_completed"]
+            types = [e.type for e in await history.read_all()]
+            assert types == [
+                "saga.started",
+                "saga.step",
+                "saga.step",
+                "saga.step",
+                "saga.completed",
+            ]
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
 
 
 async def test_circuit_breaker_opens_fails_fast_probes_and_closes() -> None:
