@@ -30,6 +30,7 @@
 //! - `cli`: one module per subcommand of the `event-router` binary.
 
 pub mod auth;
+pub mod breaker;
 pub mod broker;
 pub mod client;
 pub mod config;

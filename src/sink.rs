@@ -37,13 +37,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub mod breaker;
-
-pub use breaker::{Admit, Breaker, BreakerConfig, BreakerState};
+use crate::breaker;
+pub use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
 
 use crate::broker::{BrokerError, ConsumeOptions, NackOptions, SharedBroker};
 use crate::event::Delivery;
-use crate::resources::{DeliverySpec, SinkSpec};
+use crate::resources::{CircuitBreakerSpec, DeliverySpec, SinkSpec};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::trace;
 
@@ -117,7 +116,7 @@ impl SinkTarget {
             breaker: sink
                 .circuit_breaker
                 .as_deref()
-                .map(BreakerConfig::from_spec)
+                .map(breaker_config)
                 .transpose()?,
         })
     }
@@ -677,6 +676,31 @@ fn header_value(text: &str) -> HeaderValue {
     }
     // Only printable ASCII is left, which is always a valid header value.
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// From a Subscription's `sink.circuitBreaker`.
+///
+/// # Errors
+/// A message naming the field whose duration does not parse.
+fn breaker_config(spec: &CircuitBreakerSpec) -> Result<BreakerConfig, String> {
+    let duration = |field: &str, text: &Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(t) => crate::duration::parse_duration(t)
+            .map_err(|e| format!("sink.circuitBreaker.{field}: {e}")),
+    };
+    Ok(BreakerConfig {
+        failure_threshold: spec
+            .failure_threshold
+            .unwrap_or(breaker::DEFAULT_FAILURE_THRESHOLD)
+            .max(1),
+        window: duration("window", &spec.window, breaker::DEFAULT_WINDOW)?
+            .max(Duration::from_millis(1)),
+        recovery_timeout: duration(
+            "recoveryTimeout",
+            &spec.recovery_timeout,
+            breaker::DEFAULT_RECOVERY_TIMEOUT,
+        )?,
+    })
 }
 
 #[cfg(test)]

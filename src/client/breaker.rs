@@ -4,7 +4,7 @@
 //! subscription: the event comes back later instead of reaching the failing
 //! dependency), and after `recovery_timeout` lets one call through as a
 //! probe. The same state machine as a push sink's breaker
-//! ([`crate::sink::breaker`]).
+//! ([`crate::breaker`]).
 //!
 //! # Examples
 //! ```no_run
@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::sink::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
+use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
 
 /// Why a wrapped handler failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,6 +1,7 @@
-//! The circuit breaker of a push sink: after `failure_threshold` failed
-//! POSTs within `window` the breaker opens and the sink worker stops taking
-//! deliveries, so events wait in the subscription with their attempts
+//! The circuit breaker's state machine, shared by push sinks
+//! (`crate::sink`) and the SDK's handler breaker (`crate::client`); a leaf
+//! module. For a sink: after `failure_threshold` failed POSTs within
+//! `window` the breaker opens and the sink worker stops taking deliveries, so events wait in the subscription with their attempts
 //! intact instead of being burnt against a sink that is down. After
 //! `recovery_timeout` it is half-open: one delivery goes out as a probe; a
 //! 2xx closes the breaker, a failure opens it again.
@@ -14,8 +15,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
-
-use crate::resources::CircuitBreakerSpec;
 
 /// Default of [`BreakerConfig::failure_threshold`].
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
@@ -34,32 +33,6 @@ pub struct BreakerConfig {
     pub window: Duration,
     /// How long the breaker stays open before a probe. Default 30 s.
     pub recovery_timeout: Duration,
-}
-
-impl BreakerConfig {
-    /// From a Subscription's `sink.circuitBreaker`.
-    ///
-    /// # Errors
-    /// A message naming the field whose duration does not parse.
-    pub fn from_spec(spec: &CircuitBreakerSpec) -> Result<BreakerConfig, String> {
-        let duration = |field: &str, text: &Option<String>, default: Duration| match text {
-            None => Ok(default),
-            Some(t) => crate::config::parse_duration(t)
-                .map_err(|e| format!("sink.circuitBreaker.{field}: {e}")),
-        };
-        Ok(BreakerConfig {
-            failure_threshold: spec
-                .failure_threshold
-                .unwrap_or(DEFAULT_FAILURE_THRESHOLD)
-                .max(1),
-            window: duration("window", &spec.window, DEFAULT_WINDOW)?.max(Duration::from_millis(1)),
-            recovery_timeout: duration(
-                "recoveryTimeout",
-                &spec.recovery_timeout,
-                DEFAULT_RECOVERY_TIMEOUT,
-            )?,
-        })
-    }
 }
 
 /// Where a breaker stands.
