@@ -160,6 +160,11 @@ class EventStream:
             try:
                 _, page = await self._read(nxt, MAX_READ_LIMIT)
             except TimeoutError:
+                # A cancel that lands as the read's own timeout fires comes
+                # out of `wait_for` as TimeoutError; it must still end us.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError() from None
                 continue
             except EventRouterError as e:
                 if e.retryable or e.code == "connection_lost":
